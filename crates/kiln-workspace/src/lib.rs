@@ -1,0 +1,1 @@
+//! git for kiln: per-attempt checkouts, diffs, commits and branches.
