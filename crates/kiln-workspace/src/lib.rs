@@ -1,1 +1,24 @@
-//! git for kiln: per-attempt checkouts, diffs, commits and branches.
+//! git for kiln: the checkout an attempt works in, and what it hands back
+//! (a diff and a commit on a branch).
+//!
+//! kiln drives the `git` program rather than a library: it is what users
+//! have, it honours their configuration (hooks aside), and worktrees share
+//! the object store so a checkout costs only the files it writes.
+//!
+//! ```no_run
+//! use kiln_workspace::Repo;
+//! # fn main() -> Result<(), kiln_workspace::GitError> {
+//! let repo = Repo::discover(std::path::Path::new("."))?;
+//! let wt = repo.add_worktree("HEAD", "kiln/exec/1", std::path::Path::new("/tmp/wt1"))?;
+//! // … the agent edits files under wt.path() …
+//! if let Some(commit) = wt.commit_all("kiln: make the failing test pass")? {
+//!     println!("committed {commit} on {}", wt.branch());
+//! }
+//! # Ok(()) }
+//! ```
+
+mod git;
+mod worktree;
+
+pub use git::{GitError, Repo};
+pub use worktree::Worktree;
