@@ -1,0 +1,151 @@
+//! Confining patch paths to the root.
+//!
+//! A patch path is resolved lexically first (`.` dropped, `..` popping a component,
+//! never past the root), so the operating system never interprets a `..` after a
+//! symlink. Then every component that exists is checked: a symlink is followed
+//! (canonicalised) and must land inside the canonical root. Components that do not
+//! exist yet are created later as plain directories, so they cannot escape.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::PatchError;
+
+/// The canonical root under which every patch path must stay.
+#[derive(Debug, Clone)]
+pub struct Root {
+    canonical: PathBuf,
+}
+
+impl Root {
+    pub fn new(root: &Path) -> Result<Self, PatchError> {
+        let canonical = root.canonicalize().map_err(|source| {
+            PatchError::io(
+                &root.display().to_string(),
+                "open the root directory",
+                source,
+            )
+        })?;
+        Ok(Root { canonical })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.canonical
+    }
+
+    /// The real location of the patch path `raw`: inside the root, with symlinks
+    /// among its existing components resolved.
+    pub fn resolve(&self, raw: &str) -> Result<PathBuf, PatchError> {
+        let refuse = |reason: String| PatchError::PathOutsideRoot {
+            path: raw.to_string(),
+            reason,
+        };
+        let path = Path::new(raw);
+        if path.has_root() || path.is_absolute() {
+            return Err(refuse("it is an absolute path".into()));
+        }
+        let mut relative: Vec<&std::ffi::OsStr> = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::Normal(name) => relative.push(name),
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if relative.pop().is_none() {
+                        return Err(refuse("its `..` leads above the root".into()));
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(refuse("it is an absolute path".into()));
+                }
+            }
+        }
+        if relative.is_empty() {
+            return Err(refuse("it names the root itself, not a file".into()));
+        }
+        let mut real = self.canonical.clone();
+        for (index, name) in relative.iter().enumerate() {
+            real.push(name);
+            let metadata = match std::fs::symlink_metadata(&real) {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    // The rest does not exist yet: it will be created as plain
+                    // directories and a file, which cannot lead anywhere else.
+                    real.extend(&relative[index + 1..]);
+                    break;
+                }
+                Err(error) => return Err(PatchError::io(raw, "inspect", error)),
+            };
+            if !metadata.file_type().is_symlink() {
+                continue;
+            }
+            let shown = relative[..=index]
+                .iter()
+                .map(|name| name.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let target = real.canonicalize().map_err(|_| {
+                refuse(format!(
+                    "`{shown}` is a symlink whose target does not exist or cannot be followed"
+                ))
+            })?;
+            if !target.starts_with(&self.canonical) {
+                return Err(refuse(format!(
+                    "`{shown}` is a symlink to `{}`, outside the root",
+                    target.display()
+                )));
+            }
+            real = target;
+        }
+        Ok(real)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = Root::new(dir.path()).expect("root");
+        (dir, root)
+    }
+
+    #[test]
+    fn relative_path_resolves_under_root() {
+        let (_dir, root) = root();
+        let resolved = root.resolve("a/./b/../c.txt").expect("inside");
+        assert_eq!(resolved, root.path().join("a/c.txt"));
+    }
+
+    #[test]
+    fn absolute_path_is_refused() {
+        let (_dir, root) = root();
+        let error = root.resolve("/etc/passwd").expect_err("absolute");
+        assert!(error.to_string().contains("absolute path"), "{error}");
+    }
+
+    #[test]
+    fn parent_escape_is_refused() {
+        let (_dir, root) = root();
+        let error = root.resolve("a/../../x").expect_err("escape");
+        assert!(error.to_string().contains("above the root"), "{error}");
+    }
+
+    #[test]
+    fn symlink_leading_outside_is_refused() {
+        let (dir, root) = root();
+        let outside = tempfile::tempdir().expect("temp dir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).expect("symlink");
+        let error = root.resolve("out/file.txt").expect_err("symlink escape");
+        assert!(error.to_string().contains("outside the root"), "{error}");
+    }
+
+    #[test]
+    fn symlink_inside_root_is_followed() {
+        let (dir, root) = root();
+        std::fs::create_dir(dir.path().join("real")).expect("dir");
+        std::os::unix::fs::symlink("real", dir.path().join("alias")).expect("symlink");
+        let resolved = root.resolve("alias/f.txt").expect("inside");
+        assert_eq!(resolved, root.path().join("real/f.txt"));
+    }
+}

@@ -1,0 +1,128 @@
+//! A file's text split into lines without copying, remembering each line's ending.
+
+/// The line ending new lines get: the one the file already uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnding {
+    Lf,
+    CrLf,
+}
+
+impl LineEnding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineEnding::Lf => "\n",
+            LineEnding::CrLf => "\r\n",
+        }
+    }
+}
+
+/// Lines borrowed from the file text: one `&str` per line and no per-line allocation,
+/// which matters on files of hundreds of megabytes.
+pub struct SourceText<'a> {
+    text: &'a str,
+    /// Line contents without their `\n` or `\r\n`.
+    lines: Vec<&'a str>,
+    ending: LineEnding,
+}
+
+impl<'a> SourceText<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        // A final `\n` leaves an empty piece that is not a line.
+        if lines.last() == Some(&"") {
+            lines.pop();
+        }
+        let terminated = if text.ends_with('\n') {
+            lines.len()
+        } else {
+            lines.len().saturating_sub(1)
+        };
+        for line in &mut lines[..terminated] {
+            if let Some(content) = line.strip_suffix('\r') {
+                *line = content;
+            }
+        }
+        let ending = match lines.first() {
+            Some(first) if text.as_bytes().get(first.len()) == Some(&b'\r') => LineEnding::CrLf,
+            _ => LineEnding::Lf,
+        };
+        SourceText {
+            text,
+            lines,
+            ending,
+        }
+    }
+
+    pub fn lines(&self) -> &[&'a str] {
+        &self.lines
+    }
+
+    pub fn ending(&self) -> LineEnding {
+        self.ending
+    }
+
+    /// Byte offset where line `index` starts; `lines().len()` gives the text's length.
+    pub fn offset_of_line(&self, index: usize) -> usize {
+        match self.lines.get(index) {
+            // Every line is a subslice of `text`, so the pointer difference is its offset.
+            Some(line) => line.as_ptr() as usize - self.text.as_ptr() as usize,
+            None => self.text.len(),
+        }
+    }
+
+    /// The text of lines `start..end` exactly as in the file, endings included.
+    pub fn verbatim(&self, start: usize, end: usize) -> &'a str {
+        &self.text[self.offset_of_line(start)..self.offset_of_line(end)]
+    }
+
+    /// The ending of line `index` in the file: `\n`, `\r\n`, or empty for a last
+    /// line without one.
+    pub fn ending_of_line(&self, index: usize) -> &'a str {
+        let line = self.lines[index];
+        let end = self.offset_of_line(index) + line.len();
+        let rest = &self.text.as_bytes()[end..];
+        if rest.starts_with(b"\r\n") {
+            &self.text[end..end + 2]
+        } else if rest.starts_with(b"\n") {
+            &self.text[end..end + 1]
+        } else {
+            ""
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_exclude_their_endings() {
+        let text = SourceText::new("a\r\nb\nc");
+        assert_eq!(text.lines(), ["a", "b", "c"]);
+        assert_eq!(text.ending(), LineEnding::CrLf);
+        assert_eq!(text.ending_of_line(0), "\r\n");
+        assert_eq!(text.ending_of_line(1), "\n");
+        assert_eq!(text.ending_of_line(2), "");
+        assert_eq!(text.verbatim(1, 3), "b\nc");
+    }
+
+    #[test]
+    fn final_newline_does_not_make_an_extra_line() {
+        let text = SourceText::new("a\n\n");
+        assert_eq!(text.lines(), ["a", ""]);
+        assert_eq!(text.ending(), LineEnding::Lf);
+        assert_eq!(text.verbatim(0, 2), "a\n\n");
+    }
+
+    #[test]
+    fn carriage_return_without_newline_stays_in_the_line() {
+        let text = SourceText::new("a\r");
+        assert_eq!(text.lines(), ["a\r"]);
+        assert_eq!(text.ending_of_line(0), "");
+    }
+
+    #[test]
+    fn empty_text_has_no_lines() {
+        assert!(SourceText::new("").lines().is_empty());
+    }
+}
