@@ -1,0 +1,325 @@
+//! The scripted OpenAI-compatible HTTP server: real TCP, real SSE, one scripted
+//! turn per request, every request recorded.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::render::{render, Answer, ReplyContext, StreamPlan, WireApi};
+use crate::script::{Script, Turn};
+
+/// One request the server received, kept for assertions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path without the query string, e.g. `/v1/responses`.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names in lower case, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body parsed as JSON (`Value::Null` when it is not JSON).
+    pub body: Value,
+    pub body_text: String,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Which wire API the request addressed, if any.
+    pub fn wire_api(&self) -> Option<WireApi> {
+        wire_api_for_path(&self.path)
+    }
+}
+
+/// A running scripted model server, stopped when dropped.
+///
+/// Turns are consumed in order, one per request to either endpoint; once the
+/// script is exhausted every request gets a 500 JSON error saying so, so a test
+/// that makes one request too many fails loudly instead of hanging.
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    state: Mutex<ScriptState>,
+    started_at: u64,
+}
+
+struct ScriptState {
+    remaining: VecDeque<Turn>,
+    served: usize,
+    requests: Vec<RecordedRequest>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ScriptState> {
+        // A panic while holding the lock cannot leave the state half-written
+        // (every critical section is a single push or pop), so a poisoned lock
+        // is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ScriptedServer {
+    /// Starts a server on `127.0.0.1` at a free port.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound; test support has no better answer.
+    pub async fn start(script: Script) -> ScriptedServer {
+        match ScriptedServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), script).await {
+            Ok(server) => server,
+            Err(error) => panic!("kiln-testkit: cannot bind a loopback port: {error}"),
+        }
+    }
+
+    /// Starts a server on `addr` (port 0 picks a free one).
+    pub async fn bind(addr: SocketAddr, script: Script) -> std::io::Result<ScriptedServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ScriptState {
+                remaining: script.turns.into(),
+                served: 0,
+                requests: Vec::new(),
+            }),
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs()),
+        });
+        let router = Router::new()
+            .route("/v1/responses", post(answer))
+            .route("/responses", post(answer))
+            .route("/v1/chat/completions", post(answer))
+            .route("/chat/completions", post(answer))
+            .fallback(unknown_route)
+            .with_state(Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!("kiln-testkit server stopped: {error}");
+            }
+        });
+        Ok(ScriptedServer { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, what a provider's `base_url` should be.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request received so far, in order (including ones that got errors).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// How many scripted turns have been handed out.
+    pub fn turns_served(&self) -> usize {
+        self.shared.lock().served
+    }
+
+    /// How many scripted turns are left.
+    pub fn turns_remaining(&self) -> usize {
+        self.shared.lock().remaining.len()
+    }
+
+    /// Appends a turn to the end of the script.
+    pub fn push_turn(&self, turn: Turn) {
+        self.shared.lock().remaining.push_back(turn);
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn wire_api_for_path(path: &str) -> Option<WireApi> {
+    match path.strip_prefix("/v1").unwrap_or(path) {
+        "/responses" => Some(WireApi::Responses),
+        "/chat/completions" => Some(WireApi::Chat),
+        _ => None,
+    }
+}
+
+fn record(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> RecordedRequest {
+    let body_text = String::from_utf8_lossy(body).into_owned();
+    RecordedRequest {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: serde_json::from_str(&body_text).unwrap_or(Value::Null),
+        body_text,
+    }
+}
+
+fn json_error(status: StatusCode, message: String) -> Response {
+    let body = json!({"error": {"message": message, "type": "kiln_testkit", "code": null}});
+    (status, axum::Json(body)).into_response()
+}
+
+async fn unknown_route(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared
+        .lock()
+        .requests
+        .push(record(&method, &uri, &headers, &body));
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "kiln-testkit serves POST /v1/responses and POST /v1/chat/completions, not {method} {}",
+            uri.path()
+        ),
+    )
+}
+
+async fn answer(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = record(&method, &uri, &headers, &body);
+    let wire = wire_api_for_path(&request.path).unwrap_or(WireApi::Responses);
+    let model = request
+        .body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted-model")
+        .to_string();
+    let (turn, turn_number) = {
+        let mut state = shared.lock();
+        state.requests.push(request);
+        match state.remaining.pop_front() {
+            Some(turn) => {
+                state.served += 1;
+                (turn, state.served)
+            }
+            None => {
+                let served = state.served;
+                drop(state);
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("kiln-testkit: script exhausted after {served} turns"),
+                );
+            }
+        }
+    };
+    let ctx = ReplyContext {
+        turn_number,
+        model,
+        created_at: shared.started_at,
+        request_bytes: body.len(),
+    };
+    match render(&turn, wire, &ctx) {
+        Answer::Http {
+            status,
+            headers,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (status, body).into_response();
+            for (name, value) in headers {
+                if let Ok(value) = value.parse() {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        Answer::Stream(plan) => stream_response(plan, turn_number),
+    }
+}
+
+fn stream_response(plan: StreamPlan, turn_number: usize) -> Response {
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    tokio::spawn(write_frames(plan, sender));
+    let mut response = Body::from_stream(ReceiverStream::new(receiver)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = format!("req_kiln_{turn_number}").parse() {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// Writes the frames with the plan's pacing. Returns early when the client hung up.
+async fn write_frames(plan: StreamPlan, sender: mpsc::Sender<Result<Bytes, Infallible>>) {
+    let frame_count = plan
+        .cut_after
+        .map_or(plan.frames.len(), |cut| cut.min(plan.frames.len()));
+    for (index, frame) in plan.frames.iter().take(frame_count).enumerate() {
+        if let Some((at, duration)) = plan.stall {
+            if at == index {
+                tokio::time::sleep(duration).await;
+            }
+        }
+        if index > 0 && !plan.delay_between_frames.is_zero() {
+            tokio::time::sleep(plan.delay_between_frames).await;
+        }
+        let bytes = Bytes::from(frame.clone());
+        let pieces: Vec<Bytes> = match plan.chunk_bytes {
+            Some(size) => (0..bytes.len())
+                .step_by(size)
+                .map(|start| bytes.slice(start..(start + size).min(bytes.len())))
+                .collect(),
+            None => vec![bytes],
+        };
+        for piece in pieces {
+            if sender.send(Ok(piece)).await.is_err() {
+                return;
+            }
+            if plan.chunk_bytes.is_some() {
+                // Let the connection task write this piece on its own before the next.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    if let Some((at, duration)) = plan.stall {
+        if at >= frame_count {
+            tokio::time::sleep(duration).await;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The scripted server over real HTTP.
+
+use std::time::Duration;
+
+use kiln_testkit::{Script, ScriptedServer, Turn, WireApi};
+use serde_json::{json, Value};
+
+async fn post(url: String, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth("sk-test")
+        .json(&body)
+        .send()
+        .await
+        .expect("server reachable")
+}
+
+fn data_lines(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_endpoint_streams_a_tool_call_then_a_message() {
+    let server = ScriptedServer::start(Script::new(vec![
+        Turn::tool_call("shell", json!({"command": ["ls"]})),
+        Turn::message("done"),
+    ]))
+    .await;
+    assert!(server.base_url().ends_with("/v1"));
+    let first = post(
+        format!("{}/responses", server.base_url()),
+        json!({"model": "m1"}),
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let body = first.text().await.unwrap();
+    let events: Vec<Value> = data_lines(&body)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let call = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.done")
+        .expect("a finished item");
+    assert_eq!(call["item"]["name"], "shell");
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_eq!(events.last().unwrap()["response"]["model"], "m1");
+
+    let second = post(
+        format!("{}/responses", server.base_url()),
+        json!({"model": "m1"}),
+    )
+    .await;
+    let body = second.text().await.unwrap();
+    let text: String = data_lines(&body)
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "done");
+    assert_eq!(server.turns_served(), 2);
+    assert_eq!(server.turns_remaining(), 0);
+}
+
+#[tokio::test]
+async fn chat_endpoint_answers_with_and_without_v1_prefix() {
+    let server = ScriptedServer::start(Script::new(vec![
+        Turn::message("one"),
+        Turn::message("two"),
+    ]))
+    .await;
+    let with_prefix = post(format!("{}/chat/completions", server.base_url()), json!({}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(with_prefix.ends_with("data: [DONE]\n\n"));
+    assert!(with_prefix.contains("chat.completion.chunk"));
+    let bare = format!("http://{}/chat/completions", server.addr());
+    let without_prefix = post(bare, json!({})).await.text().await.unwrap();
+    let text: String = data_lines(&without_prefix)
+        .iter()
+        .filter(|d| **d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "two");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].path, "/chat/completions");
+    assert_eq!(requests[1].wire_api(), Some(WireApi::Chat));
+}
+
+#[tokio::test]
+async fn requests_are_recorded_with_headers_and_body() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::message("ok")])).await;
+    post(
+        format!("{}/responses?api-version=1", server.base_url()),
+        json!({"model": "gpt", "input": [{"type": "message"}]}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let request = &server.requests()[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/v1/responses");
+    assert_eq!(request.query.as_deref(), Some("api-version=1"));
+    assert_eq!(request.header("Authorization"), Some("Bearer sk-test"));
+    assert_eq!(request.body["input"][0]["type"], "message");
+}
+
+#[tokio::test]
+async fn exhausted_script_answers_500_naming_the_count() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::message("only")])).await;
+    post(format!("{}/responses", server.base_url()), json!({}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let extra = post(format!("{}/responses", server.base_url()), json!({})).await;
+    assert_eq!(extra.status(), 500);
+    let body: Value = extra.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "kiln-testkit: script exhausted after 1 turns"
+    );
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn http_error_turn_sends_status_body_and_retry_headers() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::http_error_with_retry_after(
+        429,
+        r#"{"error":{"message":"slow down"}}"#,
+        Duration::from_millis(250),
+    )]))
+    .await;
+    let answer = post(format!("{}/chat/completions", server.base_url()), json!({})).await;
+    assert_eq!(answer.status(), 429);
+    assert_eq!(answer.headers()["retry-after"], "1");
+    assert_eq!(answer.headers()["retry-after-ms"], "250");
+    assert_eq!(
+        answer.text().await.unwrap(),
+        r#"{"error":{"message":"slow down"}}"#
+    );
+}
+
+#[tokio::test]
+async fn cut_turn_ends_the_body_before_completion() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::cut_after(
+        3,
+        Turn::message("a long answer"),
+    )]))
+    .await;
+    let body = post(format!("{}/responses", server.base_url()), json!({}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(data_lines(&body).len(), 3);
+    assert!(!body.contains("response.completed"));
+}
+
+#[tokio::test]
+async fn fragmented_turn_delivers_the_same_bytes() {
+    let server = ScriptedServer::start(Script::new(vec![
+        Turn::message("same text"),
+        Turn::fragmented(Turn::message("same text"), 7),
+    ]))
+    .await;
+    let whole = post(format!("{}/chat/completions", server.base_url()), json!({}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let pieces = post(format!("{}/chat/completions", server.base_url()), json!({}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    // Only the turn number differs (it is in the chunk id).
+    assert_eq!(
+        whole.replace("chatcmpl-kiln-1", "X"),
+        pieces.replace("chatcmpl-kiln-2", "X")
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_a_recorded_404() {
+    let server = ScriptedServer::start(Script::new(vec![])).await;
+    let answer = reqwest::get(format!("{}/models", server.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    assert_eq!(server.requests()[0].path, "/v1/models");
+    assert_eq!(server.turns_served(), 0);
+}
