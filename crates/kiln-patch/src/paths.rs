@@ -6,6 +6,7 @@
 //! (canonicalised) and must land inside the canonical root. Components that do not
 //! exist yet are created later as plain directories, so they cannot escape.
 
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -44,7 +45,7 @@ impl Root {
         if path.has_root() || path.is_absolute() {
             return Err(refuse("it is an absolute path".into()));
         }
-        let mut relative: Vec<&std::ffi::OsStr> = Vec::new();
+        let mut relative: Vec<&OsStr> = Vec::new();
         for component in path.components() {
             match component {
                 Component::Normal(name) => relative.push(name),
@@ -73,16 +74,17 @@ impl Root {
                     real.extend(&relative[index + 1..]);
                     break;
                 }
+                Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+                    let parent = shown_prefix(&relative[..index]);
+                    let problem = format!("`{parent}` is a file, not a directory");
+                    return Err(PatchError::io(raw, "use", io::Error::other(problem)));
+                }
                 Err(error) => return Err(PatchError::io(raw, "inspect", error)),
             };
             if !metadata.file_type().is_symlink() {
                 continue;
             }
-            let shown = relative[..=index]
-                .iter()
-                .map(|name| name.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let shown = shown_prefix(&relative[..=index]);
             let target = real.canonicalize().map_err(|_| {
                 refuse(format!(
                     "`{shown}` is a symlink whose target does not exist or cannot be followed"
@@ -98,6 +100,15 @@ impl Root {
         }
         Ok(real)
     }
+}
+
+/// The first components of a patch path, for messages.
+fn shown_prefix(components: &[&OsStr]) -> String {
+    components
+        .iter()
+        .map(|name| name.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
