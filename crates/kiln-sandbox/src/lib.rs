@@ -1,45 +1,112 @@
-//! Sandboxed command execution (issue 4). Interface sketch: the agent and the
-//! server only see [`Sandbox`], [`SandboxPolicy`], [`ExecRequest`] and [`ExecOutcome`].
+//! Sandboxed command execution for kiln.
+//!
+//! Every command an agent runs goes through a [`Sandbox`]: a workspace plus a
+//! [`SandboxPolicy`] saying what the command may see (the workspace, read-only
+//! system directories, the toolchains on `PATH`, a private `/tmp` and `$HOME`),
+//! whether it may use the network, and which limits apply (memory, processes,
+//! CPU, time, output). [`create`] checks that the chosen [`Backend`] works on
+//! this machine and returns a sandbox; [`Sandbox::exec`] runs one command in
+//! it, streaming [`OutputChunk`]s while keeping only a bounded head and tail of
+//! the output in memory; [`Sandbox::run_setup`] runs an environment's setup
+//! script with network access and setup-only secrets, which the agent phase
+//! never sees. The default backend is bubblewrap (Linux namespaces, seccomp,
+//! cgroups); podman runs environments that name an OCI image; `none` isolates
+//! nothing and exists only for explicit opt-in.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kiln_sandbox::{Backend, ExecRequest, SandboxPolicy};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example() -> Result<(), kiln_sandbox::SandboxError> {
+//! let mut policy = SandboxPolicy::for_workspace("/srv/checkouts/attempt-1");
+//! policy.backend = Backend::Bwrap;
+//! policy.limits.memory_bytes = Some(2 << 30);
+//! let sandbox = kiln_sandbox::create(policy)?;
+//!
+//! let request = ExecRequest::new(["cargo", "test", "--offline"], "/srv/checkouts/attempt-1")
+//!     .with_timeout(Duration::from_secs(600));
+//! let outcome = sandbox.exec(request, None, CancellationToken::new()).await?;
+//! println!("exit {:?}, killed by {:?}", outcome.exit_code, outcome.killed_by);
+//! print!("{}", outcome.output);
+//! # Ok(())
+//! # }
+//! ```
+
+mod bwrap;
+mod capture;
+mod cgroup;
+mod common;
+mod environment;
+mod error;
+mod filesystem;
+mod none;
+mod podman;
+mod policy;
+mod runner;
+mod seccomp;
+mod size;
+mod state_dir;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_protocol::ExecStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Which isolation mechanism runs commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// bubblewrap namespaces (default on Linux).
-    Bwrap,
-    /// No isolation at all; only when asked for explicitly.
-    None,
-}
-
-/// What a sandbox lets its commands see and do.
-#[derive(Debug, Clone)]
-pub struct SandboxPolicy {
-    pub backend: Backend,
-    /// The workspace (repository checkout).
-    pub workspace: PathBuf,
-    /// Read-only workspace (Ask mode).
-    pub read_only: bool,
-    /// Network access (setup phase, or an environment that enables it).
-    pub network: bool,
-    /// Variables for every command, on top of the allow-listed base environment.
-    pub env: BTreeMap<String, String>,
-}
+pub use error::SandboxError;
+pub use policy::{Backend, Limits, SandboxPolicy};
+pub use size::{format_bytes, parse_bytes};
 
 /// One command to run inside a sandbox.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
+    /// The program and its arguments; the program is looked up on the
+    /// sandbox's `PATH`.
     pub argv: Vec<String>,
     /// Working directory; must lie inside the workspace.
     pub cwd: PathBuf,
+    /// Wall-clock limit for this command.
     pub timeout: Duration,
+    /// Variables on top of the policy's environment.
     pub env: BTreeMap<String, String>,
+}
+
+impl ExecRequest {
+    /// A request with the default timeout of ten minutes and no extra variables.
+    pub fn new<I, S>(argv: I, cwd: impl Into<PathBuf>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: cwd.into(),
+            timeout: Duration::from_secs(600),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// `sh -c SCRIPT`, for commands given as one shell line.
+    pub fn shell(script: impl Into<String>, cwd: impl Into<PathBuf>) -> Self {
+        ExecRequest::new(
+            ["/bin/sh".to_string(), "-c".to_string(), script.into()],
+            cwd,
+        )
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// A piece of output, streamed while the command runs.
@@ -47,36 +114,93 @@ pub struct ExecRequest {
 pub struct OutputChunk {
     pub stream: ExecStream,
     pub data: bytes::Bytes,
+    /// Position of `data` in the command's combined output (stdout and
+    /// stderr interleaved in arrival order), counted from 0.
+    pub offset: u64,
 }
 
 /// How a command ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecOutcome {
-    /// Exit status; `None` when killed by a signal.
+    /// Exit status; `None` when kiln killed the command (timeout, deadline,
+    /// cancellation) or a signal ended it.
     pub exit_code: Option<i32>,
+    /// The per-command timeout or the sandbox's overall deadline fired.
     pub timed_out: bool,
-    /// A limit that killed the command, described for people ("memory limit 2 GiB").
+    /// The command was cancelled through its [`CancellationToken`].
+    pub cancelled: bool,
+    /// What killed the command, described for people ("memory limit 2 GiB",
+    /// "timeout 10s"); `None` when it ended on its own.
     pub killed_by: Option<String>,
+    /// Every limit the command ran into, even those that did not kill it
+    /// ("process limit 256" when a fork was refused).
+    pub limits_reached: Vec<String>,
     pub duration: Duration,
-    /// Combined output with the middle dropped past the in-memory cap.
+    /// Combined output: the head and the tail, with a marker in place of the
+    /// middle when the output was larger than the in-memory budget.
     pub output: String,
+    /// Total bytes the command printed on both streams.
+    pub total_bytes: u64,
+    /// Bytes printed but missing from `output` (the middle).
     pub omitted_bytes: u64,
+    /// The omitted middle as far as it fit under [`Limits::output_spill_bytes`];
+    /// deleted with the sandbox, so copy it out to keep it.
+    pub spill_file: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("{0}")]
-    Other(String),
+impl ExecOutcome {
+    /// True when the command exited by itself with status 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && self.killed_by.is_none()
+    }
 }
 
+/// Runs commands under one policy, in one workspace.
+///
+/// Dropping the last reference tears the sandbox down: its private home,
+/// `/tmp` and spilled output are deleted; running commands are killed.
 #[async_trait::async_trait]
 pub trait Sandbox: Send + Sync {
     /// Run one command. Output is streamed to `output` (if given) as it
     /// arrives; `cancel` kills the command's whole process tree.
+    ///
+    /// A command that fails, times out or hits a limit is an `Ok` outcome;
+    /// `Err` means the command could not be run at all.
     async fn exec(
         &self,
         request: ExecRequest,
         output: Option<mpsc::Sender<OutputChunk>>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError>;
+
+    /// Run an environment's setup script (`bash -e`, or `sh -e` where bash is
+    /// missing) in the workspace, with network access and `secrets` in its
+    /// environment. Secrets are passed to this one process only; the agent
+    /// phase's commands run under the policy as given and never see them.
+    async fn run_setup(
+        &self,
+        script: &str,
+        secrets: &BTreeMap<String, String>,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError>;
+
+    /// The policy this sandbox enforces.
+    fn policy(&self) -> &SandboxPolicy;
+
+    /// One line for people: backend, and what is and is not enforced
+    /// ("bwrap: no network, workspace read-write, memory 2 GiB via cgroup v1").
+    fn describe(&self) -> String;
+}
+
+/// Create a sandbox for `policy.workspace`, after checking that the backend
+/// can run on this machine (bubblewrap installed and able to create
+/// namespaces, podman present with the policy's image, ...).
+pub fn create(policy: SandboxPolicy) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    policy.validate()?;
+    match policy.backend {
+        Backend::Bwrap => Ok(Arc::new(bwrap::BwrapSandbox::new(policy)?)),
+        Backend::Podman => Ok(Arc::new(podman::PodmanSandbox::new(policy)?)),
+        Backend::None => Ok(Arc::new(none::UnsandboxedRunner::new(policy)?)),
+    }
 }

@@ -1,0 +1,266 @@
+//! The bubblewrap backend: user, pid, mount, ipc, uts and (in the agent
+//! phase) network namespaces, a filesystem built from nothing up, seccomp,
+//! and the cgroups of the common runner.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, SandboxCommon};
+use crate::environment::{base_environment, layered};
+use crate::filesystem::{self, FilesystemView, GeneratedFiles, HostFacts, Mount, Phase};
+use crate::runner::SpawnSpec;
+use crate::seccomp::CompiledFilters;
+use crate::{ExecOutcome, ExecRequest, OutputChunk, Sandbox, SandboxError, SandboxPolicy};
+
+/// The uid and gid commands run as inside the user namespace.
+const SANDBOX_UID: &str = "1000";
+
+pub(crate) struct BwrapSandbox {
+    common: SandboxCommon,
+    bwrap: PathBuf,
+    host: HostFacts,
+    home_inside: PathBuf,
+    agent_view: FilesystemView,
+    setup_view: FilesystemView,
+    filters: CompiledFilters,
+}
+
+impl BwrapSandbox {
+    pub fn new(policy: SandboxPolicy) -> Result<Self, SandboxError> {
+        let bwrap = find_bwrap()?;
+        check_bwrap_works(&bwrap)?;
+        let filters = CompiledFilters::build()?;
+        let common = SandboxCommon::new(policy)?;
+        let host = HostFacts::current();
+        let home_inside = filesystem::sandbox_home(&host);
+        let (passwd, group) = filesystem::account_files(&home_inside);
+        let generated = GeneratedFiles {
+            passwd: common.state.write_file("passwd", &passwd)?,
+            group: common.state.write_file("group", &group)?,
+            home: common.state.home(),
+            tmp: common.state.tmp(),
+        };
+        let policy = &common.policy;
+        let agent_view = filesystem::build_view(
+            policy,
+            Phase::agent(policy),
+            &common.workspace,
+            &host,
+            &generated,
+        );
+        let setup_view =
+            filesystem::build_view(policy, Phase::setup(), &common.workspace, &host, &generated);
+        Ok(BwrapSandbox {
+            common,
+            bwrap,
+            host,
+            home_inside,
+            agent_view,
+            setup_view,
+            filters,
+        })
+    }
+
+    fn environment(&self, view: &FilesystemView) -> BTreeMap<String, String> {
+        let home = self.home_inside.to_string_lossy();
+        base_environment(
+            |k| std::env::var(k).ok(),
+            &home,
+            "kiln",
+            &view.toolchain_env,
+        )
+    }
+
+    fn spawn_spec(
+        &self,
+        phase: Phase,
+        view: &FilesystemView,
+        cwd: &Path,
+        argv: &[String],
+        env: BTreeMap<String, String>,
+    ) -> Result<SpawnSpec, SandboxError> {
+        let fds = self.filters.to_memfds()?;
+        let mut args = namespace_args(phase.network);
+        args.extend(mount_args(&view.mounts));
+        args.push("--chdir".into());
+        args.push(cwd.to_string_lossy().into_owned());
+        for fd in crate::seccomp::raw_fds(&fds) {
+            args.push("--add-seccomp-fd".into());
+            args.push(fd.to_string());
+        }
+        args.push("--".into());
+        args.extend(argv.iter().cloned());
+        Ok(SpawnSpec {
+            program: self.bwrap.to_string_lossy().into_owned(),
+            args,
+            env,
+            cwd: PathBuf::from("/"),
+            rlimits: Vec::new(),
+            inherit_fds: fds,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sandbox for BwrapSandbox {
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let cwd = self.common.checked_cwd(&request)?;
+        let env = layered(
+            self.environment(&self.agent_view),
+            [&self.common.policy.env, &request.env],
+        );
+        let phase = Phase::agent(&self.common.policy);
+        let spec = self.spawn_spec(phase, &self.agent_view, &cwd, &request.argv, env)?;
+        self.common.run(spec, request.timeout, output, cancel).await
+    }
+
+    async fn run_setup(
+        &self,
+        script: &str,
+        secrets: &BTreeMap<String, String>,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let env = layered(
+            self.environment(&self.setup_view),
+            [&self.common.policy.env],
+        );
+        let env = common::with_secrets(env, secrets);
+        let argv = common::setup_argv(script, common::has_bash(self.host.path.as_deref()));
+        let workspace = self.common.workspace.clone();
+        let spec = self.spawn_spec(Phase::setup(), &self.setup_view, &workspace, &argv, env)?;
+        let timeout = self.common.policy.limits.setup_timeout;
+        self.common.run(spec, timeout, output, cancel).await
+    }
+
+    fn policy(&self) -> &SandboxPolicy {
+        &self.common.policy
+    }
+
+    fn describe(&self) -> String {
+        let policy = &self.common.policy;
+        format!(
+            "bwrap: network {}, workspace {} {}, private home and /tmp, seccomp on; {}",
+            if policy.network {
+                "on"
+            } else {
+                "off (loopback only)"
+            },
+            self.common.workspace.display(),
+            if policy.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            self.common.limit_plan.describe()
+        )
+    }
+}
+
+fn namespace_args(network: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-user",
+        "--uid",
+        SANDBOX_UID,
+        "--gid",
+        SANDBOX_UID,
+        "--disable-userns",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "kiln",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !network {
+        args.push("--unshare-net".into());
+    }
+    args
+}
+
+fn mount_args(mounts: &[Mount]) -> Vec<String> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let mut args: Vec<String> = Vec::new();
+    for mount in mounts {
+        match mount {
+            Mount::ReadOnly { src, dst } => args.extend(["--ro-bind".into(), s(src), s(dst)]),
+            Mount::Writable { src, dst } => args.extend(["--bind".into(), s(src), s(dst)]),
+            Mount::Symlink { target, link } => {
+                args.extend(["--symlink".into(), s(target), s(link)])
+            }
+            Mount::HideFile(path) => args.extend(["--ro-bind".into(), "/dev/null".into(), s(path)]),
+            Mount::HideDir(path) => {
+                args.extend(["--tmpfs".into(), s(path), "--remount-ro".into(), s(path)])
+            }
+        }
+    }
+    args.extend([
+        "--dev".into(),
+        "/dev".into(),
+        "--proc".into(),
+        "/proc".into(),
+    ]);
+    // The root itself is a tmpfs bubblewrap made; without this the command
+    // could create files next to /usr.
+    args.extend(["--remount-ro".into(), "/".into()]);
+    args
+}
+
+fn find_bwrap() -> Result<PathBuf, SandboxError> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("bwrap"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| SandboxError::BackendUnavailable {
+            backend: "bwrap",
+            reason: "bubblewrap (bwrap) is not installed".into(),
+            fix: "install it (`apt-get install bubblewrap`, `dnf install bubblewrap`) or run without isolation with `--sandbox none`".into(),
+        })
+}
+
+/// Run a minimal sandbox once per process to see that this kernel lets
+/// bubblewrap create the namespaces kiln uses.
+fn check_bwrap_works(bwrap: &Path) -> Result<(), SandboxError> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = RESULT.get_or_init(|| {
+        let mut args = namespace_args(false);
+        args.extend(mount_args(&[Mount::ReadOnly {
+            src: "/".into(),
+            dst: "/".into(),
+        }]));
+        args.extend(["--".into(), "true".into()]);
+        let out = std::process::Command::new(bwrap)
+            .args(&args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .map_err(|e| format!("could not run {}: {e}", bwrap.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    });
+    result.clone().map_err(|reason| SandboxError::BackendUnavailable {
+        backend: "bwrap",
+        reason: format!("bubblewrap cannot create namespaces here: {reason}"),
+        fix: "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu), or run without isolation with `--sandbox none`".into(),
+    })
+}
