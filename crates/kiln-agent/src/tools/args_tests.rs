@@ -1,0 +1,143 @@
+use super::*;
+
+const ALL: [&str; 3] = [SHELL, APPLY_PATCH, UPDATE_PLAN];
+
+fn parse(name: &str, arguments: &str) -> Result<ToolRequest, String> {
+    parse_tool_call(name, arguments, &ALL)
+}
+
+#[test]
+fn shell_accepts_an_argv_array_with_workdir_and_timeout() {
+    let request = parse(
+        SHELL,
+        r#"{"command": ["python3", "-m", "unittest"], "workdir": "tests", "timeout_ms": 1500.5}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        request,
+        ToolRequest::Shell {
+            argv: vec!["python3".into(), "-m".into(), "unittest".into()],
+            workdir: Some("tests".into()),
+            timeout_ms: Some(1501),
+        }
+    );
+}
+
+#[test]
+fn shell_turns_a_single_string_into_a_bash_script() {
+    let request = parse(SHELL, "  {\"command\" : \"ls -la | head\"}\n").unwrap();
+    assert_eq!(
+        request,
+        ToolRequest::Shell {
+            argv: vec!["bash".into(), "-lc".into(), "ls -la | head".into()],
+            workdir: None,
+            timeout_ms: None,
+        }
+    );
+}
+
+#[test]
+fn unknown_tool_names_the_available_ones() {
+    let err = parse("browse_web", "{}").unwrap_err();
+    assert_eq!(
+        err,
+        "unknown tool `browse_web`; the available tools are: shell, apply_patch, update_plan"
+    );
+    let ask_only = parse_tool_call(APPLY_PATCH, "{}", &[SHELL, UPDATE_PLAN]).unwrap_err();
+    assert!(ask_only.contains("unknown tool `apply_patch`"));
+}
+
+#[test]
+fn bad_json_is_explained_with_the_expected_shape() {
+    let err = parse(SHELL, r#"{"command": ["ls""#).unwrap_err();
+    assert!(err.starts_with("invalid arguments for `shell`: the arguments are not valid JSON"));
+    assert!(err.contains(r#"expected arguments like {"command": ["bash", "-lc""#));
+}
+
+#[test]
+fn each_argument_problem_is_named() {
+    let cases = [
+        (SHELL, "", "the arguments are empty"),
+        (
+            SHELL,
+            "[1]",
+            "the arguments are an array, not a JSON object",
+        ),
+        (SHELL, "{}", "missing field `command`"),
+        (SHELL, r#"{"command": []}"#, "`command` is empty"),
+        (
+            SHELL,
+            r#"{"command": ["ls", 3]}"#,
+            "`command[1]` is a number",
+        ),
+        (SHELL, r#"{"command": 7}"#, "`command` is a number"),
+        (
+            SHELL,
+            r#"{"command": "ls", "timeout_ms": -4}"#,
+            "`timeout_ms` must be a positive number",
+        ),
+        (
+            SHELL,
+            r#"{"command": "ls", "workdir": 3}"#,
+            "`workdir` is a number",
+        ),
+        (APPLY_PATCH, r#"{"text": "x"}"#, "missing field `input`"),
+        (APPLY_PATCH, r#"{"input": ["x"]}"#, "`input` is an array"),
+        (
+            UPDATE_PLAN,
+            r#"{"explanation": "x"}"#,
+            "missing field `plan`",
+        ),
+        (
+            UPDATE_PLAN,
+            r#"{"plan": [{"step": "a", "status": "done"}]}"#,
+            "`plan[0].status` is \"done\"",
+        ),
+        (
+            UPDATE_PLAN,
+            r#"{"plan": [{"status": "pending"}]}"#,
+            "`plan[0]` is missing `step`",
+        ),
+        (UPDATE_PLAN, r#"{"plan": ["a"]}"#, "`plan[0]` is a string"),
+    ];
+    for (name, arguments, expected) in cases {
+        let err = parse(name, arguments).unwrap_err();
+        assert!(err.contains(expected), "{name} {arguments}: {err}");
+        assert!(err.contains("expected arguments like"), "{err}");
+    }
+}
+
+#[test]
+fn apply_patch_takes_input_or_patch() {
+    for arguments in [r#"{"input": "P"}"#, r#"{"patch": "P"}"#] {
+        assert_eq!(
+            parse(APPLY_PATCH, arguments).unwrap(),
+            ToolRequest::ApplyPatch {
+                patch: "P".into(),
+                workdir: None
+            }
+        );
+    }
+}
+
+#[test]
+fn update_plan_reads_steps_and_statuses() {
+    let request = parse(
+        UPDATE_PLAN,
+        r#"{"explanation": "start", "plan": [{"step": "a", "status": "completed"}, {"step": "b", "status": "in_progress"}, {"step": "c", "status": "pending"}]}"#,
+    )
+    .unwrap();
+    let ToolRequest::UpdatePlan { explanation, plan } = request else {
+        panic!("not a plan: {request:?}");
+    };
+    assert_eq!(explanation.as_deref(), Some("start"));
+    let statuses: Vec<_> = plan.iter().map(|p| p.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StepStatus::Completed,
+            StepStatus::InProgress,
+            StepStatus::Pending
+        ]
+    );
+}

@@ -1,0 +1,237 @@
+//! The `shell` tool: one command through the sandbox, its output streamed to
+//! the event log as a terminal chunk and summarised for the model.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{EventKind, ExecStream};
+use kiln_sandbox::{ExecOutcome, ExecRequest, OutputChunk, Sandbox};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ToolResult;
+use crate::chunks::{chunk_id, new_capture};
+use crate::output::{CapturedOutput, Utf8Decoder};
+use crate::EventLog;
+
+/// How long a command may take to die after cancellation before kiln stops
+/// waiting for the sandbox to report it.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// Output pieces buffered between the sandbox and the event log.
+const OUTPUT_CHANNEL_CAPACITY: usize = 256;
+
+pub(super) struct ShellRun<'a> {
+    pub(super) sandbox: &'a dyn Sandbox,
+    pub(super) events: &'a EventLog,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) call_id: &'a str,
+    pub(super) chunk: u64,
+    pub(super) tool_output_max_bytes: usize,
+}
+
+/// Decodes both pipes and records their text in order of arrival.
+struct ChunkWriter<'a> {
+    events: &'a EventLog,
+    chunk_id: String,
+    stdout: Utf8Decoder,
+    stderr: Utf8Decoder,
+    captured: CapturedOutput,
+    streamed_bytes: u64,
+}
+
+impl ChunkWriter<'_> {
+    fn push(&mut self, piece: OutputChunk) {
+        self.streamed_bytes += piece.data.len() as u64;
+        let text = match piece.stream {
+            ExecStream::Stdout => self.stdout.push(&piece.data),
+            ExecStream::Stderr => self.stderr.push(&piece.data),
+        };
+        self.record(piece.stream, text);
+    }
+
+    fn record(&mut self, stream: ExecStream, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        self.captured.push(&text);
+        self.events.emit(EventKind::ExecOutput {
+            chunk_id: self.chunk_id.clone(),
+            stream,
+            text,
+        });
+    }
+
+    fn finish(&mut self) {
+        let out = self.stdout.finish();
+        self.record(ExecStream::Stdout, out);
+        let err = self.stderr.finish();
+        self.record(ExecStream::Stderr, err);
+    }
+}
+
+/// How waiting for the sandbox ended.
+enum Ended {
+    Finished(Result<ExecOutcome, kiln_sandbox::SandboxError>),
+    /// Cancelled, and the sandbox did not report back within the grace period.
+    Abandoned,
+}
+
+impl ShellRun<'_> {
+    /// Run `argv` in `workdir`; returns what the model gets and the chunk.
+    pub(super) async fn run(
+        self,
+        argv: Vec<String>,
+        workdir: PathBuf,
+        timeout: Duration,
+    ) -> (ToolResult, CapturedOutput) {
+        let chunk_id = chunk_id(self.chunk);
+        self.events.emit(EventKind::ExecBegin {
+            call_id: self.call_id.to_string(),
+            chunk_id: chunk_id.clone(),
+            command: argv.clone(),
+            cwd: workdir.display().to_string(),
+        });
+        let request = ExecRequest {
+            argv,
+            cwd: workdir,
+            timeout,
+            // No terminal is attached: keep pagers from waiting for one.
+            env: [("PAGER", "cat"), ("GIT_PAGER", "cat")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut writer = ChunkWriter {
+            events: self.events,
+            chunk_id: chunk_id.clone(),
+            stdout: Utf8Decoder::default(),
+            stderr: Utf8Decoder::default(),
+            captured: new_capture(),
+            streamed_bytes: 0,
+        };
+
+        let started = Instant::now();
+        let (sender, mut receiver) = mpsc::channel::<OutputChunk>(OUTPUT_CHANNEL_CAPACITY);
+        let exec = self
+            .sandbox
+            .exec(request, Some(sender), self.cancel.child_token());
+        tokio::pin!(exec);
+        let give_up = async {
+            self.cancel.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        };
+        tokio::pin!(give_up);
+        let ended = loop {
+            tokio::select! {
+                result = &mut exec => break Ended::Finished(result),
+                Some(piece) = receiver.recv() => writer.push(piece),
+                () = &mut give_up => break Ended::Abandoned,
+            }
+        };
+        // Output still buffered when the command ended belongs to it.
+        receiver.close();
+        while let Some(piece) = receiver.recv().await {
+            writer.push(piece);
+        }
+        writer.finish();
+        let elapsed = started.elapsed();
+
+        let (outcome, problem) = match ended {
+            Ended::Finished(Ok(outcome)) => (Some(outcome), None),
+            Ended::Finished(Err(err)) => {
+                (None, Some(format!("the command could not be run: {err}")))
+            }
+            Ended::Abandoned => (
+                None,
+                Some(format!(
+                    "the command was cancelled and did not stop within {}s",
+                    CANCEL_GRACE.as_secs()
+                )),
+            ),
+        };
+        if let Some(outcome) = &outcome {
+            // A sandbox that does not stream still reports the output at the end.
+            if writer.streamed_bytes == 0 && !outcome.output.is_empty() {
+                writer.record(ExecStream::Stdout, outcome.output.clone());
+            }
+        }
+        let omitted_bytes = match &outcome {
+            Some(outcome) if writer.streamed_bytes > 0 => {
+                outcome.total_bytes.saturating_sub(writer.streamed_bytes)
+            }
+            Some(outcome) => outcome.omitted_bytes,
+            None => 0,
+        };
+        self.events.emit(EventKind::ExecEnd {
+            call_id: self.call_id.to_string(),
+            chunk_id: chunk_id.clone(),
+            exit_code: outcome.as_ref().and_then(|o| o.exit_code),
+            duration_ms: outcome
+                .as_ref()
+                .map_or(elapsed, |o| o.duration)
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            timed_out: outcome.as_ref().is_some_and(|o| o.timed_out),
+            killed_by: outcome
+                .as_ref()
+                .and_then(|o| o.killed_by.clone())
+                .or_else(|| problem.clone()),
+            omitted_bytes,
+        });
+
+        let header = header(&chunk_id, outcome.as_ref(), problem.as_deref(), timeout);
+        let body = if writer.captured.total_bytes() == 0 {
+            "(no output)\n".to_string()
+        } else {
+            writer.captured.view_for_model(self.tool_output_max_bytes)
+        };
+        let success = outcome.as_ref().is_some_and(ExecOutcome::success);
+        let result = ToolResult {
+            output: format!("{header}\n{body}"),
+            success,
+        };
+        (result, writer.captured)
+    }
+}
+
+/// `[chunk t3] exit code 1, 0.4s`, or what stopped the command.
+fn header(
+    chunk_id: &str,
+    outcome: Option<&ExecOutcome>,
+    problem: Option<&str>,
+    timeout: Duration,
+) -> String {
+    let Some(outcome) = outcome else {
+        return format!(
+            "[chunk {chunk_id}] {}",
+            problem.unwrap_or("the command did not run")
+        );
+    };
+    let seconds = format!("{:.1}s", outcome.duration.as_secs_f64());
+    let mut header = if outcome.cancelled {
+        format!("[chunk {chunk_id}] cancelled by the user, {seconds}")
+    } else if outcome.timed_out {
+        format!(
+            "[chunk {chunk_id}] timed out after {}s and was killed; pass a larger timeout_ms or run less at once",
+            timeout.as_secs_f64().round()
+        )
+    } else if let Some(limit) = &outcome.killed_by {
+        format!("[chunk {chunk_id}] killed by the sandbox: {limit}, {seconds}")
+    } else if let Some(code) = outcome.exit_code {
+        format!("[chunk {chunk_id}] exit code {code}, {seconds}")
+    } else {
+        format!("[chunk {chunk_id}] ended by a signal, {seconds}")
+    };
+    let others: Vec<&str> = outcome
+        .limits_reached
+        .iter()
+        .map(String::as_str)
+        .filter(|limit| Some(*limit) != outcome.killed_by.as_deref())
+        .collect();
+    if !others.is_empty() {
+        header.push_str(&format!(" (limits reached: {})", others.join(", ")));
+    }
+    header
+}
