@@ -3,6 +3,9 @@
 #[path = "../../kiln-patch/tests/support/scenarios.rs"]
 mod scenarios;
 
+#[path = "../../kiln-patch/tests/support/roundtrip.rs"]
+mod roundtrip;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -139,4 +142,32 @@ fn two_patch_arguments_are_a_usage_error() {
         .expect("run kiln");
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+}
+
+#[test]
+fn generated_patches_apply_back_to_the_edited_files_through_the_cli() {
+    let mut generator = roundtrip::Seeded::new(0x6b69_6c6e);
+    let mut checked = 0;
+    for _ in 0..1_000 {
+        if checked == 60 {
+            break;
+        }
+        let Some(case) = generator.case() else {
+            continue;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("f.txt"), &case.original).expect("write original");
+        let output = kiln_apply_patch(dir.path(), None, Some(&case.patch));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{stderr}\npatch:\n{}",
+            case.patch
+        );
+        let result = std::fs::read_to_string(dir.path().join("f.txt")).expect("read result");
+        assert_eq!(result, case.expected, "patch:\n{}", case.patch);
+        checked += 1;
+    }
+    assert_eq!(checked, 60, "the generator gave too few usable cases");
 }
