@@ -51,7 +51,10 @@ pub async fn sh_with_timeout(
     timeout: Duration,
 ) -> ExecOutcome {
     let request = ExecRequest::shell(script, dir).with_timeout(timeout);
-    sandbox.exec(request, None, CancellationToken::new()).await.unwrap()
+    sandbox
+        .exec(request, None, CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 /// Poll `condition` until it holds or `limit` passes; true if it held.
