@@ -1,0 +1,104 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn codex_provider_table_parses() {
+    let toml_text = r#"
+        name = "Local Ollama"
+        base_url = "http://localhost:11434/v1"
+        wire_api = "chat"
+        stream_idle_timeout_ms = 600000
+        request_max_retries = 2
+        requires_openai_auth = false
+        query_params = { api-version = "2025-04-01" }
+    "#;
+    let config: ProviderConfig = toml::from_str(toml_text).unwrap();
+    assert_eq!(config.name, "Local Ollama");
+    assert_eq!(config.wire_api, WireApi::Chat);
+    assert_eq!(config.env_key, None);
+    assert_eq!(config.stream_idle_timeout, Duration::from_secs(600));
+    assert_eq!(config.request_max_retries, 2);
+    assert_eq!(config.stream_max_retries, DEFAULT_STREAM_MAX_RETRIES);
+    assert_eq!(config.query_params["api-version"], "2025-04-01");
+}
+
+#[test]
+fn omitted_keys_take_openai_defaults() {
+    let config: ProviderConfig = toml::from_str(r#"env_key = "MY_KEY""#).unwrap();
+    assert_eq!(config.base_url, OPENAI_DEFAULT_BASE_URL);
+    assert_eq!(config.wire_api, WireApi::Responses);
+    assert_eq!(config.stream_idle_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn unknown_wire_api_is_rejected_with_the_choices() {
+    let error = toml::from_str::<ProviderConfig>(r#"wire_api = "grpc""#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("responses") && error.contains("chat"),
+        "{error}"
+    );
+}
+
+#[test]
+fn missing_key_names_the_variable() {
+    let config = ProviderConfig::new(
+        "acme",
+        "https://acme.invalid/v1",
+        Some("ACME_KEY"),
+        WireApi::Chat,
+    );
+    let error = config.resolve_api_key(|_| None).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "model provider 'acme' needs an API key: set the environment variable ACME_KEY"
+    );
+    let empty = config.resolve_api_key(|_| Some("  ".into()));
+    assert!(matches!(empty, Err(ModelError::MissingApiKey { .. })));
+}
+
+#[test]
+fn key_comes_from_the_variable_or_the_explicit_value() {
+    let mut config = ProviderConfig::new(
+        "acme",
+        "https://acme.invalid/v1",
+        Some("ACME_KEY"),
+        WireApi::Chat,
+    );
+    let from_env =
+        config.resolve_api_key(|name| (name == "ACME_KEY").then(|| "sk-env\n".to_string()));
+    assert_eq!(from_env.unwrap().as_deref(), Some("sk-env"));
+    config.api_key = Some("sk-explicit".into());
+    assert_eq!(
+        config.resolve_api_key(|_| None).unwrap().as_deref(),
+        Some("sk-explicit")
+    );
+}
+
+#[test]
+fn provider_without_env_key_needs_no_key() {
+    let ollama = ProviderConfig::builtin("ollama").unwrap();
+    assert_eq!(
+        ollama.resolve_api_key(|_| Some("ignored".into())).unwrap(),
+        None
+    );
+    assert_eq!(ollama.wire_api, WireApi::Chat);
+}
+
+#[test]
+fn debug_output_hides_the_key() {
+    let mut config = ProviderConfig::new("acme", "https://acme.invalid/v1", None, WireApi::Chat);
+    config.api_key = Some("sk-secret-value".into());
+    config
+        .http_headers
+        .insert("x-secret".into(), "header-secret".into());
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("sk-secret-value") && !shown.contains("header-secret"),
+        "{shown}"
+    );
+    let serialised = toml::to_string(&config).unwrap();
+    assert!(!serialised.contains("sk-secret-value"));
+}
