@@ -120,7 +120,11 @@ impl Sandbox for BwrapSandbox {
         );
         let phase = Phase::agent(&self.common.policy);
         let spec = self.spawn_spec(phase, &self.agent_view, &cwd, &request.argv, env)?;
-        self.common.run(spec, request.timeout, output, cancel).await
+        let outcome = self
+            .common
+            .run(spec, request.timeout, output, cancel)
+            .await?;
+        Ok(with_shell_exec_status(outcome))
     }
 
     async fn run_setup(
@@ -164,6 +168,21 @@ impl Sandbox for BwrapSandbox {
             self.common.limit_plan.describe()
         )
     }
+}
+
+/// bubblewrap exits with 1 when it cannot exec the command; report what a
+/// shell would (127 not found, 126 not executable) so that callers and
+/// models read it the usual way.
+fn with_shell_exec_status(mut outcome: ExecOutcome) -> ExecOutcome {
+    if outcome.exit_code == Some(1) && outcome.output.starts_with("bwrap: execvp ") {
+        let first_line = outcome.output.lines().next().unwrap_or_default();
+        outcome.exit_code = Some(if first_line.ends_with("No such file or directory") {
+            127
+        } else {
+            126
+        });
+    }
+    outcome
 }
 
 fn namespace_args(network: bool) -> Vec<String> {

@@ -66,7 +66,10 @@ impl Sandbox for UnsandboxedRunner {
         let cwd = self.common.checked_cwd(&request)?;
         let env = layered(self.environment(), [&self.common.policy.env, &request.env]);
         let spec = self.spec(&request.argv, cwd, env);
-        self.common.run(spec, request.timeout, output, cancel).await
+        match self.common.run(spec, request.timeout, output, cancel).await {
+            Err(SandboxError::Spawn { program, source }) => Ok(not_started(&program, &source)),
+            other => other,
+        }
     }
 
     async fn run_setup(
@@ -96,5 +99,21 @@ impl Sandbox for UnsandboxedRunner {
             "none: NO ISOLATION — commands see the whole machine and the network; {}",
             self.common.limit_plan.describe()
         )
+    }
+}
+
+/// What a shell reports when it cannot start a program: 127 when it does
+/// not exist, 126 otherwise; the same statuses the bwrap backend gives.
+fn not_started(program: &str, error: &std::io::Error) -> ExecOutcome {
+    let output = format!("kiln: {program}: {error}\n");
+    ExecOutcome {
+        exit_code: Some(if error.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        }),
+        total_bytes: output.len() as u64,
+        output,
+        ..ExecOutcome::default()
     }
 }

@@ -19,7 +19,11 @@ async fn python_unittest_suite_passes_and_a_failing_one_fails() {
     let sandbox = f.sandbox(Backend::Bwrap);
     let out = sh(&sandbox, &f.workspace, "python3 -m unittest -v").await;
     assert!(out.success(), "{}", out.output);
-    assert!(out.output.contains("test_add") && out.output.contains("OK"), "{}", out.output);
+    assert!(
+        out.output.contains("test_add") && out.output.contains("OK"),
+        "{}",
+        out.output
+    );
 
     f.write("calc.py", "def add(a, b):\n    return a - b\n");
     let out = sh(&sandbox, &f.workspace, "python3 -m unittest").await;
@@ -39,9 +43,19 @@ async fn cargo_test_of_a_small_crate_runs_offline() {
         "pub fn double(x: i32) -> i32 { x * 2 }\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn doubles() { assert_eq!(super::double(21), 42); }\n}\n",
     );
     let sandbox = f.sandbox(Backend::Bwrap);
-    let out = sh_with_timeout(&sandbox, &f.workspace, "cargo test --offline 2>&1", Duration::from_secs(300)).await;
+    let out = sh_with_timeout(
+        &sandbox,
+        &f.workspace,
+        "cargo test --offline 2>&1",
+        Duration::from_secs(300),
+    )
+    .await;
     assert!(out.success(), "{}", out.output);
-    assert!(out.output.contains("test tests::doubles ... ok"), "{}", out.output);
+    assert!(
+        out.output.contains("test tests::doubles ... ok"),
+        "{}",
+        out.output
+    );
     assert!(f.workspace.join("target").is_dir());
 }
 
@@ -60,12 +74,20 @@ async fn npm_test_runs_a_node_suite() {
         "const test = require('node:test');\nconst assert = require('node:assert');\ntest('adds', () => assert.strictEqual(1 + 2, 3));\n",
     );
     let sandbox = f.sandbox(Backend::Bwrap);
-    let out = sh_with_timeout(&sandbox, &f.workspace, "npm test 2>&1", Duration::from_secs(120)).await;
+    let out = sh_with_timeout(
+        &sandbox,
+        &f.workspace,
+        "npm test 2>&1",
+        Duration::from_secs(120),
+    )
+    .await;
     assert!(out.success(), "{}", out.output);
     assert!(out.output.contains("pass 1"), "{}", out.output);
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").ok()?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }

@@ -1,0 +1,329 @@
+//! `kiln sandbox` through the binary: the escape suite as a user would run
+//! it, with the exit statuses and messages a user sees.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Workspace {
+    root: tempfile::TempDir,
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("repo");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join(".ssh/id_ed25519"), "PLANTED-SSH-KEY\n").unwrap();
+        std::fs::create_dir_all(home.join(".kiln")).unwrap();
+        std::fs::write(
+            home.join(".kiln/config.toml"),
+            "api_key = \"PLANTED-KILN-KEY\"\n",
+        )
+        .unwrap();
+        Workspace { root, dir, home }
+    }
+
+    /// `kiln sandbox ARGS` with the planted HOME and secrets in the environment.
+    fn kiln(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
+            .arg("sandbox")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(args)
+            .env("HOME", &self.home)
+            .env("OPENAI_API_KEY", "sk-planted-openai")
+            .env("KILN_TEST_SECRET", "planted-env-secret")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.kiln(args).output().unwrap()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn both(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_commands_own_exit_status_is_returned() {
+    let ws = Workspace::new();
+    let out = ws.run(&["--", "sh", "-c", "echo hello; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    assert_eq!(text(&out.stdout), "hello\n");
+}
+
+#[test]
+fn host_loopback_is_unreachable_unless_network_is_asked_for() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ws = Workspace::new();
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo CONNECTED");
+    let out = ws.run(&["--", "bash", "-c", &script]);
+    assert_ne!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(!text(&out.stdout).contains("CONNECTED"));
+
+    let out = ws.run(&["--network", "--", "bash", "-c", &script]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(text(&out.stdout).contains("CONNECTED"));
+}
+
+#[test]
+fn secrets_in_the_hosts_home_and_root_are_not_visible() {
+    let ws = Workspace::new();
+    let home = ws.home.display().to_string();
+    let script = format!(
+        "cat {home}/.ssh/id_ed25519; cat {home}/.kiln/config.toml; cat ~/.ssh/id_ed25519; \
+         echo HOME=$HOME; ls -A ~; test -e /root/.bashrc && echo ROOT-BASHRC; \
+         test -e /root/.npmrc && echo ROOT-NPMRC; true"
+    );
+    let out = ws.run(&["--", "sh", "-c", &script]);
+    let all = both(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("PLANTED-SSH-KEY"), "{all}");
+    assert!(!all.contains("PLANTED-KILN-KEY"), "{all}");
+    assert!(all.contains(&format!("HOME={home}")), "{all}");
+    assert!(
+        !all.contains("ROOT-BASHRC") && !all.contains("ROOT-NPMRC"),
+        "{all}"
+    );
+}
+
+#[test]
+fn host_environment_variables_are_absent() {
+    let ws = Workspace::new();
+    let out = ws.run(&["--env", "TASK_VAR=visible", "--", "env"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(!stdout.contains("sk-planted-openai"), "{stdout}");
+    assert!(!stdout.contains("planted-env-secret"), "{stdout}");
+    assert!(stdout.contains("TASK_VAR=visible"), "{stdout}");
+}
+
+#[test]
+fn writes_outside_the_workspace_and_through_symlinks_fail() {
+    let ws = Workspace::new();
+    let outside = ws.root.path().join("outside.txt");
+    std::fs::write(&outside, "OUTSIDE-SECRET\n").unwrap();
+    std::os::unix::fs::symlink(&outside, ws.dir.join("link")).unwrap();
+    let script = format!(
+        "cat link; echo overwrite > link; echo new > {}/new.txt; echo ok > inside.txt",
+        ws.root.path().display()
+    );
+    let out = ws.run(&["--", "sh", "-c", &script]);
+    assert!(!both(&out).contains("OUTSIDE-SECRET"), "{}", both(&out));
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "OUTSIDE-SECRET\n"
+    );
+    assert!(!ws.root.path().join("new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.dir.join("inside.txt")).unwrap(),
+        "ok\n"
+    );
+}
+
+#[test]
+fn ask_mode_refuses_writes() {
+    let ws = Workspace::new();
+    std::fs::write(ws.dir.join("file.txt"), "before\n").unwrap();
+    let out = ws.run(&["--ask", "--", "sh", "-c", "echo after > file.txt"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.dir.join("file.txt")).unwrap(),
+        "before\n"
+    );
+}
+
+#[test]
+fn timeout_exits_124_and_kills_daemonised_children() {
+    let ws = Workspace::new();
+    let marker = format!("77{}.25", std::process::id());
+    let script = format!(
+        "setsid sleep {marker} >/dev/null 2>&1 </dev/null & nohup sleep {marker} >/dev/null 2>&1 & \
+         echo started; sleep {marker}"
+    );
+    let mut child = ws
+        .kiln(&["--timeout", "2", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemons exist while the command runs...
+    assert!(
+        wait_until(Duration::from_secs(10), || marker_processes(&marker) >= 3),
+        "daemons never started"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", both(&out));
+    assert!(
+        text(&out.stderr).contains("killed: timeout 2s"),
+        "{}",
+        both(&out)
+    );
+    // ...and none survives the timeout.
+    assert!(
+        wait_until(Duration::from_secs(5), || marker_processes(&marker) == 0),
+        "daemonised children survived"
+    );
+}
+
+#[test]
+fn memory_limit_kill_is_named_on_stderr() {
+    let ws = Workspace::new();
+    let out = ws.run(&[
+        "--memory",
+        "64M",
+        "--",
+        "python3",
+        "-c",
+        "b = bytearray(1 << 30); print('allocated')",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", both(&out));
+    assert!(
+        text(&out.stderr).contains("killed: memory limit 64 MiB"),
+        "{}",
+        both(&out)
+    );
+    assert!(!text(&out.stdout).contains("allocated"));
+}
+
+#[test]
+fn a_fork_bomb_is_contained_and_the_run_ends() {
+    let ws = Workspace::new();
+    let bomb = "import os\nwhile True:\n  try: os.fork()\n  except OSError: pass\n";
+    let started = Instant::now();
+    let out = ws.run(&[
+        "--max-processes",
+        "48",
+        "--timeout",
+        "3",
+        "--",
+        "python3",
+        "-c",
+        bomb,
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", both(&out));
+    assert!(
+        text(&out.stderr).contains("limit reached: process limit 48"),
+        "{}",
+        both(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn printing_gigabytes_leaves_kilns_memory_flat() {
+    let ws = Workspace::new();
+    let mut child = ws
+        .kiln(&["--", "head", "-c", "2G", "/dev/zero"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak_kib = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        // VmHWM only grows, so the last reading before exit is the peak
+        // up to that moment; sampling often keeps the gap small.
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 GiB of output took over 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(peak_kib > 0, "no memory reading of the kiln process");
+    assert!(
+        peak_kib < 64 * 1024,
+        "kiln's peak RSS was {peak_kib} KiB while 2 GiB went through it"
+    );
+}
+
+#[test]
+fn bad_options_name_the_problem_and_exit_125() {
+    let ws = Workspace::new();
+    let out = ws.run(&["--memory", "lots", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("\"lots\""), "{}", both(&out));
+    let out = ws.run(&["--backend", "chroot", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("expected bwrap, podman or none"),
+        "{}",
+        both(&out)
+    );
+}
+
+#[test]
+fn backend_none_warns_loudly() {
+    let ws = Workspace::new();
+    let out = ws.run(&["--backend", "none", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("isolates NOTHING"),
+        "{}",
+        both(&out)
+    );
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Live `sleep MARKER` processes.
+fn marker_processes(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit(") ")
+                .next()
+                .is_some_and(|s| s.starts_with('Z'));
+            !zombie && cmdline == format!("sleep\0{marker}\0").as_bytes()
+        })
+        .count()
+}
