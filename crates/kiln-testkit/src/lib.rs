@@ -8,7 +8,9 @@
 //! assertions. Turns cover realistic answers (streamed text, tool calls, usage)
 //! and the failures clients must survive (HTTP errors with `retry-after`,
 //! streams cut mid-way, stalls, garbage). [`fixtures::repo`] makes a real git
-//! repository from a fixture project such as `calc-py`.
+//! repository from a fixture project such as `calc-py`, and [`scenarios`]
+//! holds ready-made scripts for them. The `kiln-testkit-server` binary serves
+//! a JSON script for benchmarks.
 //!
 //! ```
 //! use kiln_testkit::{Script, ScriptedServer, Turn};
@@ -40,6 +42,7 @@ mod chat_sse;
 pub mod fixtures;
 mod render;
 mod responses_sse;
+pub mod scenarios;
 mod script;
 mod server;
 

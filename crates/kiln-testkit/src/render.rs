@@ -134,12 +134,29 @@ pub(crate) fn render(turn: &Turn, wire: WireApi, ctx: &ReplyContext) -> Answer {
         } => with_plan(render(turn, wire, ctx), |plan| {
             plan.stall = Some((*after_events, Duration::from_millis(*duration_ms)));
         }),
+        // The wait happens in the server before it answers.
+        Turn::Delayed { turn, .. } => render(turn, wire, ctx),
         Turn::Slow { delay_ms, turn } => with_plan(render(turn, wire, ctx), |plan| {
             plan.delay_between_frames = Duration::from_millis(*delay_ms);
         }),
         Turn::Fragmented { chunk_bytes, turn } => with_plan(render(turn, wire, ctx), |plan| {
             plan.chunk_bytes = Some((*chunk_bytes).max(1));
         }),
+    }
+}
+
+/// How long to wait before answering at all.
+pub(crate) fn answer_delay(turn: &Turn) -> Duration {
+    match turn {
+        Turn::Delayed { delay_ms, turn } => Duration::from_millis(*delay_ms) + answer_delay(turn),
+        Turn::CutAfter { turn, .. }
+        | Turn::Stall { turn, .. }
+        | Turn::Slow { turn, .. }
+        | Turn::Fragmented { turn, .. } => answer_delay(turn),
+        Turn::Reply { .. }
+        | Turn::HttpError { .. }
+        | Turn::Garbage { .. }
+        | Turn::RawEvents { .. } => Duration::ZERO,
     }
 }
 

@@ -98,6 +98,8 @@ pub enum Turn {
         duration_ms: u64,
         turn: Box<Turn>,
     },
+    /// Waits `delay_ms` before sending anything, headers included, then answers with `turn`.
+    Delayed { delay_ms: u64, turn: Box<Turn> },
     /// Streams `turn` with a pause of `delay_ms` between events.
     Slow { delay_ms: u64, turn: Box<Turn> },
     /// Streams `turn` split into network writes of at most `chunk_bytes` bytes,
@@ -164,6 +166,12 @@ impl Turn {
         )
     }
 
+    /// The model runs `cmd` through Codex CLI's `exec_command` tool (`{"cmd": cmd}`),
+    /// for replaying a task against Codex.
+    pub fn exec_command(cmd: impl Into<String>) -> Self {
+        Turn::tool_call("exec_command", serde_json::json!({ "cmd": cmd.into() }))
+    }
+
     /// The model calls the `apply_patch` tool with `patch` as its `input`.
     pub fn apply_patch(patch: impl Into<String>) -> Self {
         Turn::tool_call("apply_patch", serde_json::json!({ "input": patch.into() }))
@@ -227,6 +235,14 @@ impl Turn {
         }
     }
 
+    /// Waits `delay` before answering at all (not even headers), then answers with `inner`.
+    pub fn delayed(inner: Turn, delay: Duration) -> Self {
+        Turn::Delayed {
+            delay_ms: duration_millis(delay),
+            turn: Box::new(inner),
+        }
+    }
+
     /// Streams `inner` with `delay` between events.
     pub fn slow(inner: Turn, delay: Duration) -> Self {
         Turn::Slow {
@@ -260,6 +276,7 @@ impl Turn {
             Turn::Reply { usage, .. } => *usage = Some(new_usage),
             Turn::CutAfter { turn, .. }
             | Turn::Stall { turn, .. }
+            | Turn::Delayed { turn, .. }
             | Turn::Slow { turn, .. }
             | Turn::Fragmented { turn, .. } => {
                 let inner = std::mem::replace(turn.as_mut(), Turn::garbage(""));

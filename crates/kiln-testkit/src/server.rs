@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::render::{render, Answer, ReplyContext, StreamPlan, WireApi};
+use crate::render::{answer_delay, render, Answer, ReplyContext, StreamPlan, WireApi};
 use crate::script::{Script, Turn};
 
 /// One request the server received, kept for assertions.
@@ -253,6 +253,10 @@ async fn answer(
         created_at: shared.started_at,
         request_bytes: body.len(),
     };
+    let delay = answer_delay(&turn);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match render(&turn, wire, &ctx) {
         Answer::Http {
             status,

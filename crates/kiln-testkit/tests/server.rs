@@ -204,3 +204,16 @@ async fn unknown_route_is_a_recorded_404() {
     assert_eq!(server.requests()[0].path, "/v1/models");
     assert_eq!(server.turns_served(), 0);
 }
+
+#[tokio::test]
+async fn delayed_turn_holds_back_even_the_headers() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::delayed(
+        Turn::message("late"),
+        Duration::from_millis(200),
+    )]))
+    .await;
+    let started = std::time::Instant::now();
+    let answer = post(format!("{}/responses", server.base_url()), json!({})).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(answer.status(), 200);
+}

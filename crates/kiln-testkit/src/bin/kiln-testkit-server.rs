@@ -1,7 +1,9 @@
-//! `kiln-testkit-server SCRIPT.json [--port PORT]`: serves a scripted model on
-//! 127.0.0.1 and prints its base URL as the first line of stdout, so benchmarks
-//! can point kiln or another agent at it. Runs until killed or until stdin
-//! closes when `--exit-on-stdin-eof` is given.
+//! `kiln-testkit-server SCRIPT.json [--port PORT] [--requests-log FILE]
+//! [--exit-on-stdin-eof]`: serves a scripted model on 127.0.0.1 and prints its
+//! base URL as the first line of stdout, so benchmarks can point kiln or
+//! another agent at it. Runs until SIGINT/SIGTERM (or until stdin closes with
+//! `--exit-on-stdin-eof`), then writes every request it got to the requests
+//! log as JSON lines, when one was named.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,11 +11,13 @@ use std::process::ExitCode;
 use kiln_testkit::{Script, ScriptedServer};
 use tokio::io::AsyncReadExt;
 
-const USAGE: &str = "usage: kiln-testkit-server SCRIPT.json [--port PORT] [--exit-on-stdin-eof]";
+const USAGE: &str =
+    "usage: kiln-testkit-server SCRIPT.json [--port PORT] [--requests-log FILE] [--exit-on-stdin-eof]";
 
 struct Args {
     script_path: String,
     port: u16,
+    requests_log: Option<String>,
     exit_on_stdin_eof: bool,
 }
 
@@ -21,6 +25,7 @@ fn parse_args() -> Result<Args, String> {
     let mut script_path = None;
     let mut port = 0;
     let mut exit_on_stdin_eof = false;
+    let mut requests_log = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -29,6 +34,9 @@ fn parse_args() -> Result<Args, String> {
                 port = value
                     .parse()
                     .map_err(|_| format!("--port {value}: not a port number"))?;
+            }
+            "--requests-log" => {
+                requests_log = Some(args.next().ok_or("--requests-log needs a file path")?);
             }
             "--exit-on-stdin-eof" => exit_on_stdin_eof = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -42,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         script_path: script_path.ok_or(USAGE)?,
         port,
+        requests_log,
         exit_on_stdin_eof,
     })
 }
@@ -89,11 +98,11 @@ async fn main() -> ExitCode {
         };
     println!("{}", server.base_url());
     eprintln!("kiln-testkit-server: serving {turns} scripted turns");
-    if args.exit_on_stdin_eof {
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-    } else {
-        let _ = tokio::signal::ctrl_c().await;
+    wait_for_stop(args.exit_on_stdin_eof).await;
+    if let Some(path) = &args.requests_log {
+        if let Err(error) = write_requests_log(path, &server) {
+            eprintln!("kiln-testkit-server: cannot write {path}: {error}");
+        }
     }
     eprintln!(
         "kiln-testkit-server: served {} of {turns} turns, {} requests",
@@ -101,4 +110,45 @@ async fn main() -> ExitCode {
         server.requests().len()
     );
     ExitCode::SUCCESS
+}
+
+/// Waits for SIGINT, SIGTERM or, when asked, the end of stdin.
+async fn wait_for_stop(exit_on_stdin_eof: bool) {
+    let stdin_closed = async {
+        if exit_on_stdin_eof {
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminated = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+        _ = stdin_closed => {}
+    }
+}
+
+fn write_requests_log(path: &str, server: &ScriptedServer) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for request in server.requests() {
+        let line = serde_json::json!({
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "body": if request.body.is_null() { serde_json::Value::String(request.body_text) } else { request.body },
+        });
+        writeln!(file, "{line}")?;
+    }
+    file.flush()
 }
