@@ -112,9 +112,10 @@ fn plan_hunk(root: &Root, overlay: &mut Overlay, hunk: &Hunk) -> Result<FileChan
                 State::Directory => return Err(is_directory(path, "update")),
                 State::Absent => return Err(missing(path, "update")),
             };
-            let after = apply_chunks(path, before, chunks)?;
+            let updated = apply_chunks(path, before, chunks)?;
             let diff_target = move_to.as_deref().unwrap_or(path);
-            let diff = unified_diff(path, diff_target, before.as_bytes(), after.as_bytes());
+            let diff = updated.diff(path, diff_target);
+            let after = updated.text;
             let permissions = entry.permissions.clone();
             let destination = match move_to {
                 Some(dest) => {

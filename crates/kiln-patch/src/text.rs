@@ -61,6 +61,11 @@ impl<'a> SourceText<'a> {
         self.ending
     }
 
+    /// The text is empty or ends with a line ending.
+    pub fn ends_with_newline(&self) -> bool {
+        self.text.is_empty() || self.text.ends_with('\n')
+    }
+
     /// Byte offset where line `index` starts; `lines().len()` gives the text's length.
     pub fn offset_of_line(&self, index: usize) -> usize {
         match self.lines.get(index) {

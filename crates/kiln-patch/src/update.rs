@@ -5,6 +5,7 @@
 //! copied as whole byte ranges, so a one-line change to a huge file costs one
 //! copy of it, not one allocation per line.
 
+use crate::diff::{regions_diff, ChangedRegion, UpdateSides};
 use crate::error::{ChunkNotFound, Missing, PatchError};
 use crate::near_miss::find_near_miss;
 use crate::parser::{Chunk, ChunkLine};
@@ -28,7 +29,11 @@ struct Replacement<'c> {
 /// Lines the chunk keeps as context are written as the file has them (a loose match
 /// never rewrites them), new lines get the file's line ending, and a missing final
 /// newline stays missing unless a chunk touches the last line.
-pub fn apply_chunks(path: &str, text: &str, chunks: &[Chunk]) -> Result<String, PatchError> {
+pub fn apply_chunks<'a>(
+    path: &str,
+    text: &'a str,
+    chunks: &'a [Chunk],
+) -> Result<Updated<'a>, PatchError> {
     let source = SourceText::new(text);
     let replacements = locate(path, &source, chunks)?;
     let lines = source.lines();
@@ -44,27 +49,73 @@ pub fn apply_chunks(path: &str, text: &str, chunks: &[Chunk]) -> Result<String, 
         open_line: false,
     };
     let mut position = 0;
+    let mut new_position = 0;
+    let mut regions = Vec::with_capacity(replacements.len());
     for replacement in &replacements {
         out.push_verbatim(source.verbatim(position, replacement.start));
+        new_position += replacement.start - position;
+        let mut region = ChangedRegion {
+            old_start: replacement.start,
+            old_len: replacement.old_len,
+            new_start: new_position,
+            new_lines: Vec::new(),
+        };
         let mut old_index = 0;
         for (index, line) in replacement.chunk.lines.iter().enumerate() {
             if replacement.skipped_line == Some(index) {
                 continue;
             }
-            match line {
+            let written = match line {
                 ChunkLine::Context(_) => {
                     let at = replacement.start + old_index;
                     out.push_line(lines[at], source.ending_of_line(at));
                     old_index += 1;
+                    lines[at]
                 }
-                ChunkLine::Remove(_) => old_index += 1,
-                ChunkLine::Add(added) => out.push_line(added, ending),
-            }
+                ChunkLine::Remove(_) => {
+                    old_index += 1;
+                    continue;
+                }
+                ChunkLine::Add(added) => {
+                    out.push_line(added, ending);
+                    added.as_str()
+                }
+            };
+            region.new_lines.push(written);
         }
+        new_position += region.new_lines.len();
         position = replacement.start + replacement.old_len;
+        regions.push(region);
     }
     out.push_verbatim(source.verbatim(position, lines.len()));
-    Ok(out.text)
+    new_position += lines.len() - position;
+    Ok(Updated {
+        text: out.text,
+        new_line_count: new_position,
+        source,
+        regions,
+    })
+}
+
+/// A file's text after its chunks were applied, and what changed, for the diff.
+pub struct Updated<'a> {
+    pub text: String,
+    new_line_count: usize,
+    source: SourceText<'a>,
+    regions: Vec<ChangedRegion<'a>>,
+}
+
+impl Updated<'_> {
+    /// The unified diff from the old text to the new one.
+    pub fn diff(&self, old_path: &str, new_path: &str) -> String {
+        let sides = UpdateSides {
+            old_lines: self.source.lines(),
+            old_ends_with_newline: self.source.ends_with_newline(),
+            new_line_count: self.new_line_count,
+            new_ends_with_newline: self.text.is_empty() || self.text.ends_with('\n'),
+        };
+        regions_diff(old_path, new_path, &sides, &self.regions)
+    }
 }
 
 /// Finds every chunk's place, in order, each search starting after the previous chunk.

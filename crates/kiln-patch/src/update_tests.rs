@@ -10,7 +10,17 @@ fn chunks_of(body: &str) -> Vec<Chunk> {
 }
 
 fn updated(original: &str, body: &str) -> String {
-    apply_chunks("f", original, &chunks_of(body)).expect("chunks apply")
+    let chunks = chunks_of(body);
+    let updated = apply_chunks("f", original, &chunks).expect("chunks apply");
+    // The diff built from the changed regions must equal a whole-file diff.
+    // (The diff shows lines without their `\r`.)
+    let (old, new) = (
+        original.replace("\r\n", "\n"),
+        updated.text.replace("\r\n", "\n"),
+    );
+    let whole = crate::diff::unified_diff("f", "f", old.as_bytes(), new.as_bytes());
+    assert_eq!(updated.diff("f", "f"), whole);
+    updated.text
 }
 
 #[test]
@@ -65,8 +75,10 @@ fn chunks_apply_in_file_order() {
 
 #[test]
 fn chunk_before_the_previous_one_is_not_found_and_says_so() {
-    let error = apply_chunks("f", "1\n2\n3\n", &chunks_of("@@\n-3\n+c\n@@\n-1\n+a\n"))
-        .expect_err("out of order");
+    let chunks = chunks_of("@@\n-3\n+c\n@@\n-1\n+a\n");
+    let Err(error) = apply_chunks("f", "1\n2\n3\n", &chunks) else {
+        panic!("out of order chunks should fail");
+    };
     let message = error.to_string();
     assert!(message.contains("chunk 2 of `f`"), "{message}");
     assert!(
@@ -77,12 +89,10 @@ fn chunk_before_the_previous_one_is_not_found_and_says_so() {
 
 #[test]
 fn not_found_error_shows_near_miss_with_line_numbers() {
-    let error = apply_chunks(
-        "f",
-        "a\nlet x = 1;\nb\n",
-        &chunks_of("@@\n-let x = 2;\n+y\n"),
-    )
-    .expect_err("mismatch");
+    let chunks = chunks_of("@@\n-let x = 2;\n+y\n");
+    let Err(error) = apply_chunks("f", "a\nlet x = 1;\nb\n", &chunks) else {
+        panic!("mismatch should fail");
+    };
     let message = error.to_string();
     assert!(message.contains("     2 | let x = 1;"), "{message}");
     assert!(
@@ -93,8 +103,10 @@ fn not_found_error_shows_near_miss_with_line_numbers() {
 
 #[test]
 fn missing_context_line_is_named() {
-    let error = apply_chunks("f", "a\n", &chunks_of("@@ fn nowhere()\n-a\n+b\n"))
-        .expect_err("context missing");
+    let chunks = chunks_of("@@ fn nowhere()\n-a\n+b\n");
+    let Err(error) = apply_chunks("f", "a\n", &chunks) else {
+        panic!("missing context should fail");
+    };
     assert!(
         error
             .to_string()
