@@ -229,15 +229,47 @@ fn mount_args(mounts: &[Mount]) -> Vec<String> {
             }
         }
     }
-    args.extend([
-        "--dev".into(),
-        "/dev".into(),
-        "--proc".into(),
-        "/proc".into(),
-    ]);
+    args.extend(["--dev".into(), "/dev".into()]);
+    args.extend(proc_args());
     // The root itself is a tmpfs bubblewrap made; without this the command
     // could create files next to /usr.
     args.extend(["--remount-ro".into(), "/".into()]);
+    args
+}
+
+/// A fresh `/proc` for the pid namespace, with the kernel-wide knobs in it
+/// made read-only or hidden. This matters when kiln runs as root: the
+/// sandbox user then maps to the host's uid 0, and sysctls under
+/// `/proc/sys` check only that uid, not capabilities.
+fn proc_args() -> Vec<String> {
+    let mut args: Vec<String> = vec!["--proc".into(), "/proc".into()];
+    for dir in ["/proc/sys", "/proc/fs", "/proc/irq", "/proc/bus"] {
+        if Path::new(dir).is_dir() {
+            args.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+        }
+    }
+    for file in [
+        "/proc/sysrq-trigger",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ] {
+        if Path::new(file).exists() {
+            args.extend(["--ro-bind".into(), "/dev/null".into(), file.into()]);
+        }
+    }
+    for dir in ["/proc/acpi", "/proc/scsi", "/proc/asound"] {
+        if Path::new(dir).is_dir() {
+            args.extend([
+                "--tmpfs".into(),
+                dir.into(),
+                "--remount-ro".into(),
+                dir.into(),
+            ]);
+        }
+    }
     args
 }
 

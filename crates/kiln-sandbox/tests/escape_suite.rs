@@ -502,3 +502,34 @@ async fn a_missing_program_exits_127_in_every_backend() {
         );
     }
 }
+
+#[tokio::test]
+async fn kernel_settings_under_proc_sys_are_read_only() {
+    let f = Fixture::new();
+    let sandbox = f.sandbox(Backend::Bwrap);
+    let before = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    // Writing the current value back: proves writability without changing the host.
+    let out = sh(
+        &sandbox,
+        &f.workspace,
+        "v=$(cat /proc/sys/vm/swappiness) && echo $v > /proc/sys/vm/swappiness",
+    )
+    .await;
+    assert_ne!(out.exit_code, Some(0), "{}", out.output);
+    assert!(
+        out.output.contains("Read-only file system"),
+        "{}",
+        out.output
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        before
+    );
+    let out = sh(
+        &sandbox,
+        &f.workspace,
+        "cat /proc/keys /proc/timer_list 2>/dev/null | wc -c",
+    )
+    .await;
+    assert_eq!(out.output.trim(), "0", "{}", out.output);
+}
