@@ -156,12 +156,23 @@ impl StreamDecoder for ResponsesDecoder {
         event: &SseEvent,
         out: &mut Vec<ModelEvent>,
     ) -> Result<bool, ModelError> {
-        let data: Value = serde_json::from_str(&event.data).map_err(|error| {
+        let mut data: Value = serde_json::from_str(&event.data).map_err(|error| {
             self.invalid(format!(
                 "event data is not JSON ({error}): {}",
                 preview(&event.data)
             ))
         })?;
+        // A whole response object instead of events (a server that ignored
+        // `stream: true`) reads like its final event.
+        if data.get("type").is_none()
+            && data.get("object").and_then(Value::as_str) == Some("response")
+        {
+            let status = data
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("completed");
+            data = json!({ "type": format!("response.{status}"), "response": data });
+        }
         let kind = data
             .get("type")
             .and_then(Value::as_str)

@@ -257,10 +257,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// The SSE events of one response body, read with an idle timeout.
+///
+/// A server that ignores `stream: true` and answers one JSON document
+/// (`content-type: application/json`) yields that document as a single event,
+/// which both decoders understand.
 pub(crate) struct SseEvents {
     provider: String,
     body: ByteStream,
     parser: SseParser,
+    /// `Some` while collecting a whole-JSON answer instead of parsing SSE.
+    json_body: Option<Vec<u8>>,
     ready: VecDeque<SseEvent>,
     scratch: Vec<SseEvent>,
     idle_timeout: Duration,
@@ -269,8 +275,14 @@ pub(crate) struct SseEvents {
 
 impl SseEvents {
     fn new(provider: String, response: reqwest::Response, idle_timeout: Duration) -> Self {
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim_start().starts_with("application/json"));
         SseEvents {
             provider,
+            json_body: is_json.then(Vec::new),
             body: Box::pin(response.bytes_stream()),
             parser: SseParser::new(),
             ready: VecDeque::new(),
@@ -302,7 +314,10 @@ impl SseEvents {
                         timeout: self.idle_timeout,
                     }));
                 }
-                Ok(Some(Ok(chunk))) => self.parser.feed(&chunk, &mut self.scratch),
+                Ok(Some(Ok(chunk))) => match &mut self.json_body {
+                    Some(json) => json.extend_from_slice(&chunk),
+                    None => self.parser.feed(&chunk, &mut self.scratch),
+                },
                 Ok(Some(Err(error))) => {
                     self.ended = true;
                     return Some(Err(ModelError::StreamDisconnected {
@@ -312,7 +327,13 @@ impl SseEvents {
                 }
                 Ok(None) => {
                     self.ended = true;
-                    self.parser.finish(&mut self.scratch);
+                    match self.json_body.take() {
+                        Some(json) => self.scratch.push(SseEvent {
+                            event: None,
+                            data: String::from_utf8_lossy(&json).into_owned(),
+                        }),
+                        None => self.parser.finish(&mut self.scratch),
+                    }
                 }
             }
             self.ready.extend(self.scratch.drain(..));

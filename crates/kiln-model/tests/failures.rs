@@ -271,3 +271,18 @@ async fn exhausted_script_is_reported_not_hung_on() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn server_that_never_answers_times_out_and_the_retry_succeeds() {
+    let server = ScriptedServer::start(Script::new(vec![
+        Turn::delayed(Turn::message("too late"), Duration::from_secs(60)),
+        Turn::message("prompt answer"),
+    ]))
+    .await;
+    let mut config = provider(&server, WireApi::Responses);
+    config.stream_idle_timeout = Duration::from_millis(300);
+    let (events, error) = run_turn(connect(&config).unwrap().as_ref(), &request()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(items_of(&events), vec![Item::assistant("prompt answer")]);
+    assert_eq!(server.turns_served(), 2);
+}

@@ -215,3 +215,66 @@ async fn slow_stream_within_the_idle_timeout_completes() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text_of(&events), "patience");
 }
+
+/// A server that ignores `stream: true` and answers one JSON document.
+async fn json_answer(
+    body: serde_json::Value,
+) -> (Vec<ModelEvent>, Option<kiln_model::ModelError>, WireApi) {
+    let wire = if body["object"] == "response" {
+        WireApi::Responses
+    } else {
+        WireApi::Chat
+    };
+    let server = ScriptedServer::start(Script::new(vec![Turn::HttpError {
+        status: 200,
+        body: body.to_string(),
+        retry_after: None,
+        retry_after_ms: None,
+    }]))
+    .await;
+    let (events, error) = run_turn(client(&server, wire).as_ref(), &request()).await;
+    (events, error, wire)
+}
+
+#[tokio::test]
+async fn non_streamed_json_answers_are_understood() {
+    let (events, error, _) = json_answer(json!({
+        "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Checking.",
+            "tool_calls": [{"id": "call_j", "type": "function", "function": {"name": "shell", "arguments": "{\"command\":[\"ls\"]}"}}]}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4}
+    }))
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        items_of(&events),
+        vec![
+            Item::assistant("Checking."),
+            Item::FunctionCall {
+                call_id: "call_j".into(),
+                name: "shell".into(),
+                arguments: "{\"command\":[\"ls\"]}".into()
+            }
+        ]
+    );
+    assert_eq!(
+        events.last(),
+        Some(&ModelEvent::Completed {
+            usage: Usage {
+                input_tokens: 10,
+                cached_input_tokens: 0,
+                output_tokens: 4
+            }
+        })
+    );
+
+    let (events, error, wire) = json_answer(json!({
+        "object": "response", "status": "completed",
+        "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Whole."}]}],
+        "usage": {"input_tokens": 5, "output_tokens": 1}
+    }))
+    .await;
+    assert_eq!(wire, WireApi::Responses);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(items_of(&events), vec![Item::assistant("Whole.")]);
+}
