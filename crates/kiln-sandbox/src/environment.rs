@@ -53,6 +53,12 @@ pub(crate) fn base_environment(
     env.insert("LOGNAME".into(), user.into());
     env.insert("TMPDIR".into(), "/tmp".into());
     env.insert("KILN_SANDBOX".into(), "1".into());
+    // CPython validates cached bytecode by the source's mtime in whole seconds
+    // and its size. An agent runs the tests, patches a line into one of the
+    // same length and runs them again within a second: the stale .pyc would
+    // run instead of the fix. Writing no bytecode also keeps __pycache__ out
+    // of the diff.
+    env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
     for (key, value) in toolchain {
         env.insert(key.clone(), value.clone());
     }
@@ -96,6 +102,7 @@ mod tests {
         assert_eq!(env["HOME"], "/home/me");
         assert_eq!(env["TMPDIR"], "/tmp");
         assert_eq!(env["TERM"], "dumb");
+        assert_eq!(env["PYTHONDONTWRITEBYTECODE"], "1");
     }
 
     #[test]
