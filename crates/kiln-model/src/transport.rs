@@ -72,11 +72,17 @@ impl Transport {
             headers.insert(header_name, header_value);
         }
 
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(30));
+        // A local server (Ollama, llama.cpp…) is never behind the user's
+        // HTTP(S)_PROXY, and sending loopback traffic there fails confusingly.
+        if is_loopback(&parsed) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|error| config.invalid(format!("cannot build an HTTP client: {error}")))?;
         Ok(Transport {
@@ -199,6 +205,18 @@ impl Transport {
             _ => None,
         }
     }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// The message and code of an error body in any of the shapes servers use:

@@ -42,3 +42,13 @@ fn plain_text_body_is_quoted_and_long_bodies_are_cut() {
     assert_eq!(message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
     assert!(message.ends_with('…'));
 }
+
+#[test]
+fn loopback_hosts_are_recognised() {
+    let loopback = |url: &str| is_loopback(&reqwest::Url::parse(url).unwrap());
+    assert!(loopback("http://localhost:11434/v1"));
+    assert!(loopback("http://127.0.0.1:8080/v1"));
+    assert!(loopback("http://[::1]:8080/v1"));
+    assert!(!loopback("https://api.openai.com/v1"));
+    assert!(!loopback("http://10.0.0.5:8000/v1"));
+}
