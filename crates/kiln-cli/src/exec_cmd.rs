@@ -1,0 +1,291 @@
+//! `kiln exec` (Code mode) and `kiln ask` (Ask mode): one attempt on a local
+//! checkout, streamed to the terminal, logged under `$KILN_HOME/sessions`.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kiln_agent::{AgentConfig, AttemptInput, EventLog, InstructionsConfig};
+use kiln_protocol::{AttemptStatus, EventKind, EventSink, Mode};
+use kiln_workspace::{Repo, Worktree};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::event_log::{self, JsonStdout, JsonlFile};
+use crate::render::HumanRenderer;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Work in DIR instead of the current directory.
+    #[arg(short = 'C', long = "cd", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Model to use (overrides `model` in config.toml).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Print the event log as JSON lines on stdout instead of the readable view.
+    #[arg(long)]
+    pub json: bool,
+    /// Work in a fresh git worktree on a new branch; your checkout stays untouched.
+    #[arg(long)]
+    pub worktree: bool,
+    /// Continue the run recorded in this event log with a follow-up PROMPT.
+    #[arg(long, value_name = "LOG")]
+    pub resume: Option<PathBuf>,
+    /// Sandbox backend for commands: bwrap (default) or none (no isolation).
+    #[arg(long, value_name = "BACKEND")]
+    pub sandbox: Option<String>,
+    /// Override a configuration key for this run, e.g. -c model_provider=ollama.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// The task; `-` reads it from stdin.
+    pub prompt: String,
+}
+
+pub fn run(args: Args, mode: Mode) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
+    };
+    match runtime.block_on(run_async(args, mode)) {
+        Ok(code) => code,
+        Err(err) => fail(&format!("{err:#}")),
+    }
+}
+
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("kiln: {}", reason.replace('\n', " "));
+    ExitCode::FAILURE
+}
+
+async fn run_async(args: Args, mode: Mode) -> Result<ExitCode> {
+    let prompt = read_prompt(&args.prompt)?;
+    let home = config::kiln_home()?;
+    std::fs::create_dir_all(&home)
+        .with_context(|| format!("cannot create kiln home {}: set KILN_HOME", home.display()))?;
+
+    let resumed = match &args.resume {
+        Some(path) => Some(Resumed::load(path)?),
+        None => None,
+    };
+    let requested_dir = match (&args.dir, &resumed) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(resumed)) if args.dir.is_none() => resumed.cwd.clone(),
+        _ => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let cwd = requested_dir.canonicalize().with_context(|| {
+        format!(
+            "cannot use {} as the working directory",
+            requested_dir.display()
+        )
+    })?;
+
+    let mut overrides = args.overrides.clone();
+    if let Some(model) = &args.model {
+        overrides.push(format!("model={}", toml_string(model)));
+    }
+    if let Some(backend) = &args.sandbox {
+        overrides.push(format!("sandbox.backend={}", toml_string(backend)));
+    }
+    let config = config::load(&home, &cwd, &overrides)?;
+
+    let worktree = if args.worktree {
+        Some(create_worktree(&home, &cwd)?)
+    } else {
+        None
+    };
+    let run_dir = match &worktree {
+        Some((wt, relative)) => wt.path().join(relative),
+        None => cwd.clone(),
+    };
+    let workspace_root = config::project_root(&run_dir);
+
+    let provider = config.provider()?;
+    let client = kiln_model::connect(&provider).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let sandbox = crate::sandbox_policy::build(&config, &workspace_root, mode)?;
+
+    let log_file = match &args.resume {
+        Some(path) => JsonlFile::open_append(path)?,
+        None => JsonlFile::create_new(&home)?,
+    };
+    eprintln!("log: {}", log_file.path().display());
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(log_file)];
+    if args.json {
+        sinks.push(Arc::new(JsonStdout));
+    } else {
+        sinks.push(Arc::new(HumanRenderer::new()));
+    }
+    let (input, next_seq) = match resumed {
+        Some(resumed) => (
+            AttemptInput::resume(prompt, &resumed.events),
+            resumed.next_seq,
+        ),
+        None => (AttemptInput::new(prompt), 1),
+    };
+    let events = EventLog::new(next_seq, sinks);
+
+    let agent_config = agent_config(&config, &provider.name, mode, run_dir, &home);
+    let cancel = CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.cancel();
+        }
+    });
+
+    let outcome =
+        kiln_agent::run_attempt_with(&agent_config, client, sandbox, input, &events, cancel).await;
+
+    if let Some((wt, _)) = &worktree {
+        report_worktree(wt, &events)?;
+    }
+    if !args.json && !std::io::stdout().is_terminal() {
+        if let Some(message) = &outcome.final_message {
+            println!("{message}");
+        }
+    }
+    Ok(match outcome.status {
+        AttemptStatus::Succeeded => ExitCode::SUCCESS,
+        AttemptStatus::Failed => {
+            eprintln!(
+                "kiln: {}",
+                outcome.reason.as_deref().unwrap_or("the attempt failed")
+            );
+            ExitCode::FAILURE
+        }
+        AttemptStatus::Cancelled => {
+            eprintln!("kiln: cancelled");
+            ExitCode::from(130)
+        }
+    })
+}
+
+fn read_prompt(raw: &str) -> Result<String> {
+    let prompt = if raw == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the prompt from stdin")?;
+        text
+    } else {
+        raw.to_string()
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty: say what to do, e.g. kiln exec \"make the failing test pass\"");
+    }
+    Ok(prompt)
+}
+
+/// `-c`/flag values are spliced into TOML; quote them so any text is a string.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
+/// What a previous run left in its log: the conversation and where it ran.
+struct Resumed {
+    events: Vec<kiln_protocol::Event>,
+    next_seq: u64,
+    cwd: PathBuf,
+}
+
+impl Resumed {
+    fn load(path: &Path) -> Result<Self> {
+        let events = event_log::read_events(path)?;
+        let next_seq = events.last().map_or(1, |e| e.seq + 1);
+        let cwd = events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.kind {
+                EventKind::AttemptStarted { cwd, .. } => Some(PathBuf::from(cwd)),
+                _ => None,
+            })
+            .with_context(|| {
+                format!(
+                    "{} has no attempt.started event: not a kiln run log",
+                    path.display()
+                )
+            })?;
+        Ok(Resumed {
+            events,
+            next_seq,
+            cwd,
+        })
+    }
+}
+
+fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf)> {
+    let repo = Repo::discover(cwd)?;
+    let id = chrono::Utc::now().format("%Y%m%d-%H%M%S-%f").to_string();
+    let dest = home.join("worktrees").join(&id);
+    std::fs::create_dir_all(dest.parent().unwrap_or(home))?;
+    let worktree = repo.add_worktree("HEAD", &format!("kiln/exec/{id}"), &dest)?;
+    let root = repo
+        .root()
+        .canonicalize()
+        .unwrap_or_else(|_| repo.root().to_path_buf());
+    let relative = cwd
+        .strip_prefix(&root)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    Ok((worktree, relative))
+}
+
+fn report_worktree(worktree: &Worktree, events: &EventLog) -> Result<()> {
+    let stat = worktree.diff_stat()?;
+    match worktree.commit_all("kiln exec")? {
+        Some(commit) => {
+            eprintln!("{}", stat.trim_end());
+            eprintln!(
+                "committed {} on branch {} (worktree {}); bring it in with: git merge {}",
+                &commit[..commit.len().min(12)],
+                worktree.branch(),
+                worktree.path().display(),
+                worktree.branch()
+            );
+        }
+        None => {
+            events.emit(EventKind::Warning {
+                message: format!("no changes to commit on {}", worktree.branch()),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn agent_config(
+    config: &Config,
+    provider: &str,
+    mode: Mode,
+    cwd: PathBuf,
+    home: &Path,
+) -> AgentConfig {
+    let mut agent = AgentConfig::new(config.model.clone(), mode, cwd);
+    agent.provider = provider.to_string();
+    agent.kiln_home = Some(home.to_path_buf());
+    agent.instructions = InstructionsConfig {
+        fallback_filenames: config.project_doc_fallback_filenames.clone(),
+        byte_budget: config.project_doc_max_bytes,
+    };
+    let limits = &mut agent.limits;
+    let wanted = &config.limits;
+    if let Some(turns) = wanted.max_turns {
+        limits.max_turns = turns;
+    }
+    limits.max_total_tokens = wanted.max_total_tokens;
+    limits.wall_clock = wanted.wall_clock_secs.map(Duration::from_secs);
+    if let Some(secs) = wanted.command_timeout_secs {
+        limits.command_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = wanted.max_command_timeout_secs {
+        limits.max_command_timeout = Duration::from_secs(secs);
+    }
+    if let Some(window) = config.model_context_window {
+        limits.context_window = window;
+    }
+    agent
+}

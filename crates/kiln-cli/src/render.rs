@@ -1,0 +1,311 @@
+//! The human-readable view of an event stream, written to stderr as it
+//! happens. Stdout stays free for the final message (and `--json`).
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use kiln_protocol::{
+    AttemptStatus, Event, EventKind, EventSink, ExecStream, FileChangeKind, Role, StepStatus,
+};
+
+/// Lines of one command's output shown live; the rest stays in the log.
+const OUTPUT_LINES_SHOWN: usize = 40;
+
+pub struct HumanRenderer {
+    style: Style,
+    state: Mutex<RenderState>,
+}
+
+#[derive(Default)]
+struct RenderState {
+    streaming_text: bool,
+    /// The assistant text since the last `message` event was shown as deltas.
+    message_streamed: bool,
+    chunk_lines_shown: usize,
+    chunk_elided: bool,
+    pending_partial_line: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Style {
+    color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn dim(self, text: &str) -> String {
+        self.paint("2", text)
+    }
+    fn bold(self, text: &str) -> String {
+        self.paint("1", text)
+    }
+    fn red(self, text: &str) -> String {
+        self.paint("31", text)
+    }
+    fn green(self, text: &str) -> String {
+        self.paint("32", text)
+    }
+    fn cyan(self, text: &str) -> String {
+        self.paint("36", text)
+    }
+    fn yellow(self, text: &str) -> String {
+        self.paint("33", text)
+    }
+}
+
+impl HumanRenderer {
+    pub fn new() -> Self {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        HumanRenderer {
+            style: Style { color },
+            state: Mutex::new(RenderState::default()),
+        }
+    }
+
+    fn render(&self, state: &mut RenderState, event: &Event) -> String {
+        let s = self.style;
+        let mut out = String::new();
+        if state.streaming_text && !matches!(event.kind, EventKind::ModelDelta { .. }) {
+            state.streaming_text = false;
+            out.push('\n');
+        }
+        match &event.kind {
+            EventKind::AttemptStarted {
+                mode,
+                model,
+                provider,
+                cwd,
+                instructions,
+            } => {
+                out += &s.bold(&format!("kiln {mode} · {model} ({provider}) · {cwd}\n"));
+                if !instructions.is_empty() {
+                    out += &s.dim(&format!("instructions: {}\n", instructions.join(", ")));
+                }
+            }
+            EventKind::SetupOutput { text, .. } => out += &s.dim(text),
+            EventKind::ModelDelta { text } => {
+                if !state.streaming_text {
+                    state.streaming_text = true;
+                    state.message_streamed = true;
+                    out += &s.cyan("assistant ");
+                }
+                out += text;
+            }
+            EventKind::Message { role, text } => match role {
+                Role::User => out += &format!("{} {}\n", s.bold("user"), text.trim_end()),
+                Role::Assistant => {
+                    // Already shown through model.delta when the provider streamed it.
+                    if !std::mem::take(&mut state.message_streamed) {
+                        out += &format!("{} {}\n", s.cyan("assistant"), text.trim_end());
+                    }
+                }
+            },
+            EventKind::ToolCall { .. } | EventKind::ToolOutput { .. } => {}
+            EventKind::ExecBegin {
+                chunk_id, command, ..
+            } => {
+                state.chunk_lines_shown = 0;
+                state.chunk_elided = false;
+                state.pending_partial_line = false;
+                out += &format!(
+                    "{} {}  {}\n",
+                    s.yellow("$"),
+                    display_command(command),
+                    s.dim(chunk_id)
+                );
+            }
+            EventKind::ExecOutput { text, stream, .. } => {
+                out += &self.render_output(state, text, *stream);
+            }
+            EventKind::ExecEnd {
+                exit_code,
+                duration_ms,
+                timed_out,
+                killed_by,
+                ..
+            } => {
+                if state.pending_partial_line {
+                    out.push('\n');
+                    state.pending_partial_line = false;
+                }
+                if state.chunk_elided {
+                    out += &s.dim("  … more output in the log\n");
+                }
+                let secs = *duration_ms as f64 / 1000.0;
+                let verdict = match (exit_code, timed_out, killed_by) {
+                    (_, _, Some(limit)) => s.red(&format!("killed: {limit}")),
+                    (_, true, _) => s.red("timed out"),
+                    (Some(0), _, _) => s.green("exit 0"),
+                    (Some(code), _, _) => s.red(&format!("exit {code}")),
+                    (None, _, _) => s.red("killed by a signal"),
+                };
+                out += &format!("  {verdict} {}\n", s.dim(&format!("· {secs:.1}s")));
+            }
+            EventKind::PatchApplied { changes, .. } => {
+                for change in changes {
+                    let letter = match change.kind {
+                        FileChangeKind::Add => s.green("A"),
+                        FileChangeKind::Modify => s.yellow("M"),
+                        FileChangeKind::Delete => s.red("D"),
+                    };
+                    let (added, removed) = count_diff_lines(&change.diff);
+                    out += &format!(
+                        "{} {letter} {} {}\n",
+                        s.bold("patch"),
+                        change.path,
+                        s.dim(&format!("+{added} -{removed}"))
+                    );
+                    out += &self.render_diff(&change.diff);
+                }
+            }
+            EventKind::PlanUpdated { explanation, plan } => {
+                out += &s.bold("plan\n");
+                if let Some(explanation) = explanation {
+                    out += &s.dim(&format!("  {explanation}\n"));
+                }
+                for item in plan {
+                    let mark = match item.status {
+                        StepStatus::Completed => s.green("[x]"),
+                        StepStatus::InProgress => s.yellow("[~]"),
+                        StepStatus::Pending => "[ ]".to_string(),
+                    };
+                    out += &format!("  {mark} {}\n", item.step);
+                }
+            }
+            EventKind::Usage { .. } => {}
+            EventKind::ContextCompacted { tokens_before, .. } => {
+                out += &s.dim(&format!(
+                    "context compacted (was ~{tokens_before} tokens)\n"
+                ));
+            }
+            EventKind::CitationChecked(check) => {
+                if !check.valid {
+                    let reason = check.reason.as_deref().unwrap_or("unverified");
+                    out += &s.yellow(&format!(
+                        "citation {} not verified: {reason}\n",
+                        check.citation
+                    ));
+                }
+            }
+            EventKind::Warning { message } => out += &s.yellow(&format!("warning: {message}\n")),
+            EventKind::Error { message } => out += &s.red(&format!("error: {message}\n")),
+            EventKind::AttemptFinished {
+                status,
+                reason,
+                usage,
+                ..
+            } => {
+                let tokens = format!(
+                    "tokens: {} in ({} cached) · {} out",
+                    usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+                );
+                match status {
+                    AttemptStatus::Succeeded => {
+                        out += &format!("{} {}\n", s.green("done"), s.dim(&tokens))
+                    }
+                    AttemptStatus::Failed | AttemptStatus::Cancelled => {
+                        let word = if *status == AttemptStatus::Failed {
+                            "failed"
+                        } else {
+                            "cancelled"
+                        };
+                        let reason = reason.as_deref().unwrap_or("");
+                        out += &format!("{} {reason} {}\n", s.red(word), s.dim(&tokens));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn render_output(&self, state: &mut RenderState, text: &str, stream: ExecStream) -> String {
+        let mut out = String::new();
+        for piece in text.split_inclusive('\n') {
+            if state.chunk_lines_shown >= OUTPUT_LINES_SHOWN {
+                state.chunk_elided = true;
+                break;
+            }
+            if !state.pending_partial_line {
+                out.push_str("  ");
+            }
+            let shown = match stream {
+                ExecStream::Stdout => self.style.dim(piece.trim_end_matches('\n')),
+                ExecStream::Stderr => self.style.paint("2;31", piece.trim_end_matches('\n')),
+            };
+            out += &shown;
+            if piece.ends_with('\n') {
+                out.push('\n');
+                state.chunk_lines_shown += 1;
+                state.pending_partial_line = false;
+            } else {
+                state.pending_partial_line = true;
+            }
+        }
+        out
+    }
+
+    fn render_diff(&self, diff: &str) -> String {
+        let mut out = String::new();
+        for line in diff
+            .lines()
+            .filter(|l| !l.starts_with("---") && !l.starts_with("+++"))
+        {
+            let painted = match line.chars().next() {
+                Some('+') => self.style.green(line),
+                Some('-') => self.style.red(line),
+                Some('@') => self.style.cyan(line),
+                _ => self.style.dim(line),
+            };
+            out += &format!("  {painted}\n");
+        }
+        out
+    }
+}
+
+fn display_command(command: &[String]) -> String {
+    match command {
+        [shell, flag, script]
+            if (shell == "bash" || shell == "sh")
+                && flag.starts_with('-')
+                && flag.contains('c') =>
+        {
+            script.clone()
+        }
+        _ => command.join(" "),
+    }
+}
+
+fn count_diff_lines(diff: &str) -> (usize, usize) {
+    diff.lines().fold((0, 0), |(added, removed), line| {
+        if line.starts_with("+++") || line.starts_with("---") {
+            (added, removed)
+        } else if line.starts_with('+') {
+            (added + 1, removed)
+        } else if line.starts_with('-') {
+            (added, removed + 1)
+        } else {
+            (added, removed)
+        }
+    })
+}
+
+impl EventSink for HumanRenderer {
+    fn emit(&self, event: &Event) {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let text = self.render(&mut state, event);
+        if !text.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+        }
+    }
+}

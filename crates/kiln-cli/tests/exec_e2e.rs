@@ -1,0 +1,528 @@
+//! `kiln exec` / `kiln ask` end to end: the built binary, a fixture git
+//! repository, the scripted model server over real HTTP, the real sandbox.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, ScriptedToolCall, Turn};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// One isolated kiln installation: its own home, a fixture repository, a model server.
+struct Kiln {
+    home: TempDir,
+    repo: TempDir,
+    server: ScriptedServer,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Kiln {
+    async fn new(turns: Vec<Turn>) -> Self {
+        Kiln {
+            home: tempfile::tempdir().unwrap(),
+            repo: fixtures::repo("calc-py"),
+            server: ScriptedServer::start(Script::new(turns)).await,
+            extra_env: Vec::new(),
+        }
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.home.path().join("config.toml"), text).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None).await
+    }
+
+    async fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
+            .args(args)
+            .current_dir(self.repo.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("KILN_HOME", self.home.path())
+            .env("OPENAI_BASE_URL", self.server.base_url())
+            .env("OPENAI_API_KEY", "sk-test-key")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).await.unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().await.unwrap()
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.repo.path().join(path)).unwrap()
+    }
+
+    /// The request bodies the model server received, in order.
+    fn bodies(&self) -> Vec<Value> {
+        self.server.requests().into_iter().map(|r| r.body).collect()
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The path kiln printed as `log: …`.
+fn log_path(output: &Output) -> PathBuf {
+    let text = stderr(output);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("log: "))
+        .unwrap_or_else(|| panic!("no log line in stderr:\n{text}"));
+    PathBuf::from(line.trim())
+}
+
+fn log_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn tests_pass(repo: &Path) -> bool {
+    std::process::Command::new("python3")
+        .args(["-m", "unittest", "-q"])
+        .current_dir(repo)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "kiln failed ({:?}):\n{}",
+        output.status,
+        stderr(output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_fixes_a_failing_test_over_the_responses_api() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    assert!(
+        !tests_pass(kiln.repo.path()),
+        "the fixture must start broken"
+    );
+
+    let output = kiln
+        .run(&["exec", "The median tests fail. Make the test suite pass."])
+        .await;
+    assert_success(&output);
+
+    assert!(
+        tests_pass(kiln.repo.path()),
+        "kiln exited 0 but the tests still fail"
+    );
+    let err = stderr(&output);
+    assert!(
+        err.contains("$ python3 -m unittest -q"),
+        "commands are shown:\n{err}"
+    );
+    assert!(
+        err.contains("FAILED"),
+        "the failing run's output is shown:\n{err}"
+    );
+    assert!(err.contains("patch M calc.py"), "patches are shown:\n{err}");
+    assert!(err.contains("tokens:"), "usage is shown:\n{err}");
+    // Stdout is a pipe here, so it carries the final message alone.
+    assert!(
+        stdout(&output).contains("Fixed `median()`"),
+        "{}",
+        stdout(&output)
+    );
+
+    let requests = kiln.server.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(requests.iter().all(|r| r.path.ends_with("/responses")));
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some("Bearer sk-test-key")
+    );
+    // The second turn saw the failing test output.
+    let second = kiln.bodies()[1].to_string();
+    assert!(second.contains("function_call_output"), "{second}");
+    assert!(second.contains("FAILED"), "{second}");
+
+    let events = log_events(&log_path(&output));
+    let kinds = types(&events);
+    assert_eq!(kinds.first().map(String::as_str), Some("attempt.started"));
+    assert_eq!(kinds.last().map(String::as_str), Some("attempt.finished"));
+    for wanted in [
+        "exec.begin",
+        "exec.output",
+        "exec.end",
+        "patch.applied",
+        "usage",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == wanted),
+            "no {wanted} in {kinds:?}"
+        );
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "seq has no gaps"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_fixes_a_failing_test_over_chat_completions() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    kiln.write_config(&format!(
+        "model = \"qwen3-coder\"\nmodel_provider = \"local\"\n\
+         [model_providers.local]\nname = \"local vLLM\"\nbase_url = \"{}\"\nwire_api = \"chat\"\n",
+        kiln.server.base_url()
+    ));
+    let output = kiln.run(&["exec", "Make the test suite pass."]).await;
+    assert_success(&output);
+    assert!(tests_pass(kiln.repo.path()), "{}", stderr(&output));
+    let requests = kiln.server.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(requests
+        .iter()
+        .all(|r| r.path.ends_with("/chat/completions")));
+    assert_eq!(requests[0].body["model"], "qwen3-coder");
+    // No env_key: a local server gets no credentials.
+    assert_eq!(requests[0].header("authorization"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_flag_prints_the_event_log_on_stdout() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let output = kiln
+        .run(&["exec", "--json", "Make the test suite pass."])
+        .await;
+    assert_success(&output);
+    let printed: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let logged = log_events(&log_path(&output));
+    assert_eq!(printed, logged, "--json prints exactly the logged events");
+    assert!(
+        !stderr(&output).contains("$ python3"),
+        "no human rendering with --json"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_dash_reads_stdin() {
+    let kiln = Kiln::new(vec![Turn::message("Nothing to do.")]).await;
+    let output = kiln
+        .run_with_stdin(
+            &["exec", "-"],
+            Some("Describe the layout of this repository.\n"),
+        )
+        .await;
+    assert_success(&output);
+    let first = kiln.bodies()[0].to_string();
+    assert!(
+        first.contains("Describe the layout of this repository."),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_md_reaches_the_model() {
+    let kiln = Kiln::new(vec![Turn::message("Understood.")]).await;
+    std::fs::create_dir_all(kiln.repo.path().join("tests")).unwrap();
+    std::fs::write(
+        kiln.repo.path().join("tests/AGENTS.md"),
+        "Test files must stay free of network access.\n",
+    )
+    .unwrap();
+    let output = kiln
+        .run(&["exec", "-C", "tests", "Summarise the rules."])
+        .await;
+    assert_success(&output);
+    let first = kiln.bodies()[0].to_string();
+    let root_rule = first
+        .find("python3 -m unittest -q")
+        .expect("root AGENTS.md sent");
+    let nested_rule = first
+        .find("free of network access")
+        .expect("nested AGENTS.md sent");
+    assert!(
+        root_rule < nested_rule,
+        "root guidance comes before the deeper file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_mode_cannot_write_the_workspace() {
+    let kiln = Kiln::new(vec![
+        Turn::shell("echo 'def mean(v): return 0' > calc.py; touch created.txt"),
+        Turn::message("The workspace is read-only in Ask mode; nothing was changed."),
+    ])
+    .await;
+    let before = kiln.read("calc.py");
+    let output = kiln.run(&["ask", "Could you overwrite calc.py?"]).await;
+    assert_success(&output);
+    assert_eq!(
+        kiln.read("calc.py"),
+        before,
+        "Ask mode wrote to the workspace"
+    );
+    assert!(!kiln.repo.path().join("created.txt").exists());
+
+    let first = &kiln.bodies()[0];
+    let tools = first["tools"].to_string();
+    assert!(tools.contains("shell"), "{tools}");
+    assert!(
+        !tools.contains("apply_patch"),
+        "Ask mode offers no patch tool: {tools}"
+    );
+    let second = kiln.bodies()[1].to_string();
+    assert!(
+        second.to_lowercase().contains("read-only file system"),
+        "{second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_then_200_is_retried_and_the_run_succeeds() {
+    let kiln = Kiln::new(vec![
+        Turn::http_error_message(
+            500,
+            "The server had an error while processing your request.",
+        ),
+        Turn::message("All good."),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "Say hello."]).await;
+    assert_success(&output);
+    assert_eq!(kiln.server.turns_served(), 2);
+    assert!(stdout(&output).contains("All good."));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_mid_way_is_retried() {
+    let kiln = Kiln::new(vec![
+        Turn::CutAfter {
+            events: 3,
+            turn: Box::new(Turn::message("This answer is cut off before it completes.")),
+        },
+        Turn::message("Complete answer."),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "Say hello."]).await;
+    assert_success(&output);
+    assert_eq!(kiln.server.turns_served(), 2);
+    assert!(stdout(&output).contains("Complete answer."));
+    assert!(
+        stderr(&output).contains("warning:"),
+        "the retry is visible:\n{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_that_does_not_exist_goes_back_to_the_model() {
+    let kiln = Kiln::new(vec![
+        Turn::tool_call("read_file", json!({"path": "calc.py"})),
+        Turn::shell("cat calc.py"),
+        Turn::message("Read it with cat instead."),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "Show me calc.py."]).await;
+    assert_success(&output);
+    let second = kiln.bodies()[1].to_string();
+    assert!(
+        second.contains("read_file"),
+        "the error names the tool: {second}"
+    );
+    assert!(
+        second.contains("shell"),
+        "the error lists the tools that exist: {second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_that_does_not_apply_is_reported_and_nothing_changes() {
+    let wrong = "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return (ordered[middle] + ordered[middle + 2]) / 2\n+    return 0\n*** End Patch";
+    let kiln = Kiln::new(vec![
+        Turn::apply_patch(wrong),
+        Turn::apply_patch(scenarios::CALC_PY_FIX_PATCH),
+        Turn::shell("python3 -m unittest -q"),
+        Turn::message("Fixed after re-reading the file."),
+    ])
+    .await;
+    let before = kiln.read("calc.py");
+    let output = kiln.run(&["exec", "Fix median."]).await;
+    assert_success(&output);
+    let second = kiln.bodies()[1].to_string();
+    assert!(
+        second.contains("calc.py"),
+        "the error names the file: {second}"
+    );
+    assert_ne!(
+        kiln.read("calc.py"),
+        before,
+        "the second, correct patch applied"
+    );
+    assert!(tests_pass(kiln.repo.path()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_api_key_names_the_variable() {
+    let kiln = Kiln::new(vec![]).await.env("OPENAI_API_KEY", "");
+    let output = kiln.run(&["exec", "Say hello."]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("OPENAI_API_KEY"), "{err}");
+    assert_eq!(kiln.server.requests().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_provider_is_a_clear_error() {
+    let kiln = Kiln::new(vec![]).await;
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    kiln.write_config(&format!(
+        "model_provider = \"dead\"\n[model_providers.dead]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n\
+         request_max_retries = 1\nstream_max_retries = 0\n"
+    ));
+    let output = kiln.run(&["exec", "Say hello."]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")),
+        "the error names the URL:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("kiln: "), "one-line reason last:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_config_is_a_clear_error() {
+    let kiln = Kiln::new(vec![]).await;
+    kiln.write_config("model = \"a\"\n[limits\nmax_turns = 3\n");
+    let output = kiln.run(&["exec", "Say hello."]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("config.toml is not valid TOML"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_continues_a_run_with_its_history() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let first = kiln.run(&["exec", "Make the test suite pass."]).await;
+    assert_success(&first);
+    let log = log_path(&first);
+    let events_before = log_events(&log).len();
+
+    kiln.server
+        .push_turn(Turn::tool_calls(vec![ScriptedToolCall::new(
+            "shell",
+            json!({"command": ["bash", "-lc", "git diff --stat"]}),
+        )]));
+    kiln.server
+        .push_turn(Turn::message("One file changed: calc.py."));
+    let log_arg = log.to_string_lossy().into_owned();
+    let second = kiln
+        .run(&["exec", "--resume", &log_arg, "What did you change?"])
+        .await;
+    assert_success(&second);
+    assert_eq!(log_path(&second), log, "a resumed run appends to its log");
+
+    let fifth = kiln.bodies()[4].to_string();
+    assert!(
+        fifth.contains("Make the test suite pass."),
+        "first prompt restored: {fifth}"
+    );
+    assert!(
+        fifth.contains("ordered[middle - 1]"),
+        "the earlier patch restored: {fifth}"
+    );
+    assert!(fifth.contains("What did you change?"), "{fifth}");
+
+    let events = log_events(&log);
+    assert!(events.len() > events_before);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "seq continues"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worktree_leaves_the_checkout_alone_and_commits_on_a_branch() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let before = kiln.read("calc.py");
+    let output = kiln
+        .run(&["exec", "--worktree", "Make the test suite pass."])
+        .await;
+    assert_success(&output);
+    assert_eq!(
+        kiln.read("calc.py"),
+        before,
+        "the user's checkout is untouched"
+    );
+
+    let branches = std::process::Command::new("git")
+        .args([
+            "branch",
+            "--list",
+            "kiln/exec/*",
+            "--format=%(refname:short)",
+        ])
+        .current_dir(kiln.repo.path())
+        .output()
+        .unwrap();
+    let branch = String::from_utf8_lossy(&branches.stdout).trim().to_string();
+    assert!(
+        branch.starts_with("kiln/exec/"),
+        "a branch was made: {branch:?}"
+    );
+    let fixed = std::process::Command::new("git")
+        .args(["show", &format!("{branch}:calc.py")])
+        .current_dir(kiln.repo.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&fixed.stdout).contains("ordered[middle - 1]"));
+    assert!(
+        stderr(&output).contains(&branch),
+        "the branch is named to the user"
+    );
+}
