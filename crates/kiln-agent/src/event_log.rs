@@ -23,6 +23,9 @@ impl EventLog {
     }
 
     /// Number `kind`, deliver it to every sink and return it.
+    ///
+    /// Sinks run while the log is locked (that is what keeps them in order),
+    /// so a sink must not emit into the same log.
     pub fn emit(&self, kind: EventKind) -> Event {
         // The lock is held while the sinks run so that every sink receives
         // events in sequence order.
@@ -79,4 +82,49 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_numbered_from_next_seq_and_reach_every_sink() {
+        let first = MemorySink::new();
+        let second = MemorySink::new();
+        let log = EventLog::new(41, vec![first.clone(), second.clone()]);
+        let a = log.emit(EventKind::Warning {
+            message: "a".into(),
+        });
+        let b = log.emit(EventKind::Warning {
+            message: "b".into(),
+        });
+        assert_eq!((a.seq, b.seq), (41, 42));
+        assert_eq!(log.next_seq(), 43);
+        assert_eq!(first.events(), vec![a.clone(), b.clone()]);
+        assert_eq!(second.events(), vec![a, b]);
+    }
+
+    #[test]
+    fn concurrent_emitters_get_distinct_ordered_numbers() {
+        let sink = MemorySink::new();
+        let log = Arc::new(EventLog::new(1, vec![sink.clone()]));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        log.emit(EventKind::Warning {
+                            message: String::new(),
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let seqs: Vec<u64> = sink.events().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
+    }
 }

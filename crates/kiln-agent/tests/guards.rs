@@ -130,7 +130,8 @@ async fn command_timeout_is_reported_to_the_model() {
         vec![
             Turn::tool_call(
                 "shell",
-                serde_json::json!({"command": ["bash", "-lc", "echo begun; sleep 300"], "timeout_ms": 500}),
+                // No login shell: its profile scripts could outlast a short timeout.
+                serde_json::json!({"command": ["sh", "-c", "echo begun; sleep 300"], "timeout_ms": 2000}),
             ),
             Turn::message("The command hangs."),
         ],

@@ -97,10 +97,17 @@ impl ShellRun<'_> {
             cwd: workdir,
             timeout,
             // No terminal is attached: keep pagers from waiting for one.
-            env: [("PAGER", "cat"), ("GIT_PAGER", "cat")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            // Python bytecode caches are keyed on whole-second mtimes, so a
+            // file patched within a second of a test run could be run stale;
+            // not writing them also keeps the workspace's diff clean.
+            env: [
+                ("PAGER", "cat"),
+                ("GIT_PAGER", "cat"),
+                ("PYTHONDONTWRITEBYTECODE", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         };
         let mut writer = ChunkWriter {
             events: self.events,
@@ -174,13 +181,15 @@ impl ShellRun<'_> {
                 .try_into()
                 .unwrap_or(u64::MAX),
             timed_out: outcome.as_ref().is_some_and(|o| o.timed_out),
-            killed_by: outcome
-                .as_ref()
-                .and_then(|o| o.killed_by.clone())
-                .or_else(|| problem.clone()),
+            killed_by: outcome.as_ref().and_then(|o| o.killed_by.clone()),
             omitted_bytes,
         });
 
+        if let Some(problem) = &problem {
+            self.events.emit(EventKind::Warning {
+                message: format!("{chunk_id}: {problem}"),
+            });
+        }
         let header = header(&chunk_id, outcome.as_ref(), problem.as_deref(), timeout);
         let body = if writer.captured.total_bytes() == 0 {
             "(no output)\n".to_string()
@@ -209,20 +218,20 @@ fn header(
             problem.unwrap_or("the command did not run")
         );
     };
-    let seconds = format!("{:.1}s", outcome.duration.as_secs_f64());
+    let took = seconds(outcome.duration);
     let mut header = if outcome.cancelled {
-        format!("[chunk {chunk_id}] cancelled by the user, {seconds}")
+        format!("[chunk {chunk_id}] cancelled by the user, {took}")
     } else if outcome.timed_out {
         format!(
-            "[chunk {chunk_id}] timed out after {}s and was killed; pass a larger timeout_ms or run less at once",
-            timeout.as_secs_f64().round()
+            "[chunk {chunk_id}] timed out after {} and was killed; pass a larger timeout_ms or run less at once",
+            seconds(timeout)
         )
     } else if let Some(limit) = &outcome.killed_by {
-        format!("[chunk {chunk_id}] killed by the sandbox: {limit}, {seconds}")
+        format!("[chunk {chunk_id}] killed by the sandbox: {limit}, {took}")
     } else if let Some(code) = outcome.exit_code {
-        format!("[chunk {chunk_id}] exit code {code}, {seconds}")
+        format!("[chunk {chunk_id}] exit code {code}, {took}")
     } else {
-        format!("[chunk {chunk_id}] ended by a signal, {seconds}")
+        format!("[chunk {chunk_id}] ended by a signal, {took}")
     };
     let others: Vec<&str> = outcome
         .limits_reached
@@ -234,4 +243,14 @@ fn header(
         header.push_str(&format!(" (limits reached: {})", others.join(", ")));
     }
     header
+}
+
+/// `0.4s`, `12s`.
+fn seconds(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.1}s")
+    } else {
+        format!("{secs:.0}s")
+    }
 }
