@@ -222,11 +222,18 @@ impl ChatDecoder {
     }
 
     fn on_delta(&mut self, delta: &Value, out: &mut Vec<ModelEvent>) {
-        if let Some(content) = delta.get("content").and_then(Value::as_str) {
-            if !content.is_empty() {
-                self.text.push_str(content);
-                out.push(ModelEvent::TextDelta(content.to_string()));
-            }
+        let content = match delta.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            // Some servers send content as a list of typed parts.
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect(),
+            _ => String::new(),
+        };
+        if !content.is_empty() {
+            self.text.push_str(&content);
+            out.push(ModelEvent::TextDelta(content));
         }
         let tool_calls = delta.get("tool_calls").and_then(Value::as_array);
         for fragment in tool_calls.into_iter().flatten() {

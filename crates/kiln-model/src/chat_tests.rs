@@ -376,3 +376,12 @@ fn whitespace_only_text_is_not_a_message() {
         .iter()
         .any(|event| matches!(event, ModelEvent::ItemDone(Item::Message { .. }))));
 }
+
+#[test]
+fn content_sent_as_typed_parts_is_read() {
+    let events = decode(&[delta(json!({"content": [{"type": "text", "text": "part one, "}, {"type": "text", "text": "two"}]})), finish("stop")], true).unwrap();
+    assert_eq!(
+        events[1],
+        ModelEvent::ItemDone(Item::assistant("part one, two"))
+    );
+}

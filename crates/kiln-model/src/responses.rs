@@ -112,14 +112,16 @@ fn input_item(item: &Item) -> Value {
 /// Maps Responses events to [`ModelEvent`]s; unknown event types are ignored.
 pub(crate) struct ResponsesDecoder {
     provider: String,
-    items_emitted: usize,
+    /// Items already handed out, so the final response's `output` adds only
+    /// what no `output_item.done` event carried.
+    emitted: Vec<Item>,
 }
 
 impl ResponsesDecoder {
     pub fn new(provider: String) -> Self {
         ResponsesDecoder {
             provider,
-            items_emitted: 0,
+            emitted: Vec::new(),
         }
     }
 
@@ -188,19 +190,19 @@ impl StreamDecoder for ResponsesDecoder {
             }
             "response.output_item.done" => {
                 if let Some(item) = data.get("item").and_then(output_item) {
-                    self.items_emitted += 1;
+                    self.emitted.push(item.clone());
                     out.push(ModelEvent::ItemDone(item));
                 }
             }
             "response.completed" | "response.done" => {
                 let response = data.get("response");
-                if self.items_emitted == 0 {
-                    // Some proxies send only the final response object; its
-                    // output then carries the items.
-                    let items = response
-                        .and_then(|response| response.get("output"))
-                        .and_then(Value::as_array);
-                    for item in items.into_iter().flatten().filter_map(output_item) {
+                // Some proxies skip `output_item.done` for some or all items;
+                // the final response's output still lists them.
+                let items = response
+                    .and_then(|response| response.get("output"))
+                    .and_then(Value::as_array);
+                for item in items.into_iter().flatten().filter_map(output_item) {
+                    if !self.emitted.contains(&item) {
                         out.push(ModelEvent::ItemDone(item));
                     }
                 }

@@ -191,3 +191,28 @@ fn end_without_completed_is_a_retryable_disconnect() {
         .to_string()
         .contains("stream disconnected before completion"));
 }
+
+#[test]
+fn items_only_in_the_final_output_are_not_lost_nor_doubled() {
+    let call =
+        json!({"type": "function_call", "call_id": "c2", "name": "shell", "arguments": "{}"});
+    let message = json!({"type": "message", "content": [{"type": "output_text", "text": "hi"}]});
+    let (out, _) = decode(&[
+        json!({"type": "response.output_item.done", "item": message}),
+        json!({"type": "response.completed", "response": {"output": [message, call]}}),
+    ]);
+    assert_eq!(
+        out,
+        vec![
+            ModelEvent::ItemDone(Item::assistant("hi")),
+            ModelEvent::ItemDone(Item::FunctionCall {
+                call_id: "c2".into(),
+                name: "shell".into(),
+                arguments: "{}".into()
+            }),
+            ModelEvent::Completed {
+                usage: Usage::default()
+            },
+        ]
+    );
+}
