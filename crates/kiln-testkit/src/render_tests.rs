@@ -215,3 +215,24 @@ fn scripts_round_trip_through_json() {
         Turn::raw_events(vec![serde_json::json!({"type": "x"})])
     );
 }
+
+#[test]
+fn usage_reaches_a_reply_inside_wrappers() {
+    let usage = Usage {
+        input_tokens: 9,
+        cached_input_tokens: 1,
+        output_tokens: 2,
+    };
+    let turn = Turn::slow(
+        Turn::fragmented(Turn::message("x"), 3),
+        std::time::Duration::ZERO,
+    )
+    .with_usage(usage);
+    let Turn::Slow { turn, .. } = turn else {
+        panic!("still slow")
+    };
+    let Turn::Fragmented { turn, .. } = *turn else {
+        panic!("still fragmented")
+    };
+    assert!(matches!(*turn, Turn::Reply { usage: Some(u), .. } if u == usage));
+}

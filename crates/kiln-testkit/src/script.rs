@@ -272,19 +272,20 @@ impl Turn {
     /// Sets the usage a `Reply` reports (also inside wrappers such as `slow`).
     /// Has no effect on turns that never complete normally.
     pub fn with_usage(mut self, new_usage: Usage) -> Self {
-        match &mut self {
+        self.set_usage(new_usage);
+        self
+    }
+
+    fn set_usage(&mut self, new_usage: Usage) {
+        match self {
             Turn::Reply { usage, .. } => *usage = Some(new_usage),
             Turn::CutAfter { turn, .. }
             | Turn::Stall { turn, .. }
             | Turn::Delayed { turn, .. }
             | Turn::Slow { turn, .. }
-            | Turn::Fragmented { turn, .. } => {
-                let inner = std::mem::replace(turn.as_mut(), Turn::garbage(""));
-                **turn = inner.with_usage(new_usage);
-            }
+            | Turn::Fragmented { turn, .. } => turn.set_usage(new_usage),
             Turn::HttpError { .. } | Turn::Garbage { .. } | Turn::RawEvents { .. } => {}
         }
-        self
     }
 }
 
