@@ -37,6 +37,17 @@ impl Root {
     /// The real location of the patch path `raw`: inside the root, with symlinks
     /// among its existing components resolved.
     pub fn resolve(&self, raw: &str) -> Result<PathBuf, PatchError> {
+        self.resolve_with(raw, true)
+    }
+
+    /// Like [`Root::resolve`], but a symlink as the last component is kept as the
+    /// path itself (still only if it points inside the root): deleting a link
+    /// removes the link, as `rm` does, not its target.
+    pub fn resolve_entry(&self, raw: &str) -> Result<PathBuf, PatchError> {
+        self.resolve_with(raw, false)
+    }
+
+    fn resolve_with(&self, raw: &str, follow_last: bool) -> Result<PathBuf, PatchError> {
         let refuse = |reason: String| PatchError::PathOutsideRoot {
             path: raw.to_string(),
             reason,
@@ -96,7 +107,9 @@ impl Root {
                     target.display()
                 )));
             }
-            real = target;
+            if follow_last || index + 1 < relative.len() {
+                real = target;
+            }
         }
         Ok(real)
     }

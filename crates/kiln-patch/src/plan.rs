@@ -82,7 +82,7 @@ fn plan_hunk(root: &Root, overlay: &mut Overlay, hunk: &Hunk) -> Result<FileChan
             })
         }
         Hunk::Delete { path, .. } => {
-            let real = root.resolve(path)?;
+            let real = root.resolve_entry(path)?;
             let entry = overlay.entry(&real, path)?;
             let before = match std::mem::replace(&mut entry.current, State::Absent) {
                 State::File(bytes) => bytes,

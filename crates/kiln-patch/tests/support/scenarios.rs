@@ -6,7 +6,8 @@
 //! `expected_error.txt` (a substring the error must contain; the case must fail),
 //! `expected_summary.txt` (the exact success summary), and `symlinks.txt`
 //! (`link -> target` lines; symlinks are created at run time in both trees because
-//! git cannot hold them portably). Each run also gets a directory `outside/` beside
+//! git cannot hold them portably), and `expected_symlinks.txt` (the expected tree's
+//! symlinks, when the patch changes them). Each run also gets a directory `outside/` beside
 //! the root holding `sentinel.txt`, so escapes have something to reach; it must
 //! stay untouched.
 #![allow(dead_code)]
@@ -24,6 +25,8 @@ pub struct Scenario {
     pub expected_error: Option<String>,
     pub expected_summary: Option<String>,
     symlinks: Vec<(String, String)>,
+    /// Symlinks of the expected tree, when they differ from the input's.
+    expected_symlinks: Option<Vec<(String, String)>>,
 }
 
 /// A scenario's input copied to a fresh temporary root.
@@ -56,17 +59,21 @@ pub fn load_all() -> Vec<Scenario> {
 impl Scenario {
     fn load(dir: &Path) -> Scenario {
         let read_optional = |name: &str| fs::read_to_string(dir.join(name)).ok();
+        let parse_links = |text: String| -> Vec<(String, String)> {
+            text.lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(|line| {
+                    let (link, target) = line
+                        .split_once(" -> ")
+                        .unwrap_or_else(|| panic!("bad symlink line `{line}` in {dir:?}"));
+                    (link.trim().to_string(), target.trim().to_string())
+                })
+                .collect()
+        };
         let symlinks = read_optional("symlinks.txt")
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(|line| {
-                let (link, target) = line
-                    .split_once(" -> ")
-                    .unwrap_or_else(|| panic!("bad symlinks.txt line `{line}` in {dir:?}"));
-                (link.trim().to_string(), target.trim().to_string())
-            })
-            .collect();
+            .map(parse_links)
+            .unwrap_or_default();
+        let expected_symlinks = read_optional("expected_symlinks.txt").map(parse_links);
         Scenario {
             name: dir
                 .file_name()
@@ -79,6 +86,7 @@ impl Scenario {
             expected_summary: read_optional("expected_summary.txt"),
             dir: dir.to_path_buf(),
             symlinks,
+            expected_symlinks,
         }
     }
 
@@ -89,7 +97,7 @@ impl Scenario {
         let outside = temp.path().join("outside");
         fs::create_dir(&outside).expect("outside dir");
         fs::write(outside.join("sentinel.txt"), SENTINEL).expect("sentinel");
-        self.materialise("input", &root);
+        self.materialise("input", &root, &self.symlinks);
         Prepared {
             _temp: temp,
             root,
@@ -97,13 +105,13 @@ impl Scenario {
         }
     }
 
-    fn materialise(&self, tree: &str, destination: &Path) {
+    fn materialise(&self, tree: &str, destination: &Path, symlinks: &[(String, String)]) {
         fs::create_dir_all(destination).expect("create root");
         let source = self.dir.join(tree);
         if source.exists() {
             copy_tree(&source, destination);
         }
-        for (link, target) in &self.symlinks {
+        for (link, target) in symlinks {
             std::os::unix::fs::symlink(target, destination.join(link)).expect("create symlink");
         }
     }
@@ -113,7 +121,8 @@ impl Scenario {
     /// first difference.
     pub fn check_tree(&self, prepared: &Prepared) -> Result<(), String> {
         let expected_root = tempfile::tempdir().expect("temp dir");
-        self.materialise("expected", expected_root.path());
+        let symlinks = self.expected_symlinks.as_ref().unwrap_or(&self.symlinks);
+        self.materialise("expected", expected_root.path(), symlinks);
         let expected = snapshot(expected_root.path());
         let actual = snapshot(&prepared.root);
         compare(&expected, &actual).map_err(|problem| format!("tree differs: {problem}"))?;
