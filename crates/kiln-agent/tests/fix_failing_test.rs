@@ -212,3 +212,34 @@ async fn chat_completions_provider_runs_the_same_fix() {
         outcome.citations
     );
 }
+
+#[tokio::test]
+async fn codex_dialect_scenario_fixes_the_bug_too() {
+    // `exec_command` calls and an `apply_patch` heredoc, as Codex-trained models emit them.
+    let script = kiln_testkit::scenarios::fix_calc_py_codex();
+    let harness = Harness::new(Mode::Code, script.turns).await;
+    let outcome = harness.run("Make the test suite pass.").await;
+    let events = harness.events();
+
+    assert_eq!(
+        outcome.status,
+        AttemptStatus::Succeeded,
+        "{:?}",
+        outcome.reason
+    );
+    assert!(harness
+        .read("calc.py")
+        .contains("return (ordered[middle - 1] + ordered[middle]) / 2"));
+    let outputs = tool_outputs(&events);
+    assert!(
+        outputs[0].starts_with("[chunk t1] exit code 1"),
+        "{}",
+        outputs[0]
+    );
+    assert!(outputs[1].starts_with("Success. Updated the following files:\nM calc.py"));
+    assert!(
+        outputs[2].starts_with("[chunk t2] exit code 0"),
+        "{}",
+        outputs[2]
+    );
+}

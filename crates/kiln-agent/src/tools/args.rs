@@ -25,10 +25,14 @@ pub(crate) enum ToolRequest {
 pub(crate) const SHELL: &str = "shell";
 pub(crate) const APPLY_PATCH: &str = "apply_patch";
 pub(crate) const UPDATE_PLAN: &str = "update_plan";
+/// Codex CLI's name for running a command (`{"cmd": "..."}`); models trained
+/// on Codex call it even when it is not offered, so it is accepted as `shell`.
+pub(crate) const EXEC_COMMAND: &str = "exec_command";
 
 const SHELL_SHAPE: &str = r#"{"command": ["bash", "-lc", "python3 -m pytest -q"], "workdir": "optional/dir", "timeout_ms": 60000}"#;
 const APPLY_PATCH_SHAPE: &str =
     r#"{"input": "*** Begin Patch\n*** Update File: path\n@@\n-old\n+new\n*** End Patch"}"#;
+const EXEC_COMMAND_SHAPE: &str = r#"{"cmd": "python3 -m pytest -q", "workdir": "optional/dir"}"#;
 const UPDATE_PLAN_SHAPE: &str = r#"{"explanation": "optional", "plan": [{"step": "Run the tests", "status": "completed"}, {"step": "Fix the bug", "status": "in_progress"}]}"#;
 
 /// Parse a call to `name` with `arguments` (the model's raw JSON text).
@@ -40,7 +44,8 @@ pub(crate) fn parse_tool_call(
     arguments: &str,
     available: &[&str],
 ) -> Result<ToolRequest, String> {
-    if !available.contains(&name) {
+    let aliased = name == EXEC_COMMAND && available.contains(&SHELL);
+    if !available.contains(&name) && !aliased {
         return Err(format!(
             "unknown tool `{name}`; the available tools are: {}",
             available.join(", ")
@@ -48,6 +53,7 @@ pub(crate) fn parse_tool_call(
     }
     let shape = match name {
         SHELL => SHELL_SHAPE,
+        EXEC_COMMAND => EXEC_COMMAND_SHAPE,
         APPLY_PATCH => APPLY_PATCH_SHAPE,
         _ => UPDATE_PLAN_SHAPE,
     };
@@ -57,6 +63,7 @@ pub(crate) fn parse_tool_call(
     let object = parse_object(arguments).map_err(invalid)?;
     match name {
         SHELL => parse_shell(&object).map_err(invalid),
+        EXEC_COMMAND => parse_exec_command(&object).map_err(invalid),
         APPLY_PATCH => parse_apply_patch(&object).map_err(invalid),
         _ => parse_update_plan(&object).map_err(invalid),
     }
@@ -110,6 +117,16 @@ fn parse_shell(object: &Map<String, Value>) -> Result<ToolRequest, String> {
             ))
         }
     };
+    let (workdir, timeout_ms) = shell_options(object)?;
+    Ok(ToolRequest::Shell {
+        argv,
+        workdir,
+        timeout_ms,
+    })
+}
+
+/// The optional `workdir` and `timeout_ms` of a command.
+fn shell_options(object: &Map<String, Value>) -> Result<(Option<String>, Option<u64>), String> {
     let workdir = optional_string(object, "workdir")?;
     let timeout_ms = match object.get("timeout_ms") {
         None | Some(Value::Null) => None,
@@ -124,8 +141,21 @@ fn parse_shell(object: &Map<String, Value>) -> Result<ToolRequest, String> {
             ))
         }
     };
+    Ok((workdir, timeout_ms))
+}
+
+fn parse_exec_command(object: &Map<String, Value>) -> Result<ToolRequest, String> {
+    let script = match object.get("cmd") {
+        None => return Err("missing field `cmd`".to_string()),
+        Some(Value::String(script)) if script.trim().is_empty() => {
+            return Err("`cmd` is empty".to_string())
+        }
+        Some(Value::String(script)) => script.clone(),
+        Some(other) => return Err(format!("`cmd` is {}, but must be a string", kind(other))),
+    };
+    let (workdir, timeout_ms) = shell_options(object)?;
     Ok(ToolRequest::Shell {
-        argv,
+        argv: vec!["bash".to_string(), "-lc".to_string(), script],
         workdir,
         timeout_ms,
     })

@@ -141,3 +141,25 @@ fn update_plan_reads_steps_and_statuses() {
         ]
     );
 }
+
+#[test]
+fn codex_exec_command_is_accepted_as_shell() {
+    let request = parse(
+        EXEC_COMMAND,
+        r#"{"cmd": "ls -la", "workdir": "src", "yield_time_ms": 1000}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        request,
+        ToolRequest::Shell {
+            argv: vec!["bash".into(), "-lc".into(), "ls -la".into()],
+            workdir: Some("src".into()),
+            timeout_ms: None,
+        }
+    );
+    let err = parse(EXEC_COMMAND, r#"{"command": ["ls"]}"#).unwrap_err();
+    assert!(err.contains("missing field `cmd`"), "{err}");
+    // Only where `shell` itself is available.
+    let err = parse_tool_call(EXEC_COMMAND, r#"{"cmd": "ls"}"#, &[UPDATE_PLAN]).unwrap_err();
+    assert!(err.starts_with("unknown tool `exec_command`"), "{err}");
+}
