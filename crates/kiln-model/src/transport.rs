@@ -257,19 +257,26 @@ fn truncate(text: &str) -> String {
     }
 }
 
-/// The error and its causes, which is where reqwest says "connection refused".
+/// The causes of an error, which is where reqwest says "Connection refused".
+/// reqwest's own outer message repeats the URL and hyper adds wrappers such
+/// as "client error (Connect)"; both are left out when causes follow.
 fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+    let mut causes = Vec::new();
     let mut source = error.source();
     while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
+        causes.push(cause.to_string());
         source = cause.source();
     }
-    text
+    let mut parts: Vec<String> = causes
+        .into_iter()
+        .filter(|cause| !cause.starts_with("client error ("))
+        .collect();
+    if parts.is_empty() {
+        return error.to_string();
+    }
+    // Keep a cause only when the next one does not already say it.
+    parts.dedup_by(|later, earlier| earlier.contains(later.as_str()));
+    parts.join(": ")
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;

@@ -123,7 +123,8 @@ async fn connection_refused_says_where_and_what_to_check() {
         "{message}"
     );
     assert!(
-        message.contains("is the server running and is base_url right?"),
+        message.contains("Connection refused")
+            && message.contains("is the server running and is base_url right?"),
         "{message}"
     );
     assert!(error.is_retryable());

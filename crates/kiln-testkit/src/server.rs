@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -64,6 +64,8 @@ pub struct ScriptedServer {
 
 struct Shared {
     state: Mutex<ScriptState>,
+    /// Woken on every recorded request, for [`ScriptedServer::wait_for_requests`].
+    request_arrived: tokio::sync::Notify,
     started_at: u64,
 }
 
@@ -106,6 +108,7 @@ impl ScriptedServer {
                 served: 0,
                 requests: Vec::new(),
             }),
+            request_arrived: tokio::sync::Notify::new(),
             started_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs()),
@@ -147,6 +150,28 @@ impl ScriptedServer {
     /// How many scripted turns are left.
     pub fn turns_remaining(&self) -> usize {
         self.shared.lock().remaining.len()
+    }
+
+    /// Waits until at least `count` requests have arrived, or `timeout` passes
+    /// (then says how many came), for tests whose client runs in the background.
+    pub async fn wait_for_requests(&self, count: usize, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before checking, so a request arriving in
+            // between still wakes us.
+            let arrived = self.shared.request_arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let received = self.shared.lock().requests.len();
+            if received >= count {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(format!(
+                    "kiln-testkit: {received} of {count} expected requests arrived within {timeout:?}"
+                ));
+            }
+        }
     }
 
     /// Appends a turn to the end of the script.
@@ -205,6 +230,7 @@ async fn unknown_route(
         .lock()
         .requests
         .push(record(&method, &uri, &headers, &body));
+    shared.request_arrived.notify_waiters();
     json_error(
         StatusCode::NOT_FOUND,
         format!(
@@ -229,9 +255,10 @@ async fn answer(
         .and_then(Value::as_str)
         .unwrap_or("scripted-model")
         .to_string();
+    shared.lock().requests.push(request);
+    shared.request_arrived.notify_waiters();
     let (turn, turn_number) = {
         let mut state = shared.lock();
-        state.requests.push(request);
         match state.remaining.pop_front() {
             Some(turn) => {
                 state.served += 1;

@@ -217,3 +217,29 @@ async fn delayed_turn_holds_back_even_the_headers() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(answer.status(), 200);
 }
+
+#[tokio::test]
+async fn wait_for_requests_returns_once_they_arrived_and_reports_a_shortfall() {
+    let server =
+        ScriptedServer::start(Script::new(vec![Turn::message("a"), Turn::message("b")])).await;
+    let url = format!("{}/responses", server.base_url());
+    let client = tokio::spawn(async move {
+        for _ in 0..2 {
+            post(url.clone(), json!({})).await.text().await.unwrap();
+        }
+    });
+    server
+        .wait_for_requests(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(server.requests().len(), 2);
+    client.await.unwrap();
+    let shortfall = server
+        .wait_for_requests(3, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(
+        shortfall.contains("2 of 3 expected requests"),
+        "{shortfall}"
+    );
+}
