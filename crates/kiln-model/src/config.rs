@@ -229,8 +229,12 @@ impl ProviderConfig {
         }
     }
 
-    /// The retry counts clamped to a sane maximum.
+    /// The retry counts clamped to a sane maximum, and a name for messages
+    /// when the configuration gave none.
     pub(crate) fn clamped(mut self) -> Self {
+        if self.name.trim().is_empty() {
+            self.name = self.base_url.clone();
+        }
         self.request_max_retries = self.request_max_retries.min(MAX_RETRIES_CAP);
         self.stream_max_retries = self.stream_max_retries.min(MAX_RETRIES_CAP);
         self

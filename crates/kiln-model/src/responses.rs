@@ -40,6 +40,7 @@ impl ModelClient for ResponsesClient {
 
 /// The JSON body of a streamed Responses request. Nothing is stored server
 /// side (`store: false`): every request carries the whole conversation.
+/// Tool fields are left out when no tools are offered.
 pub(crate) fn request_body(request: &ModelRequest) -> Value {
     let tools: Vec<Value> = request
         .tools
@@ -58,12 +59,15 @@ pub(crate) fn request_body(request: &ModelRequest) -> Value {
         "model": request.model,
         "instructions": request.instructions,
         "input": request.input.iter().map(input_item).collect::<Vec<_>>(),
-        "tools": tools,
-        "tool_choice": "auto",
-        "parallel_tool_calls": request.parallel_tool_calls,
         "store": false,
         "stream": true,
     });
+    // Tool options without tools are rejected by some servers.
+    if !tools.is_empty() {
+        body["tools"] = json!(tools);
+        body["tool_choice"] = json!("auto");
+        body["parallel_tool_calls"] = json!(request.parallel_tool_calls);
+    }
     if let Some(effort) = request.reasoning_effort {
         body["reasoning"] = json!({ "effort": effort });
     }

@@ -80,7 +80,8 @@ fn body_leaves_out_unset_options() {
     let body = request_body(&ModelRequest::default());
     assert!(body.get("reasoning").is_none());
     assert!(body.get("prompt_cache_key").is_none());
-    assert_eq!(body["parallel_tool_calls"], true);
+    assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
+    assert!(body.get("parallel_tool_calls").is_none());
 }
 
 #[test]

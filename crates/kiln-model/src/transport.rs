@@ -171,7 +171,12 @@ impl Transport {
                 .and_then(|value| value.to_str().ok())
         };
         let retry_after = parse_retry_after(header("retry-after-ms"), header("retry-after"));
-        let body = response.text().await.unwrap_or_default();
+        // The body of an error answer gets the same patience as a stream.
+        let body = tokio::time::timeout(self.config.stream_idle_timeout, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let (message, code) = describe_error_body(&body);
         let message = if message.is_empty() {
             "(empty body)".to_string()

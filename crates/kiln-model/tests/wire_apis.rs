@@ -120,6 +120,7 @@ async fn responses_request_carries_the_conversation_and_tools() {
     run_turn(client(&server, WireApi::Responses).as_ref(), &turn).await;
     let sent = &server.requests()[0];
     assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(sent.query, None);
     assert_eq!(sent.header("accept"), Some("text/event-stream"));
     assert_eq!(
         sent.header("authorization"),
