@@ -149,6 +149,7 @@ impl Toolbox {
                     call_id,
                     chunk,
                     tool_output_max_bytes: self.limits.tool_output_max_bytes,
+                    grace: shell::CANCEL_GRACE,
                 };
                 let (result, captured) = run.run(argv, workdir, timeout).await;
                 self.chunks.insert(chunk, captured);

@@ -14,9 +14,9 @@ use crate::chunks::{chunk_id, new_capture};
 use crate::output::{CapturedOutput, Utf8Decoder};
 use crate::EventLog;
 
-/// How long a command may take to die after cancellation before kiln stops
-/// waiting for the sandbox to report it.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long a command may take to die after cancellation (or after its
+/// timeout) before kiln stops waiting for the sandbox to report it.
+pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// Output pieces buffered between the sandbox and the event log.
 const OUTPUT_CHANNEL_CAPACITY: usize = 256;
@@ -28,6 +28,8 @@ pub(super) struct ShellRun<'a> {
     pub(super) call_id: &'a str,
     pub(super) chunk: u64,
     pub(super) tool_output_max_bytes: usize,
+    /// See [`CANCEL_GRACE`].
+    pub(super) grace: Duration,
 }
 
 /// Decodes both pipes and records their text in order of arrival.
@@ -73,7 +75,8 @@ impl ChunkWriter<'_> {
 /// How waiting for the sandbox ended.
 enum Ended {
     Finished(Result<ExecOutcome, kiln_sandbox::SandboxError>),
-    /// Cancelled, and the sandbox did not report back within the grace period.
+    /// Cancelled or past its timeout, and the sandbox did not report back
+    /// within the grace period.
     Abandoned,
 }
 
@@ -124,9 +127,14 @@ impl ShellRun<'_> {
             .sandbox
             .exec(request, Some(sender), self.cancel.child_token());
         tokio::pin!(exec);
+        // The sandbox enforces the timeout and honours cancellation; these
+        // bounds only keep a misbehaving backend from hanging the attempt.
         let give_up = async {
-            self.cancel.cancelled().await;
-            tokio::time::sleep(CANCEL_GRACE).await;
+            tokio::select! {
+                () = self.cancel.cancelled() => {}
+                () = tokio::time::sleep(timeout.saturating_add(self.grace)) => {}
+            }
+            tokio::time::sleep(self.grace).await;
         };
         tokio::pin!(give_up);
         let ended = loop {
@@ -152,8 +160,14 @@ impl ShellRun<'_> {
             Ended::Abandoned => (
                 None,
                 Some(format!(
-                    "the command was cancelled and did not stop within {}s",
-                    CANCEL_GRACE.as_secs()
+                    "the sandbox did not report the command's end within {}s of its {} \
+                     (it may still be running)",
+                    self.grace.as_secs_f64(),
+                    if self.cancel.is_cancelled() {
+                        "cancellation"
+                    } else {
+                        "timeout"
+                    }
                 )),
             ),
         };
@@ -254,3 +268,7 @@ fn seconds(duration: Duration) -> String {
         format!("{secs:.0}s")
     }
 }
+
+#[cfg(test)]
+#[path = "shell_tests.rs"]
+mod tests;
