@@ -255,23 +255,25 @@ async fn answer(
         .and_then(Value::as_str)
         .unwrap_or("scripted-model")
         .to_string();
-    shared.lock().requests.push(request);
-    shared.request_arrived.notify_waiters();
-    let (turn, turn_number) = {
+    // Recording and taking the turn under one lock keeps the n-th recorded
+    // request paired with the n-th turn even when requests race.
+    let next = {
         let mut state = shared.lock();
-        match state.remaining.pop_front() {
-            Some(turn) => {
-                state.served += 1;
-                (turn, state.served)
-            }
-            None => {
-                let served = state.served;
-                drop(state);
-                return json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("kiln-testkit: script exhausted after {served} turns"),
-                );
-            }
+        state.requests.push(request);
+        let turn = state.remaining.pop_front();
+        if turn.is_some() {
+            state.served += 1;
+        }
+        (turn, state.served)
+    };
+    shared.request_arrived.notify_waiters();
+    let (turn, turn_number) = match next {
+        (Some(turn), served) => (turn, served),
+        (None, served) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("kiln-testkit: script exhausted after {served} turns"),
+            )
         }
     };
     let ctx = ReplyContext {
