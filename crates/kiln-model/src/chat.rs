@@ -198,10 +198,23 @@ impl ChatDecoder {
     fn slot_for(&mut self, index: Option<u64>, id: Option<&str>) -> &mut PartialCall {
         let id = id.filter(|id| !id.is_empty());
         let found = match (index, id) {
-            (Some(index), id) => self.calls.iter().rposition(|call| {
-                call.index == Some(index)
-                    && !matches!((id, call.id.as_deref()), (Some(new), Some(old)) if new != old)
-            }),
+            (Some(index), id) => {
+                let by_index = self.calls.iter().rposition(|call| {
+                    call.index == Some(index)
+                        && !matches!((id, call.id.as_deref()), (Some(new), Some(old)) if new != old)
+                });
+                // A continuation that starts naming its index after an
+                // index-less first fragment belongs to that fragment's call.
+                let adopted = || {
+                    let last = self.calls.len().checked_sub(1)?;
+                    (id.is_none() && self.calls[last].index.is_none()).then_some(last)
+                };
+                let found = by_index.or_else(adopted);
+                if let Some(slot) = found {
+                    self.calls[slot].index = Some(index);
+                }
+                found
+            }
             (None, Some(id)) => self
                 .calls
                 .iter()

@@ -385,3 +385,20 @@ fn content_sent_as_typed_parts_is_read() {
         ModelEvent::ItemDone(Item::assistant("part one, two"))
     );
 }
+
+#[test]
+fn index_appearing_after_an_index_less_first_fragment_continues_the_call() {
+    let events = decode(
+        &[
+            delta(json!({"tool_calls": [{"id": "late", "function": {"name": "shell", "arguments": "{\"a\""}}]})),
+            delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]})),
+            finish("tool_calls"),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        calls(&events),
+        vec![("late".into(), "shell".into(), "{\"a\": 1}".into())]
+    );
+}
