@@ -165,6 +165,29 @@ impl PartialCall {
     }
 }
 
+/// Whether a fragment with neither index nor id is a new call rather than more
+/// of `last`: it names a tool and brings arguments while `last` is already
+/// whole (named, with arguments that parse). Servers that send each call
+/// complete in one fragment look like this.
+fn starts_another_call(last: &PartialCall, function: Option<&Value>) -> bool {
+    let Some(function) = function else {
+        return false;
+    };
+    let names_a_tool = function
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| !name.is_empty());
+    let brings_arguments = match function.get("arguments") {
+        Some(Value::String(text)) => !text.trim().is_empty(),
+        Some(Value::Null) | None => false,
+        Some(_) => true,
+    };
+    names_a_tool
+        && brings_arguments
+        && !last.name.is_empty()
+        && serde_json::from_str::<serde::de::IgnoredAny>(&last.arguments).is_ok()
+}
+
 /// Assembles a streamed chat completion into [`ModelEvent`]s.
 ///
 /// Text deltas go out as they arrive; the assistant message and the tool
@@ -195,7 +218,12 @@ impl ChatDecoder {
     /// Which call a fragment belongs to: by `index` when present (a new id on
     /// an index whose call already has a different id starts a new call, for
     /// servers that send index 0 for every call), else by `id`, else the last call.
-    fn slot_for(&mut self, index: Option<u64>, id: Option<&str>) -> &mut PartialCall {
+    fn slot_for(
+        &mut self,
+        index: Option<u64>,
+        id: Option<&str>,
+        function: Option<&Value>,
+    ) -> &mut PartialCall {
         let id = id.filter(|id| !id.is_empty());
         let found = match (index, id) {
             (Some(index), id) => {
@@ -219,7 +247,11 @@ impl ChatDecoder {
                 .calls
                 .iter()
                 .rposition(|call| call.id.as_deref() == Some(id)),
-            (None, None) => self.calls.len().checked_sub(1),
+            (None, None) => match self.calls.last() {
+                Some(last) if starts_another_call(last, function) => None,
+                Some(_) => Some(self.calls.len() - 1),
+                None => None,
+            },
         };
         let slot = match found {
             Some(slot) => slot,
@@ -252,7 +284,8 @@ impl ChatDecoder {
         for fragment in tool_calls.into_iter().flatten() {
             let index = fragment.get("index").and_then(Value::as_u64);
             let id = fragment.get("id").and_then(Value::as_str);
-            self.slot_for(index, id).merge(id, fragment.get("function"));
+            let function = fragment.get("function");
+            self.slot_for(index, id, function).merge(id, function);
         }
         if tool_calls.is_none_or(|calls| calls.is_empty()) {
             if let Some(function_call) = delta.get("function_call").filter(|call| call.is_object())

@@ -402,3 +402,49 @@ fn index_appearing_after_an_index_less_first_fragment_continues_the_call() {
         vec![("late".into(), "shell".into(), "{\"a\": 1}".into())]
     );
 }
+
+#[test]
+fn complete_calls_without_index_or_id_stay_separate() {
+    let events = decode(
+        &[
+            delta(json!({"tool_calls": [
+                {"function": {"name": "shell", "arguments": "{\"command\":[\"ls\"]}"}},
+                {"function": {"name": "shell", "arguments": "{\"command\":[\"pwd\"]}"}}
+            ]})),
+            delta(json!({"tool_calls": [{"function": {"name": "update_plan", "arguments": {"plan": []}}}]})),
+            delta(json!({"tool_calls": [{"function": {"name": "update_plan", "arguments": ""}}]})),
+            finish("stop"),
+        ],
+        true,
+    )
+    .unwrap();
+    let calls = calls(&events);
+    let shapes: Vec<(&str, &str)> = calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            ("shell", "{\"command\":[\"ls\"]}"),
+            ("shell", "{\"command\":[\"pwd\"]}"),
+            ("update_plan", "{\"plan\":[]}"),
+        ]
+    );
+}
+
+#[test]
+fn repeated_name_on_every_fragment_does_not_split_a_call() {
+    let events = decode(
+        &[
+            delta(json!({"tool_calls": [{"function": {"name": "shell", "arguments": "{\"command\":"}}]})),
+            delta(json!({"tool_calls": [{"function": {"name": "shell", "arguments": " [\"ls\"]}"}}]})),
+            finish("tool_calls"),
+        ],
+        true,
+    )
+    .unwrap();
+    let calls = calls(&events);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].1.as_str(), calls[0].2.as_str()),
+        ("shell", "{\"command\": [\"ls\"]}")
+    );
+}
