@@ -85,7 +85,7 @@ impl Toolbox {
 
     /// The tools offered to the model in this mode.
     pub(crate) fn specs(&self) -> Vec<ToolSpec> {
-        let mut specs = vec![shell_spec()];
+        let mut specs = vec![shell_spec(self.limits.command_timeout)];
         if self.mode == Mode::Code {
             specs.push(apply_patch_spec());
         }
@@ -239,7 +239,7 @@ fn patch_in_shell_command(argv: &[String]) -> Option<ShellPatch> {
     }
 }
 
-fn shell_spec() -> ToolSpec {
+fn shell_spec(default_timeout: std::time::Duration) -> ToolSpec {
     ToolSpec {
         name: SHELL.to_string(),
         description: "Run a command in the workspace sandbox (no network) and get its exit code \
@@ -262,7 +262,10 @@ fn shell_spec() -> ToolSpec {
                 },
                 "timeout_ms": {
                     "type": "number",
-                    "description": "Kill the command after this many milliseconds (default 120000)."
+                    "description": format!(
+                        "Kill the command after this many milliseconds (default {}).",
+                        default_timeout.as_millis()
+                    )
                 }
             },
             "required": ["command"],
