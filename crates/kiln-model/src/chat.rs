@@ -188,6 +188,35 @@ fn starts_another_call(last: &PartialCall, function: Option<&Value>) -> bool {
         && serde_json::from_str::<serde::de::IgnoredAny>(&last.arguments).is_ok()
 }
 
+/// Repairs arguments that some servers corrupt when their tool parser flushes
+/// at the end of the stream: the streamed beginning followed by the whole
+/// arguments again (`{"a":1}{"a":1}`, `{{"a":1}`). When the text is not JSON
+/// but ends in a JSON object that starts with everything streamed before it,
+/// that object is the intended arguments. Anything else passes through as it
+/// is, for the agent to report.
+fn undo_final_flush(arguments: String) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(&arguments).is_ok() {
+        return arguments;
+    }
+    let repaired = arguments
+        .char_indices()
+        .filter(|(start, ch)| *start > 0 && *ch == '{')
+        .map(|(start, _)| arguments.split_at(start))
+        .find(|(streamed, whole)| {
+            let streamed = streamed.trim();
+            whole.trim_start().starts_with(streamed)
+                && serde_json::from_str::<serde_json::Map<String, Value>>(whole).is_ok()
+        })
+        .map(|(_, whole)| whole.trim().to_string());
+    match repaired {
+        Some(whole) => {
+            tracing::debug!("tool arguments repeated by the server; kept the whole copy");
+            whole
+        }
+        None => arguments,
+    }
+}
+
 /// Assembles a streamed chat completion into [`ModelEvent`]s.
 ///
 /// Text deltas go out as they arrive; the assistant message and the tool
@@ -318,7 +347,7 @@ impl ChatDecoder {
             let arguments = if call.arguments.trim().is_empty() {
                 "{}".to_string()
             } else {
-                call.arguments
+                undo_final_flush(call.arguments)
             };
             out.push(ModelEvent::ItemDone(Item::FunctionCall {
                 call_id,

@@ -448,3 +448,39 @@ fn repeated_name_on_every_fragment_does_not_split_a_call() {
         ("shell", "{\"command\": [\"ls\"]}")
     );
 }
+
+#[test]
+fn arguments_repeated_by_a_final_flush_are_repaired() {
+    let whole = r#"{"city": "Seattle", "unit": "celsius"}"#;
+    assert_eq!(undo_final_flush(format!("{whole}{whole}")), whole);
+    assert_eq!(undo_final_flush(format!("{{{whole}")), whole);
+    assert_eq!(undo_final_flush(format!(r#"{{"city": "Sea{whole}"#)), whole);
+}
+
+#[test]
+fn malformed_arguments_that_are_not_a_flush_pass_through() {
+    for text in [
+        r#"{"input": {"x": 1}"#,
+        r#"{"command": ["ls"]"#,
+        "not json {\"a\": 1}",
+        "{\"a\": 1} trailing",
+    ] {
+        assert_eq!(undo_final_flush(text.to_string()), text, "{text}");
+    }
+    let valid = "\n{ \"a\" :\t1 }\n";
+    assert_eq!(undo_final_flush(valid.to_string()), valid);
+}
+
+#[test]
+fn flushed_duplicate_over_the_wire_shape_is_repaired() {
+    let events = decode(
+        &[
+            delta(json!({"tool_calls": [{"index": 0, "id": "f", "function": {"name": "shell", "arguments": "{\"command\": "}}]})),
+            delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"command\": [\"ls\"]}"}}]})),
+            finish("tool_calls"),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(calls(&events)[0].2, "{\"command\": [\"ls\"]}");
+}
