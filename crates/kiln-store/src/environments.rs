@@ -1,0 +1,247 @@
+//! Environments: where and how attempts run. Secrets are stored with the
+//! environment but only [`Store::environment_secrets`] returns them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::from_millis;
+use crate::db::{query, DbRow};
+use crate::error::{OpError, Result, StoreError};
+use crate::tokens::Principal;
+use crate::Store;
+
+/// What a user asks for when creating an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEnvironment {
+    pub name: String,
+    /// A local path or a git URL.
+    pub repo: String,
+    /// `None`: the repository's default branch.
+    pub base_branch: Option<String>,
+    /// Runs once per attempt, before the agent, with network and secrets.
+    pub setup_script: Option<String>,
+    /// Variables for setup and agent.
+    pub env: BTreeMap<String, String>,
+    /// Variables for the setup script only.
+    pub secrets: BTreeMap<String, String>,
+    /// Whether the agent phase has network access (off by default).
+    pub network: bool,
+    /// A container image to run in instead of the host's root filesystem.
+    pub image: Option<String>,
+}
+
+/// An environment as the API shows it: secret names, never their values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub id: String,
+    pub owner_token_id: String,
+    pub name: String,
+    pub repo: String,
+    pub base_branch: Option<String>,
+    pub setup_script: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub secret_names: Vec<String>,
+    pub network: bool,
+    pub image: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns [`environment_from_row`] reads, as a literal for `concat!`.
+macro_rules! select_environment {
+    () => {
+        "SELECT id, owner_token_id, name, repo, base_branch, setup_script,
+            env_json, secrets_json, network, image, created_at FROM environments "
+    };
+}
+
+fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
+    let env = parse_map("environment variables", &row.text("env_json")?)?;
+    let secrets = parse_map("environment secrets", &row.text("secrets_json")?)?;
+    Ok(Environment {
+        id: row.text("id")?,
+        owner_token_id: row.text("owner_token_id")?,
+        name: row.text("name")?,
+        repo: row.text("repo")?,
+        base_branch: row.opt_text("base_branch")?,
+        setup_script: row.opt_text("setup_script")?,
+        env,
+        secret_names: secrets.into_keys().collect(),
+        network: row.bool("network")?,
+        image: row.opt_text("image")?,
+        created_at: from_millis(row.int("created_at")?),
+    })
+}
+
+fn parse_map(what: &'static str, json: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, e))
+}
+
+impl Store {
+    /// Creates an environment owned by `owner`; names are unique per owner.
+    pub async fn create_environment(
+        &self,
+        owner: &Principal,
+        new: &NewEnvironment,
+    ) -> Result<Environment> {
+        validate(new)?;
+        let env_json = to_json(&new.env)?;
+        let secrets_json = to_json(&new.secrets)?;
+        self.run("create environment", || async {
+            let mut tx = self.begin().await?;
+            let inserted = tx
+                .execute(
+                    query(
+                        "INSERT INTO environments (id, owner_token_id, name, repo, base_branch,
+                            setup_script, env_json, secrets_json, network, image, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(self.new_id("env_"))
+                    .bind(&owner.token_id)
+                    .bind(new.name.trim())
+                    .bind(new.repo.trim())
+                    .bind(new.base_branch.as_deref())
+                    .bind(new.setup_script.as_deref())
+                    .bind(&env_json)
+                    .bind(&secrets_json)
+                    .bind(new.network)
+                    .bind(new.image.as_deref())
+                    .bind(self.now_ms()),
+                )
+                .await;
+            match inserted {
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    return Err(StoreError::Conflict {
+                        message: format!(
+                            "an environment named {:?} exists already; choose another name",
+                            new.name.trim()
+                        ),
+                    }
+                    .into())
+                }
+                other => other?,
+            };
+            let row = tx
+                .fetch_one(
+                    query(concat!(
+                        select_environment!(),
+                        "WHERE owner_token_id = $1 AND name = $2"
+                    ))
+                    .bind(&owner.token_id)
+                    .bind(new.name.trim()),
+                )
+                .await?;
+            let environment = environment_from_row(&row)?;
+            self.commit(tx, Vec::new()).await?;
+            Ok(environment)
+        })
+        .await
+    }
+
+    /// The environments `who` may use: its own, or all for an admin.
+    pub async fn list_environments(&self, who: &Principal) -> Result<Vec<Environment>> {
+        self.run("list environments", || async {
+            let rows = self
+                .inner
+                .db
+                .fetch_all(
+                    query(concat!(
+                        select_environment!(),
+                        "WHERE ($1 OR owner_token_id = $2) ORDER BY id"
+                    ))
+                    .bind(who.admin)
+                    .bind(&who.token_id),
+                )
+                .await?;
+            rows.iter().map(environment_from_row).collect()
+        })
+        .await
+    }
+
+    /// An environment by id, or by name among `who`'s own environments.
+    pub async fn environment(&self, who: &Principal, id_or_name: &str) -> Result<Environment> {
+        self.run("get environment", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query(concat!(
+                        select_environment!(),
+                        "WHERE (id = $1 AND ($3 OR owner_token_id = $2))
+                            OR (name = $1 AND owner_token_id = $2)
+                         ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END
+                         LIMIT 1"
+                    ))
+                    .bind(id_or_name)
+                    .bind(&who.token_id)
+                    .bind(who.admin),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("environment {id_or_name}")))?;
+            environment_from_row(&row)
+        })
+        .await
+    }
+
+    /// The setup-only secrets of an environment, for the worker that runs
+    /// its setup script. Never return these to an API client.
+    pub async fn environment_secrets(
+        &self,
+        environment_id: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        self.run("read environment secrets", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query("SELECT secrets_json FROM environments WHERE id = $1")
+                        .bind(environment_id),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
+            Ok(parse_map(
+                "environment secrets",
+                &row.text("secrets_json")?,
+            )?)
+        })
+        .await
+    }
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(map).map_err(|e| StoreError::invalid("env", e.to_string()))
+}
+
+fn validate(new: &NewEnvironment) -> Result<()> {
+    let name = new.name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            "name",
+            "an environment name must be 1 to 100 printable characters",
+        ));
+    }
+    if new.repo.trim().is_empty() {
+        return Err(StoreError::invalid(
+            "repo",
+            "give the repository as a local path or a git URL",
+        ));
+    }
+    for (field, map) in [("env", &new.env), ("secrets", &new.secrets)] {
+        if let Some(bad) = map.keys().find(|k| !is_variable_name(k)) {
+            return Err(StoreError::invalid(
+                field,
+                format!("{bad:?} is not a variable name (letters, digits and _, not starting with a digit)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

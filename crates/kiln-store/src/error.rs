@@ -1,0 +1,125 @@
+use std::path::PathBuf;
+
+/// What went wrong in the store, with the operation and what to do about it.
+///
+/// Database URLs in messages never carry passwords (see [`crate::redact_url`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL {url}: {reason}; use sqlite:PATH or postgres://USER@HOST/DB")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cannot open database at {url}: {source} — {hint}")]
+    Open {
+        url: String,
+        hint: &'static str,
+        source: sqlx::Error,
+    },
+
+    #[error("cannot migrate database at {url}: {source} — the database may belong to a newer kiln, or a migration was edited after it ran")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+
+    #[error("{operation} failed: {source}")]
+    Database {
+        operation: &'static str,
+        source: sqlx::Error,
+    },
+
+    /// The thing does not exist, or the caller may not see it (the two are
+    /// not told apart, so that ids of other users' tasks do not leak).
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    /// A caller-supplied value is unusable; `field` names it as the API does.
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+
+    #[error("{message}")]
+    Conflict { message: String },
+
+    /// The worker no longer holds the attempt: its lease expired and the
+    /// attempt was recovered, or it was finished already.
+    #[error("attempt {attempt} of task {task_id} is not running on worker {worker_id} any more (its lease expired and it was recovered, or it finished); stop working on it")]
+    LeaseLost {
+        task_id: String,
+        attempt: u32,
+        worker_id: String,
+    },
+
+    #[error("the stored {what} is unreadable: {detail}; it was written by an incompatible kiln or edited by hand")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+impl StoreError {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        StoreError::NotFound { what: what.into() }
+    }
+
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        StoreError::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The error type of operation bodies: a database error gets the operation
+/// name attached once, at the boundary, where transient ones are retried.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    Sqlx(sqlx::Error),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for OpError {
+    fn from(e: sqlx::Error) -> Self {
+        OpError::Sqlx(e)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::Store(e)
+    }
+}
+
+impl OpError {
+    pub(crate) fn into_store(self, operation: &'static str) -> StoreError {
+        match self {
+            OpError::Sqlx(source) => StoreError::Database { operation, source },
+            OpError::Store(e) => e,
+        }
+    }
+
+    /// Deadlocks and serialization failures (PostgreSQL) and a busy database
+    /// (SQLite, after its busy timeout) are worth running the operation again.
+    pub(crate) fn is_transient(&self) -> bool {
+        let OpError::Sqlx(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "517")
+        )
+    }
+}

@@ -1,0 +1,277 @@
+//! Bearer tokens: only the SHA-256 of a secret is stored; the secret is
+//! shown once, when the token is created.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::from_millis;
+use crate::db::{query, DbRow};
+use crate::error::{OpError, Result, StoreError};
+use crate::ids::{hash_secret, new_token_secret};
+use crate::Store;
+
+/// Shortest secret accepted from `KILN_ADMIN_TOKEN`.
+pub const MIN_SECRET_LEN: usize = 24;
+
+/// Who is calling: the token a request was authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub token_id: String,
+    pub name: String,
+    /// Admins see and act on every user's tasks and environments.
+    pub admin: bool,
+}
+
+/// A token as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenInfo {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            token_id: self.id.clone(),
+            name: self.name.clone(),
+            admin: self.admin,
+        }
+    }
+}
+
+/// A freshly created token and its secret, which is not stored anywhere:
+/// show it to the user now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub info: TokenInfo,
+    pub secret: String,
+}
+
+/// What [`Store::ensure_admin_token`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBootstrap {
+    /// No admin token existed: this one was created; print its secret once.
+    Created(NewToken),
+    /// The secret from the environment was registered as an admin token.
+    Registered(TokenInfo),
+    /// An admin token exists already (or the one from the environment is
+    /// registered already); nothing to print.
+    Present,
+}
+
+fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
+    Ok(TokenInfo {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        admin: row.bool("admin")?,
+        created_at: from_millis(row.int("created_at")?),
+        revoked_at: row.opt_int("revoked_at")?.map(from_millis),
+    })
+}
+
+impl Store {
+    /// Creates a token; the returned secret is the only copy.
+    pub async fn create_token(&self, name: &str, admin: bool) -> Result<NewToken> {
+        let name = validate_token_name(name)?;
+        let secret = new_token_secret();
+        let info = self
+            .run("create token", || self.insert_token(name, &secret, admin))
+            .await?;
+        Ok(NewToken { info, secret })
+    }
+
+    async fn insert_token(
+        &self,
+        name: &str,
+        secret: &str,
+        admin: bool,
+    ) -> Result<TokenInfo, OpError> {
+        let mut tx = self.begin().await?;
+        let row = tx
+            .fetch_one(
+                query(
+                    "INSERT INTO tokens (id, name, secret_sha256, admin, created_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     RETURNING id, name, admin, created_at, revoked_at",
+                )
+                .bind(self.new_id("tok_"))
+                .bind(name)
+                .bind(hash_secret(secret))
+                .bind(admin)
+                .bind(self.now_ms()),
+            )
+            .await?;
+        let info = token_from_row(&row)?;
+        self.commit(tx, Vec::new()).await?;
+        Ok(info)
+    }
+
+    /// The principal of a live token, or `None` for an unknown or revoked one.
+    pub async fn verify_token(&self, secret: &str) -> Result<Option<Principal>> {
+        let hash = hash_secret(secret);
+        self.run("verify token", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query(
+                        "SELECT id, name, admin FROM tokens
+                         WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(&hash),
+                )
+                .await?;
+            row.map(|row| {
+                Ok(Principal {
+                    token_id: row.text("id")?,
+                    name: row.text("name")?,
+                    admin: row.bool("admin")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// Every token, oldest first, revoked ones included.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.run("list tokens", || async {
+            let rows = self
+                .inner
+                .db
+                .fetch_all(query(
+                    "SELECT id, name, admin, created_at, revoked_at FROM tokens ORDER BY id",
+                ))
+                .await?;
+            rows.iter().map(token_from_row).collect()
+        })
+        .await
+    }
+
+    /// Revokes a token (again is fine). Its tasks and environments stay.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        self.run("revoke token", || async {
+            let mut tx = self.begin().await?;
+            tx.execute(
+                query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(self.now_ms()),
+            )
+            .await?;
+            let row = tx
+                .fetch_optional(
+                    query(
+                        "SELECT id, name, admin, created_at, revoked_at FROM tokens WHERE id = $1",
+                    )
+                    .bind(id),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("token {id}")))?;
+            let info = token_from_row(&row)?;
+            self.commit(tx, Vec::new()).await?;
+            Ok(info)
+        })
+        .await
+    }
+
+    /// First-start bootstrap of the admin token.
+    ///
+    /// With `from_env` (the value of `KILN_ADMIN_TOKEN`), that secret is
+    /// registered as an admin token unless it already is. Without it, an
+    /// admin token is created when no live one exists, and its secret is
+    /// returned to be printed once.
+    pub async fn ensure_admin_token(&self, from_env: Option<&str>) -> Result<AdminBootstrap> {
+        match from_env {
+            Some(secret) => self.register_admin_secret(secret.trim()).await,
+            None => {
+                let live_admins = self
+                    .run("look for an admin token", || async {
+                        let row = self
+                            .inner
+                            .db
+                            .fetch_one(query(
+                                "SELECT COUNT(*) AS n FROM tokens
+                                 WHERE admin = TRUE AND revoked_at IS NULL",
+                            ))
+                            .await?;
+                        Ok(row.int("n")?)
+                    })
+                    .await?;
+                if live_admins > 0 {
+                    return Ok(AdminBootstrap::Present);
+                }
+                Ok(AdminBootstrap::Created(
+                    self.create_token("admin", true).await?,
+                ))
+            }
+        }
+    }
+
+    async fn register_admin_secret(&self, secret: &str) -> Result<AdminBootstrap> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(StoreError::invalid(
+                "KILN_ADMIN_TOKEN",
+                format!(
+                    "it is {} characters long; use at least {MIN_SECRET_LEN} random characters (e.g. `openssl rand -hex 32`)",
+                    secret.len()
+                ),
+            ));
+        }
+        let hash = hash_secret(secret);
+        let existing = self
+            .run("look up KILN_ADMIN_TOKEN", || async {
+                let row = self
+                    .inner
+                    .db
+                    .fetch_optional(
+                        query(
+                            "SELECT id, name, admin, created_at, revoked_at FROM tokens
+                             WHERE secret_sha256 = $1",
+                        )
+                        .bind(&hash),
+                    )
+                    .await?;
+                row.as_ref().map(token_from_row).transpose()
+            })
+            .await?;
+        match existing {
+            Some(token) if token.revoked_at.is_some() => Err(StoreError::invalid(
+                "KILN_ADMIN_TOKEN",
+                format!(
+                    "it is token {} which was revoked; set a new secret",
+                    token.id
+                ),
+            )),
+            Some(token) if !token.admin => Err(StoreError::invalid(
+                "KILN_ADMIN_TOKEN",
+                format!(
+                    "it is token {} which is not an admin token; set a new secret",
+                    token.id
+                ),
+            )),
+            Some(_) => Ok(AdminBootstrap::Present),
+            None => {
+                let info = self
+                    .run("register KILN_ADMIN_TOKEN", || {
+                        self.insert_token("admin (KILN_ADMIN_TOKEN)", secret, true)
+                    })
+                    .await?;
+                Ok(AdminBootstrap::Registered(info))
+            }
+        }
+    }
+}
+
+fn validate_token_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            "name",
+            "a token name must be 1 to 200 printable characters",
+        ));
+    }
+    Ok(name)
+}

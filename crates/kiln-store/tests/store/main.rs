@@ -1,0 +1,14 @@
+//! Behaviour of the store, each test run on SQLite and on PostgreSQL.
+
+#[macro_use]
+mod support;
+
+mod durability;
+mod environments;
+mod events;
+mod messages;
+mod notifications;
+mod queue;
+mod recovery;
+mod tasks;
+mod tokens;
