@@ -23,6 +23,13 @@ fn main() {
         &one_change_in_the_middle,
     );
 
+    bench_plan_only(
+        root,
+        "100 MB file, one change: plan only (no write)",
+        &big,
+        &one_change_in_the_middle,
+    );
+
     let one_change_at_the_end = single_change_patch(1_999_990);
     bench(
         root,
@@ -119,6 +126,22 @@ fn bench(root: &Path, name: &str, original: &str, patch: &str) {
         let report = kiln_patch::apply(root, patch).expect("benchmark patch applies");
         times.push(started.elapsed());
         assert_eq!(report.changes.len(), 1);
+    }
+    print_result(name, original.len(), &mut times);
+}
+
+/// Parse and plan (read, seek, rebuild, diff) without writing: the CPU side.
+fn bench_plan_only(root: &Path, name: &str, original: &str, patch: &str) {
+    fs::write(root.join("f.txt"), original).expect("write original");
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let plan = kiln_patch::parse(patch)
+            .expect("benchmark patch parses")
+            .plan(root)
+            .expect("benchmark patch plans");
+        times.push(started.elapsed());
+        assert_eq!(plan.changes().len(), 1);
     }
     print_result(name, original.len(), &mut times);
 }

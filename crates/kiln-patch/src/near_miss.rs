@@ -93,10 +93,17 @@ fn most_similar_line(lines: &[&str], pattern: &[&str]) -> Option<usize> {
     if probe.len() > MAX_SIMILARITY_LINE_LEN {
         return None;
     }
+    let probe_len = probe.chars().count();
     let mut best: Option<(usize, f32)> = None;
     for (index, line) in lines.iter().enumerate().take(MAX_SIMILARITY_LINES) {
         let line = line.trim();
         if line.is_empty() || line.len() > MAX_SIMILARITY_LINE_LEN {
+            continue;
+        }
+        // The ratio is at most 2·min/(a+b); skip lines whose length alone rules it out.
+        let line_len = line.chars().count();
+        let bound = 2.0 * probe_len.min(line_len) as f32 / (probe_len + line_len) as f32;
+        if bound < MIN_SIMILARITY {
             continue;
         }
         let ratio = similar::TextDiff::from_chars(probe, line).ratio();

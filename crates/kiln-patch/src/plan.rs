@@ -153,7 +153,9 @@ fn text_of<'a>(path: &str, bytes: &'a [u8]) -> Result<&'a str, PatchError> {
         path: path.to_string(),
         reason,
     };
-    if let Some(offset) = bytes.iter().position(|byte| *byte == 0) {
+    // `contains` on bytes is a memchr; the position is only needed for the message.
+    if bytes.contains(&0) {
+        let offset = bytes.iter().position(|byte| *byte == 0).unwrap_or_default();
         return Err(not_text(format!(
             "it is a binary file (NUL byte at offset {offset})"
         )));
