@@ -504,8 +504,18 @@ impl Attempt<'_> {
         match summary {
             Some(summary) => compacted.push(Item::user(summary_message(&summary, last_chunk))),
             None => {
-                let half_window = usize::try_from(window.saturating_mul(2)).unwrap_or(usize::MAX);
-                let kept = keep_newest(&self.history, half_window);
+                // Keep about half the window. Bytes stand in for tokens at the
+                // ratio the provider's own count showed, when it showed one.
+                let by_bytes = estimate_tokens(
+                    &self.system_prompt,
+                    &self.tools,
+                    self.guidance.as_deref(),
+                    &self.history,
+                )
+                .max(1);
+                let tokens_per_estimated = (tokens_before as f64 / by_bytes as f64).max(1.0);
+                let half_window_bytes = window as f64 * 2.0 / tokens_per_estimated;
+                let kept = keep_newest(&self.history, half_window_bytes as usize);
                 let dropped = self.history.len() - kept.len();
                 compacted.push(Item::user(dropped_message(dropped, last_chunk)));
                 compacted.extend(kept.into_iter().filter(|item| Some(item) != task.as_ref()));

@@ -338,3 +338,126 @@ async fn the_simple_entry_point_numbers_chunks_after_the_history() {
     });
     assert_eq!(chunk.as_deref(), Some("t2"));
 }
+
+#[tokio::test]
+async fn a_provider_rejecting_the_length_triggers_compaction_and_a_retry() {
+    let too_long = serde_json::json!({"error": {
+        "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9120 tokens.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded"
+    }});
+    let harness = Harness::new(
+        Mode::Code,
+        vec![
+            Turn::shell("seq 1 2000"),
+            Turn::http_error(400, too_long.to_string()),
+            Turn::message("Ran `seq 1 2000` (chunk t1); it printed 2000 lines. Next: answer."),
+            Turn::message("It prints 2000 lines 【t1†L2000】."),
+        ],
+    )
+    .await;
+    let outcome = harness.run("How many lines does `seq 1 2000` print?").await;
+    let events = harness.events();
+    let requests = harness.requests();
+
+    assert_eq!(
+        outcome.status,
+        AttemptStatus::Succeeded,
+        "{:?}",
+        outcome.reason
+    );
+    assert_eq!(requests.len(), 4);
+    assert!(warnings(&events)
+        .iter()
+        .any(|w| w.contains("too long for the model's context window")));
+    assert!(texts(&requests[2])
+        .last()
+        .unwrap()
+        .contains("Write a summary"));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::ContextCompacted { .. })));
+    assert!(texts(&requests[3])
+        .iter()
+        .any(|t| t.contains("it printed 2000 lines")));
+    assert!(outcome.citations[0].valid, "{:?}", outcome.citations);
+}
+
+#[tokio::test]
+async fn a_failed_summary_falls_back_to_dropping_the_oldest_turns() {
+    let mut turns: Vec<Turn> = (0..3)
+        .map(|i| {
+            Turn::shell(format!("seq {} {}", i * 1000 + 1, i * 1000 + 1000))
+                .with_usage(usage(2_000))
+        })
+        .collect();
+    turns[2] = turns[2].clone().with_usage(usage(16_500));
+    turns.push(Turn::http_error_message(
+        400,
+        "summaries are not supported here",
+    ));
+    turns.push(Turn::message("Printed three ranges."));
+    let mut harness = Harness::new(Mode::Code, turns).await;
+    harness.config.limits.context_window = 20_000;
+    harness.config.limits.tool_output_max_bytes = 4096;
+    let outcome = harness.run("Print three ranges.").await;
+    let events = harness.events();
+
+    assert_eq!(
+        outcome.status,
+        AttemptStatus::Succeeded,
+        "{:?}",
+        outcome.reason
+    );
+    assert!(warnings(&events)
+        .iter()
+        .any(|w| w.starts_with("summarising the conversation failed")));
+    let items = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ContextCompacted { items, .. } => Some(items.clone()),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    assert_eq!(items[0], Item::user("Print three ranges."));
+    let Item::Message { text, .. } = &items[1] else {
+        panic!("{items:?}")
+    };
+    assert!(text.contains("dropped without a summary"), "{text}");
+    assert!(text.contains("[chunk t3]"), "{text}");
+    assert!(
+        !text.contains("The oldest 0 "),
+        "something was dropped: {text}"
+    );
+    let kept_outputs: Vec<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::FunctionCallOutput { output, .. } => Some(output.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        kept_outputs.iter().all(|o| !o.starts_with("[chunk t1]")),
+        "the oldest turn went: {kept_outputs:?}"
+    );
+    assert!(
+        kept_outputs.iter().any(|o| o.starts_with("[chunk t3]")),
+        "the newest turn stays: {kept_outputs:?}"
+    );
+    // What was kept starts at a turn boundary: no output without its call.
+    let calls: Vec<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::FunctionCall { call_id, .. } => Some(call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    for item in &items {
+        if let Item::FunctionCallOutput { call_id, .. } = item {
+            assert!(calls.contains(&call_id.as_str()), "orphan output {call_id}");
+        }
+    }
+    assert_eq!(history_from_events(&events), outcome.history);
+}
