@@ -415,11 +415,11 @@ async fn a_failed_summary_falls_back_to_dropping_the_oldest_turns() {
         .any(|w| w.starts_with("summarising the conversation failed")));
     let items = events
         .iter()
-        .filter_map(|e| match &e.kind {
+        .rev()
+        .find_map(|e| match &e.kind {
             EventKind::ContextCompacted { items, .. } => Some(items.clone()),
             _ => None,
         })
-        .last()
         .unwrap();
     assert_eq!(items[0], Item::user("Print three ranges."));
     let Item::Message { text, .. } = &items[1] else {
