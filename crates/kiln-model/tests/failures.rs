@@ -281,7 +281,7 @@ async fn server_that_never_answers_times_out_and_the_retry_succeeds() {
     ]))
     .await;
     let mut config = provider(&server, WireApi::Responses);
-    config.stream_idle_timeout = Duration::from_millis(300);
+    config.stream_idle_timeout = Duration::from_secs(1);
     let (events, error) = run_turn(connect(&config).unwrap().as_ref(), &request()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(items_of(&events), vec![Item::assistant("prompt answer")]);
