@@ -12,6 +12,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::policy::Limits;
@@ -57,6 +58,42 @@ pub(crate) struct LimitPlan {
     limits: Limits,
 }
 
+/// Where kiln can create cgroups for each controller on this machine.
+#[derive(Debug, Default)]
+struct ControllerHomes {
+    memory: Option<ControllerHome>,
+    pids: Option<ControllerHome>,
+    cpu: Option<ControllerHome>,
+}
+
+impl ControllerHomes {
+    fn probe() -> ControllerHomes {
+        let (Ok(own), Ok(mountinfo)) = (
+            fs::read_to_string("/proc/self/cgroup"),
+            fs::read_to_string("/proc/self/mountinfo"),
+        ) else {
+            return ControllerHomes::default();
+        };
+        let mounts = parse_cgroup_mounts(&mountinfo);
+        let v2_home = find_v2_home(&own, &mounts);
+        let home = |controller: Controller| {
+            v2_home
+                .as_ref()
+                .filter(|dir| v2_offers(dir, controller))
+                .map(|dir| ControllerHome {
+                    version: Version::V2,
+                    parent: dir.clone(),
+                })
+                .or_else(|| find_v1_home(&own, &mounts, controller))
+        };
+        ControllerHomes {
+            memory: home(Controller::Memory),
+            pids: home(Controller::Pids),
+            cpu: home(Controller::Cpu),
+        }
+    }
+}
+
 /// An rlimit applied in the child before exec.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rlimit {
@@ -68,42 +105,22 @@ impl LimitPlan {
     /// Find, for each limit the policy sets, a cgroup hierarchy kiln can
     /// create cgroups in; limits with none fall back to rlimits.
     pub fn discover(limits: &Limits) -> LimitPlan {
-        let mut plan = LimitPlan {
+        // The hierarchy does not change while kiln runs, and probing it
+        // (mkdir + rmdir of a memory cgroup) costs milliseconds: once per process.
+        static HOMES: OnceLock<ControllerHomes> = OnceLock::new();
+        let homes = HOMES.get_or_init(ControllerHomes::probe);
+        LimitPlan {
+            memory: homes
+                .memory
+                .clone()
+                .filter(|_| limits.memory_bytes.is_some()),
+            pids: homes
+                .pids
+                .clone()
+                .filter(|_| limits.max_processes.is_some()),
+            cpu: homes.cpu.clone().filter(|_| limits.cpu_cores.is_some()),
             limits: limits.clone(),
-            ..LimitPlan::default()
-        };
-        let Ok(own) = fs::read_to_string("/proc/self/cgroup") else {
-            return plan;
-        };
-        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-            return plan;
-        };
-        let mounts = parse_cgroup_mounts(&mountinfo);
-        let v2_home = find_v2_home(&own, &mounts);
-        let wanted = [
-            (Controller::Memory, limits.memory_bytes.is_some()),
-            (Controller::Pids, limits.max_processes.is_some()),
-            (Controller::Cpu, limits.cpu_cores.is_some()),
-        ];
-        for (controller, needed) in wanted {
-            if !needed {
-                continue;
-            }
-            let home = v2_home
-                .as_ref()
-                .filter(|dir| v2_offers(dir, controller))
-                .map(|dir| ControllerHome {
-                    version: Version::V2,
-                    parent: dir.clone(),
-                })
-                .or_else(|| find_v1_home(&own, &mounts, controller));
-            match controller {
-                Controller::Memory => plan.memory = home,
-                Controller::Pids => plan.pids = home,
-                Controller::Cpu => plan.cpu = home,
-            }
         }
-        plan
     }
 
     /// For people: "memory 4 GiB (cgroup v1), processes 1024 (cgroup v1), cpu unlimited".
