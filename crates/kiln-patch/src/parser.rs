@@ -135,7 +135,17 @@ pub fn parse(text: &str) -> Result<Patch, ParseError> {
             cursor += 1;
             continue;
         }
-        let (hunk, consumed) = parse_hunk(&lines, cursor)?;
+        let (hunk, consumed) = parse_hunk(&lines, cursor).map_err(|mut error| {
+            if let Some(Hunk::Add { path, .. }) = hunks.last() {
+                if error.line == lines.number(cursor) {
+                    error.problem.push_str(&format!(
+                        " (if this line belongs to `{path}`, every line of an added file \
+                         starts with `+`)"
+                    ));
+                }
+            }
+            error
+        })?;
         hunks.push(hunk);
         cursor += consumed;
     }

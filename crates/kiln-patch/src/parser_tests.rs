@@ -181,3 +181,15 @@ fn indented_marker_inside_a_chunk_stays_context() {
         ChunkLine::Context("*** End of File".into())
     );
 }
+
+#[test]
+fn unprefixed_line_after_add_file_hints_at_the_plus() {
+    let error = error_of(&patch("*** Add File: a.txt\n+one\ntwo\n"));
+    assert_eq!(error.line, 4);
+    assert!(
+        error
+            .problem
+            .contains("every line of an added file starts with `+`"),
+        "{error}"
+    );
+}

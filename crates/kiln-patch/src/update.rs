@@ -140,9 +140,14 @@ fn locate<'c>(
                 near_miss: find_near_miss(lines, pattern),
             }))
         };
+        // Where the `@@` line was found, for the retry below.
+        let mut context_at = None;
         if let Some(context) = &chunk.context {
             match seek(lines, &[context.as_str()], cursor, false) {
-                Some(found) => cursor = found.start + 1,
+                Some(found) => {
+                    context_at = Some(found.start);
+                    cursor = found.start + 1;
+                }
                 None => {
                     let missing = Missing::ContextLine(context.clone());
                     return Err(not_found(cursor, missing, &[context.as_str()]));
@@ -167,18 +172,13 @@ fn locate<'c>(
             cursor = at;
             continue;
         }
-        let mut found = seek(lines, &old, cursor, chunk.end_of_file)
-            .map(|found| (found.start, old.len(), None));
-        if found.is_none() && old.last() == Some(&"") {
-            // A blank line before the next hunk header reads as an empty context
-            // line that the file need not have; retry without it.
-            let shorter = &old[..old.len() - 1];
-            let skipped = chunk
-                .lines
-                .iter()
-                .rposition(|line| matches!(line, ChunkLine::Context(_) | ChunkLine::Remove(_)));
-            found = seek(lines, shorter, cursor, chunk.end_of_file)
-                .map(|found| (found.start, shorter.len(), skipped));
+        let mut found = find_old_lines(chunk, &old, lines, cursor);
+        if found.is_none() {
+            if let Some(context_at) = context_at {
+                // Models often repeat the `@@` line as the chunk's first context line;
+                // the chunk then starts at the `@@` line itself, not after it.
+                found = find_old_lines(chunk, &old, lines, context_at);
+            }
         }
         let Some((start, old_len, skipped_line)) = found else {
             let missing = Missing::OldLines(old.iter().map(|line| line.to_string()).collect());
@@ -193,6 +193,30 @@ fn locate<'c>(
         cursor = start + old_len;
     }
     Ok(replacements)
+}
+
+/// Seeks a chunk's old lines from `from`: (start, number of file lines, skipped
+/// chunk line).
+fn find_old_lines(
+    chunk: &Chunk,
+    old: &[&str],
+    lines: &[&str],
+    from: usize,
+) -> Option<(usize, usize, Option<usize>)> {
+    if let Some(found) = seek(lines, old, from, chunk.end_of_file) {
+        return Some((found.start, old.len(), None));
+    }
+    if old.last() != Some(&"") {
+        return None;
+    }
+    // A blank line before the next hunk header reads as an empty context line that
+    // the file need not have; retry without it.
+    let shorter = &old[..old.len() - 1];
+    let skipped = chunk
+        .lines
+        .iter()
+        .rposition(|line| matches!(line, ChunkLine::Context(_) | ChunkLine::Remove(_)));
+    seek(lines, shorter, from, chunk.end_of_file).map(|found| (found.start, shorter.len(), skipped))
 }
 
 /// The new text under construction.

@@ -119,3 +119,13 @@ fn missing_context_line_is_named() {
 fn deleting_every_line_leaves_an_empty_file() {
     assert_eq!(updated("a\nb\n", "@@\n-a\n-b\n"), "");
 }
+
+#[test]
+fn context_marker_repeated_as_first_context_line_still_applies() {
+    let original = "def a():\n    pass\n\ndef b():\n    pass\n";
+    let result = updated(
+        original,
+        "@@ def b():\n def b():\n-    pass\n+    return 2\n",
+    );
+    assert_eq!(result, "def a():\n    pass\n\ndef b():\n    return 2\n");
+}
