@@ -1,0 +1,197 @@
+//! The large repository: time from process start to the agent's first
+//! command (kiln in place, kiln `--worktree`, Codex in place), and the
+//! search and read commands over it, each against running them directly.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::bench::Bench;
+use crate::process::{run_measured, Measured};
+use crate::report::{median, Row};
+use crate::repos::{large_repo, NEEDLE, NEEDLE_FILE};
+use crate::session::{command_spans, ms, run_session, RunDir};
+use crate::tools::Tool;
+
+const SCRIPT: &str = "large-repo-search";
+
+/// One way of starting an agent on the repository.
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    tool: Tool,
+    worktree: bool,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        label: "kiln",
+        tool: Tool::Kiln,
+        worktree: false,
+    },
+    Variant {
+        label: "kiln --worktree",
+        tool: Tool::Kiln,
+        worktree: true,
+    },
+    Variant {
+        label: "codex",
+        tool: Tool::Codex,
+        worktree: false,
+    },
+];
+
+#[derive(Default)]
+struct Samples {
+    first_command: Vec<f64>,
+    search: Vec<f64>,
+    read: Vec<f64>,
+}
+
+pub fn run(bench: &mut Bench) -> Result<Vec<Row>> {
+    let size = bench.large_size;
+    let name = format!(
+        "large repo ({}k files, {} MB)",
+        size.files / 1000,
+        size.total_bytes / 1_000_000
+    );
+    let repo = large_repo(&bench.bench_dir, size)?;
+    // Warm the page cache so every variant searches the same cached files.
+    direct(&repo, &bench.work, &search_command())?;
+
+    let mut samples: [Samples; 3] = Default::default();
+    let mut direct_search = Vec::new();
+    let mut direct_read = Vec::new();
+    for run in 0..bench.large_runs {
+        direct_search.push(direct(&repo, &bench.work, &search_command())?);
+        direct_read.push(direct(&repo, &bench.work, &["cat", NEEDLE_FILE])?);
+        let mut order: Vec<usize> = (0..VARIANTS.len()).collect();
+        order.rotate_left(run % VARIANTS.len());
+        for index in order {
+            let variant = VARIANTS[index];
+            eprintln!(
+                "  large repo {} run {}/{}",
+                variant.label,
+                run + 1,
+                bench.large_runs
+            );
+            let dir = RunDir::fresh(&bench.work, &format!("large-{index}-{run}"))?;
+            let extra: &[&str] = if variant.worktree {
+                &["--worktree"]
+            } else {
+                &[]
+            };
+            let measured = run_session(
+                &bench.tools,
+                variant.tool,
+                &bench.script(SCRIPT, variant.tool),
+                &repo,
+                &dir,
+                extra,
+                "find where the needle is",
+            )?;
+            if variant.worktree {
+                drop_worktrees(&repo, &dir.home())?;
+            }
+            match spans_if_ok(variant.tool, &measured) {
+                Ok([first, search, read]) => {
+                    samples[index].first_command.push(first);
+                    samples[index].search.push(search);
+                    samples[index].read.push(read);
+                }
+                Err(reason) => {
+                    let reason =
+                        format!("{}: {reason}; stderr: {}", variant.label, dir.stderr_tail());
+                    bench.fail(&name, variant.tool, run, reason);
+                }
+            }
+            if !bench.keep {
+                dir.remove();
+            }
+        }
+    }
+    let note = format!("median of {} runs", bench.large_runs);
+    let [in_place, worktree, codex] = &samples;
+    Ok(vec![
+        Row::new(&name, "start to first command, in place", "ms")
+            .kiln(median(&in_place.first_command))
+            .codex(median(&codex.first_command))
+            .target_below(200.0)
+            .note(format!(
+                "{note}; process spawn to first exec event on stdout"
+            )),
+        Row::new(&name, "start to first command, --worktree", "ms")
+            .kiln(median(&worktree.first_command))
+            .target_below(200.0)
+            .note("kiln only: Codex has no worktree mode"),
+        Row::new(&name, "search: grep -rl over the repo", "ms")
+            .kiln(median(&in_place.search))
+            .codex(median(&codex.search))
+            .baseline(median(&direct_search))
+            .note("command begin to end event; baseline: run directly (rg is not installed)"),
+        Row::new(&name, "read: cat one file", "ms")
+            .kiln(median(&in_place.read))
+            .codex(median(&codex.read))
+            .baseline(median(&direct_read))
+            .note("command begin to end event; baseline: run directly"),
+    ])
+}
+
+fn search_command() -> Vec<&'static str> {
+    vec!["grep", "-rl", "--exclude-dir=.git", NEEDLE, "."]
+}
+
+/// [first command start, search duration, read duration] in ms, or why the
+/// run does not count.
+fn spans_if_ok(tool: Tool, measured: &Measured) -> Result<[f64; 3], String> {
+    if !measured.succeeded() {
+        return Err(format!("exit {:?}", measured.exit_code));
+    }
+    let found = measured.first_line_with(&["./docs/needle.md"]).is_some();
+    let read = measured.first_line_with(&["lives here"]).is_some();
+    if !found || !read {
+        return Err(format!(
+            "the search did not report the needle file ({found}) or the read its text ({read})"
+        ));
+    }
+    let spans = command_spans(tool, &measured.stdout);
+    match spans.as_slice() {
+        [(first_begin, Some(first_end)), (second_begin, Some(second_end))] => Ok([
+            ms(*first_begin),
+            ms(first_end.saturating_sub(*first_begin)),
+            ms(second_end.saturating_sub(*second_begin)),
+        ]),
+        other => Err(format!("expected 2 finished commands, saw {}", other.len())),
+    }
+}
+
+/// Wall time in ms of `argv` run directly in `repo`.
+fn direct(repo: &Path, work: &Path, argv: &[&str]) -> Result<f64> {
+    let mut command = Command::new(argv[0]);
+    command.args(&argv[1..]).current_dir(repo);
+    let measured = run_measured(
+        command,
+        &work.join("direct.stderr"),
+        Duration::from_secs(300),
+        false,
+    )?;
+    if !measured.succeeded() {
+        bail!("{} failed directly in {}", argv.join(" "), repo.display());
+    }
+    Ok(ms(measured.wall))
+}
+
+/// Remove the worktrees and branches a `--worktree` run left in the cached
+/// repository, so the next run starts from the same state.
+fn drop_worktrees(repo: &Path, home: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(home.join("worktrees"));
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(repo).args(args).output();
+    git(&["worktree", "prune"])?;
+    let refs = git(&["for-each-ref", "--format=%(refname)", "refs/heads/kiln/"])?;
+    for name in String::from_utf8_lossy(&refs.stdout).lines() {
+        git(&["update-ref", "-d", name])?;
+    }
+    Ok(())
+}
