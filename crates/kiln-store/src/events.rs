@@ -72,19 +72,24 @@ struct Encoded {
 }
 
 fn encode(event: &Event) -> Result<Encoded, StoreError> {
-    let value =
-        serde_json::to_value(event).map_err(|e| StoreError::invalid("event", e.to_string()))?;
-    let kind = value
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or_default()
-        .to_string();
+    #[derive(serde::Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    // Stored exactly as kiln writes its JSONL logs, so SSE can send it as is.
+    let json =
+        serde_json::to_string(event).map_err(|e| StoreError::invalid("event", e.to_string()))?;
+    let kind = serde_json::from_str::<Tag>(&json)
+        .map_err(|e| StoreError::invalid("event", e.to_string()))?
+        .kind
+        .into_owned();
     Ok(Encoded {
         seq: i64::try_from(event.seq)
             .map_err(|_| StoreError::invalid("event", format!("seq {} is too large", event.seq)))?,
         ts: to_millis(event.ts),
         kind,
-        json: value.to_string(),
+        json,
     })
 }
 

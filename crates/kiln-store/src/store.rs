@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::broadcast;
 
 use crate::changes::{
@@ -85,6 +86,15 @@ impl Store {
                         url: display_url.clone(),
                         reason: e.to_string(),
                     })?;
+                // One direct connection first: the pool would retry a refused
+                // connection until its timeout and then only say "timed out".
+                connect
+                    .connect()
+                    .await
+                    .map_err(|source| open_error(&display_url, source))?
+                    .close()
+                    .await
+                    .ok();
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(Duration::from_secs(15))

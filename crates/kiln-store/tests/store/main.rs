@@ -8,6 +8,7 @@ mod environments;
 mod events;
 mod messages;
 mod notifications;
+mod opening;
 mod queue;
 mod recovery;
 mod tasks;

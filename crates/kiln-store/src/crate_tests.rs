@@ -1,0 +1,57 @@
+use crate::*;
+
+mod migrations {
+    #[test]
+    fn every_migration_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = crate::db::MIGRATIONS
+            .iter()
+            .map(|(version, description, _)| format!("{version:04}_{description}.sql"))
+            .collect();
+        assert_eq!(files, embedded);
+    }
+}
+
+/// The server drives the store from spawned tasks and axum handlers: every
+/// operation's future must be `Send`. This only has to compile.
+#[allow(dead_code)]
+fn operations_are_send(store: &Store, who: &Principal, attempt: &AttemptRef) {
+    fn send<T: Send>(_: T) {}
+    let env = NewEnvironment::default();
+    let task = NewTask::new("e", "p");
+    let outcome = AttemptOutcome::new(kiln_protocol::AttemptStatus::Failed);
+    let lease = std::time::Duration::from_secs(1);
+    send(Store::open(StoreOptions::sqlite_in_dir("/tmp")));
+    send(store.create_token("n", false));
+    send(store.verify_token("s"));
+    send(store.list_tokens());
+    send(store.revoke_token("t"));
+    send(store.ensure_admin_token(None));
+    send(store.create_environment(who, &env));
+    send(store.list_environments(who));
+    send(store.environment(who, "e"));
+    send(store.environment_secrets("e"));
+    send(store.create_task(who, &task));
+    send(store.task(who, "t"));
+    send(store.list_tasks(who, &TaskQuery::default()));
+    send(store.attempt_diff(who, attempt));
+    send(store.claim_next("w", lease));
+    send(store.heartbeat("w", attempt, lease));
+    send(store.finish("w", attempt, &outcome));
+    send(store.cancel_task(who, "t"));
+    send(store.cancel_requested(attempt));
+    send(store.recover(RecoverScope::AllRunning, 3));
+    send(store.queue_stats());
+    send(store.append_events(attempt, &[]));
+    send(store.events("t", None, 0, 1));
+    send(store.enqueue_message(who, "t", None, "x"));
+    send(store.take_undelivered(attempt));
+    send(store.messages(who, "t"));
+    send(store.subscribe().wait_for_queue());
+    send(store.close());
+}
