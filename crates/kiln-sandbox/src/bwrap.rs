@@ -150,6 +150,10 @@ impl Sandbox for BwrapSandbox {
         &self.common.policy
     }
 
+    fn shutdown(&self) {
+        self.common.shutdown();
+    }
+
     fn describe(&self) -> String {
         let policy = &self.common.policy;
         format!(

@@ -119,14 +119,9 @@ impl OutputCapture {
         let omitted = self.total - kept;
         let mut bytes = self.head;
         if omitted > 0 {
+            // No host path in the text: the command's reader (a model, a
+            // person) may be inside the sandbox where that path means nothing.
             let mut marker = format!("\n[… {omitted} bytes omitted");
-            if self.spilled > 0 {
-                marker.push_str(&format!(
-                    "; {} of them in {}",
-                    self.spilled,
-                    self.spill_path.display()
-                ));
-            }
             if let Some(err) = &self.spill_error {
                 marker.push_str(&format!("; spill file failed: {err}"));
             }

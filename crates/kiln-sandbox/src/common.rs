@@ -20,6 +20,9 @@ pub(crate) struct SandboxCommon {
     pub state: StateDir,
     pub limit_plan: LimitPlan,
     created: Instant,
+    /// Cancelled by [`crate::Sandbox::shutdown`]; every command's own
+    /// cancellation token is a child of it.
+    shutdown: CancellationToken,
 }
 
 impl SandboxCommon {
@@ -34,6 +37,7 @@ impl SandboxCommon {
             state,
             limit_plan,
             created: Instant::now(),
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -72,6 +76,10 @@ impl SandboxCommon {
         Some((self.created.checked_add(total)?, total))
     }
 
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Run `spec` in fresh per-command cgroups, to the end.
     pub async fn run(
         &self,
@@ -80,6 +88,11 @@ impl SandboxCommon {
         output: Option<mpsc::Sender<OutputChunk>>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
+        let cancel = link_tokens(&cancel, &self.shutdown);
+        // Cancelling the linked token when this command is over (or its
+        // future dropped) ends the forwarding task; the caller's token and
+        // the sandbox's are untouched.
+        let _end_forwarding = cancel.clone().drop_guard();
         let cgroups = self.limit_plan.create_for_command()?;
         spec.rlimits = self.limit_plan.rlimits();
         let deadline = Deadline::for_command(timeout, self.overall_deadline());
@@ -117,4 +130,21 @@ pub(crate) fn with_secrets(
         env.insert(key.clone(), value.clone());
     }
     env
+}
+
+/// A token cancelled when either `a` or `b` is.
+fn link_tokens(a: &CancellationToken, b: &CancellationToken) -> CancellationToken {
+    let linked = b.child_token();
+    if a.is_cancelled() {
+        linked.cancel();
+        return linked;
+    }
+    let (a, forward) = (a.clone(), linked.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.cancelled() => forward.cancel(),
+            _ = forward.cancelled() => {}
+        }
+    });
+    linked
 }

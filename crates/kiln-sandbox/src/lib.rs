@@ -191,6 +191,11 @@ pub trait Sandbox: Send + Sync {
     /// One line for people: backend, and what is and is not enforced
     /// ("bwrap: no network, workspace read-write, memory 2 GiB via cgroup v1").
     fn describe(&self) -> String;
+
+    /// Kill every command running in this sandbox now and refuse new ones
+    /// (they end at once as cancelled). For an attempt that is being
+    /// stopped while other holders of the sandbox still exist.
+    fn shutdown(&self) {}
 }
 
 /// Create a sandbox for `policy.workspace`, after checking that the backend

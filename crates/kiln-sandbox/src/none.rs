@@ -94,6 +94,10 @@ impl Sandbox for UnsandboxedRunner {
         &self.common.policy
     }
 
+    fn shutdown(&self) {
+        self.common.shutdown();
+    }
+
     fn describe(&self) -> String {
         format!(
             "none: NO ISOLATION — commands see the whole machine and the network; {}",
