@@ -12,7 +12,7 @@ use crate::bench::Bench;
 use crate::process::{run_measured, Measured};
 use crate::report::{median, Row};
 use crate::repos::{large_repo, NEEDLE, NEEDLE_FILE};
-use crate::session::{command_spans, ms, run_session, RunDir};
+use crate::session::{command_spans, final_message_at, ms, run_session, RunDir};
 use crate::tools::Tool;
 
 const SCRIPT: &str = "large-repo-search";
@@ -126,16 +126,16 @@ pub fn run(bench: &mut Bench) -> Result<Vec<Row>> {
             .kiln(median(&worktree.first_command))
             .target_below(200.0)
             .note("kiln only: Codex has no worktree mode"),
-        Row::new(&name, "search: grep -rl over the repo", "ms")
+        Row::new(&name, "search turn: grep -rl over the repo", "ms")
             .kiln(median(&in_place.search))
             .codex(median(&codex.search))
             .baseline(median(&direct_search))
-            .note("command begin to end event; baseline: run directly (rg is not installed)"),
-        Row::new(&name, "read: cat one file", "ms")
+            .note("command begin event to next command's; baseline: grep run directly (rg is not installed)"),
+        Row::new(&name, "read turn: cat one file", "ms")
             .kiln(median(&in_place.read))
             .codex(median(&codex.read))
             .baseline(median(&direct_read))
-            .note("command begin to end event; baseline: run directly"),
+            .note("command begin event to final message; baseline: cat run directly"),
     ])
 }
 
@@ -143,8 +143,12 @@ fn search_command() -> Vec<&'static str> {
     vec!["grep", "-rl", "--exclude-dir=.git", NEEDLE, "."]
 }
 
-/// [first command start, search duration, read duration] in ms, or why the
-/// run does not count.
+/// [first command start, search turn, read turn] in ms, or why the run does
+/// not count. A turn runs from its command's begin event to the next
+/// command's begin event (or the final message): the command, its result
+/// sent back, and the scripted model's instant answer. Each tool decides when
+/// it reports a command as begun and ended, so only these turn boundaries
+/// compare across tools.
 fn spans_if_ok(tool: Tool, measured: &Measured) -> Result<[f64; 3], String> {
     if !measured.succeeded() {
         return Err(format!("exit {:?}", measured.exit_code));
@@ -157,13 +161,18 @@ fn spans_if_ok(tool: Tool, measured: &Measured) -> Result<[f64; 3], String> {
         ));
     }
     let spans = command_spans(tool, &measured.stdout);
-    match spans.as_slice() {
-        [(first_begin, Some(first_end)), (second_begin, Some(second_end))] => Ok([
-            ms(*first_begin),
-            ms(first_end.saturating_sub(*first_begin)),
-            ms(second_end.saturating_sub(*second_begin)),
+    let last = final_message_at(tool, &measured.stdout);
+    match (spans.as_slice(), last) {
+        ([(search, Some(_)), (read, Some(_))], Some(last)) => Ok([
+            ms(*search),
+            ms(read.saturating_sub(*search)),
+            ms(last.saturating_sub(*read)),
         ]),
-        other => Err(format!("expected 2 finished commands, saw {}", other.len())),
+        (other, last) => Err(format!(
+            "expected 2 finished commands and a final message, saw {} commands, final message: {}",
+            other.len(),
+            last.is_some()
+        )),
     }
 }
 

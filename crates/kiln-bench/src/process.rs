@@ -197,3 +197,7 @@ fn page_size() -> u64 {
         4096
     }
 }
+
+#[cfg(test)]
+#[path = "process_tests.rs"]
+mod tests;

@@ -195,3 +195,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     })
 }
+
+#[cfg(test)]
+#[path = "report_tests.rs"]
+mod tests;

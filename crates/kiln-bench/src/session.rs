@@ -104,6 +104,19 @@ pub fn command_spans(tool: Tool, lines: &[Line]) -> Vec<(Duration, Option<Durati
     spans
 }
 
+/// When the final assistant message arrived (harness clock, from the spawn).
+pub fn final_message_at(tool: Tool, lines: &[Line]) -> Option<Duration> {
+    let needles: &[&str] = match tool {
+        Tool::Kiln => &[r#""type":"message""#, r#""role":"assistant""#],
+        Tool::Codex => &[r#""type":"item.completed""#, r#""type":"agent_message""#],
+    };
+    lines
+        .iter()
+        .rev()
+        .find(|line| needles.iter().all(|n| line.text.contains(n)))
+        .map(|line| line.at)
+}
+
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
@@ -111,3 +124,7 @@ pub fn ms(duration: Duration) -> f64 {
 pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
