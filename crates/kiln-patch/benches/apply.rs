@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -35,10 +35,11 @@ pub struct NearMiss {
 /// Finds the region of `lines` closest to `pattern`: the window with most lines
 /// equal (loosely) to some pattern line, else the single most similar line.
 pub fn find_near_miss(lines: &[&str], pattern: &[&str]) -> Option<NearMiss> {
+    let mut scratch = String::new();
     let wanted: HashSet<u64> = pattern
         .iter()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| loose_hash(line))
+        .map(|line| loose_hash(line, &mut scratch))
         .collect();
     if wanted.is_empty() || lines.is_empty() {
         return None;
@@ -46,7 +47,7 @@ pub fn find_near_miss(lines: &[&str], pattern: &[&str]) -> Option<NearMiss> {
     let window = pattern.len().clamp(1, lines.len());
     let hits: Vec<bool> = lines
         .iter()
-        .map(|line| !line.trim().is_empty() && wanted.contains(&loose_hash(line)))
+        .map(|line| !line.trim().is_empty() && wanted.contains(&loose_hash(line, &mut scratch)))
         .collect();
     let mut in_window = hits[..window].iter().filter(|hit| **hit).count();
     let (mut best_start, mut best_count) = (0, in_window);
@@ -78,12 +79,30 @@ pub fn find_near_miss(lines: &[&str], pattern: &[&str]) -> Option<NearMiss> {
 }
 
 /// A hash of the line's normalised text. Collisions only make a region look a bit
-/// closer than it is, so a fast multiplicative hash (as in rustc's FxHash) does;
-/// SipHash per character made the failure path several times slower on big files.
-fn loose_hash(line: &str) -> u64 {
-    normalised_chars(line).fold(0u64, |hash, c| {
-        (hash.rotate_left(5) ^ u64::from(u32::from(c))).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
-    })
+/// closer than it is, so a fast multiplicative hash over 8-byte words (in the
+/// manner of rustc's FxHash) does. ASCII lines, the common case, are hashed in
+/// place; others are normalised into `scratch` first.
+fn loose_hash(line: &str, scratch: &mut String) -> u64 {
+    let trimmed = line.trim();
+    let bytes = if trimmed.is_ascii() {
+        trimmed.as_bytes()
+    } else {
+        scratch.clear();
+        scratch.extend(normalised_chars(trimmed));
+        scratch.as_bytes()
+    };
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    let mut words = bytes.chunks_exact(8);
+    let mut hash = bytes.len() as u64;
+    for word in words.by_ref() {
+        let mut array = [0u8; 8];
+        array.copy_from_slice(word);
+        hash = mix(hash, u64::from_le_bytes(array));
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    mix(hash, u64::from_le_bytes(tail))
 }
 
 /// The index of the line most similar (by characters) to the pattern's first
@@ -140,6 +159,18 @@ mod tests {
         let near = find_near_miss(&file, &["let totl = compute(x)"]).expect("a near miss");
         assert_eq!(near.first_line, 2);
         assert_eq!(near.matching, 0);
+    }
+
+    #[test]
+    fn loose_hash_ignores_whitespace_and_unicode_punctuation() {
+        let mut scratch = String::new();
+        let plain = loose_hash("say \"it's - ok\"", &mut scratch);
+        let fancy = loose_hash(
+            "  say \u{201C}it\u{2019}s \u{2014} ok\u{201D}\t",
+            &mut scratch,
+        );
+        assert_eq!(plain, fancy);
+        assert_ne!(plain, loose_hash("say \"it's - okay\"", &mut scratch));
     }
 
     #[test]
