@@ -11,6 +11,7 @@
 //! backups renamed back, temporary files and created directories removed.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::error::PatchError;
 
 /// The final state of one file touched by a plan.
-#[derive(Debug)]
 pub struct FileWrite {
     /// Where the file really is (inside the root, symlinks resolved).
     pub real: PathBuf,
@@ -31,6 +31,17 @@ pub struct FileWrite {
     pub permissions: Option<Permissions>,
     /// The new contents, or `None` to remove the file.
     pub contents: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for FileWrite {
+    /// Sizes instead of contents: a plan may hold files of hundreds of megabytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileWrite")
+            .field("real", &self.real)
+            .field("existed", &self.existed)
+            .field("bytes", &self.contents.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Writes every file or, on failure, leaves the disk as it was.

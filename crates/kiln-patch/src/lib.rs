@@ -67,7 +67,6 @@ pub use near_miss::NearMiss;
 pub use parser::{parse, Chunk, ChunkLine, Hunk, ParseError, Patch};
 pub use plan::Plan;
 pub use report::ApplyReport;
-pub use seek::Leniency;
 
 /// Parses `patch_text` and applies it under `root`, atomically: on error no file
 /// has changed. Patch paths are relative to `root` and must stay inside it.
