@@ -30,6 +30,11 @@ pub(crate) enum TurnFailure {
 /// What went wrong with one try.
 enum TryError {
     Stopped,
+    /// The request never got a stream. The client has already retried it
+    /// (`request_max_retries`); retrying the turn too would multiply the waits
+    /// on a dead server.
+    NotStarted(ModelError),
+    /// The stream broke after it started.
     Model(ModelError),
     /// The stream ended without the completion event.
     Incomplete,
@@ -61,8 +66,13 @@ impl TurnRunner<'_> {
                     "the response stream ended before the model finished".to_string(),
                     (retries < retry.max_retries).then(|| retry.policy.delay_for(retries)),
                 ),
-                Err(TryError::Model(err)) if err.is_context_window_exceeded() => {
+                Err(TryError::Model(err) | TryError::NotStarted(err))
+                    if err.is_context_window_exceeded() =>
+                {
                     return Err(TurnFailure::ContextWindowExceeded(err.to_string()))
+                }
+                Err(TryError::NotStarted(err)) => {
+                    return Err(TurnFailure::Failed(format!("model request failed: {err}")))
                 }
                 Err(TryError::Model(err)) if !err.is_retryable() => {
                     return Err(TurnFailure::Failed(format!("model request failed: {err}")))
@@ -94,7 +104,7 @@ impl TurnRunner<'_> {
 
     async fn try_once(&self, request: &ModelRequest, live: bool) -> Result<TurnOutput, TryError> {
         let mut stream = tokio::select! {
-            started = self.model.stream(request) => started.map_err(TryError::Model)?,
+            started = self.model.stream(request) => started.map_err(TryError::NotStarted)?,
             () = self.stop.cancelled() => return Err(TryError::Stopped),
         };
         let mut items = Vec::new();

@@ -9,8 +9,8 @@ use kiln_protocol::{AttemptStatus, EventKind, Mode};
 use kiln_testkit::Turn;
 
 #[tokio::test]
-async fn server_error_then_success_retries_the_turn() {
-    let mut harness = Harness::new(
+async fn server_error_then_success_is_retried_and_the_attempt_succeeds() {
+    let harness = Harness::new(
         Mode::Code,
         vec![
             Turn::shell("python3 -m unittest -q"),
@@ -22,8 +22,6 @@ async fn server_error_then_success_retries_the_turn() {
         ],
     )
     .await;
-    // Hand the 500 to the agent loop instead of the client's own request retries.
-    harness.provider.request_max_retries = 0;
     let outcome = harness.run("Are the tests green?").await;
     let events = harness.events();
 
@@ -34,13 +32,6 @@ async fn server_error_then_success_retries_the_turn() {
         outcome.reason
     );
     assert_eq!(harness.requests().len(), 3);
-    let retry_warnings: Vec<String> = warnings(&events)
-        .into_iter()
-        .filter(|w| w.contains("retrying"))
-        .collect();
-    assert_eq!(retry_warnings.len(), 1, "{retry_warnings:?}");
-    assert!(retry_warnings[0].contains("500"), "{}", retry_warnings[0]);
-    assert!(retry_warnings[0].contains("retry 1 of"));
     // The retried request is the same turn: same input as the failed one.
     let requests = harness.requests();
     assert_eq!(requests[1].body["input"], requests[2].body["input"]);
@@ -120,16 +111,35 @@ async fn a_permanent_error_fails_the_attempt_with_the_providers_message() {
 }
 
 #[tokio::test]
-async fn retries_are_bounded_by_the_providers_stream_retries() {
+async fn a_request_that_never_streams_is_retried_only_by_the_client() {
     let failing = Turn::http_error_message(503, "overloaded");
     let mut harness = Harness::new(
         Mode::Code,
         vec![failing.clone(), failing.clone(), failing.clone(), failing],
     )
     .await;
-    harness.provider.request_max_retries = 0;
+    harness.provider.request_max_retries = 1;
     harness.provider.stream_max_retries = 2;
     let outcome = harness.run("Anything.").await;
+
+    assert_eq!(outcome.status, AttemptStatus::Failed);
+    let reason = outcome.reason.unwrap();
+    assert!(reason.contains("503"), "{reason}");
+    // One request and the client's one retry; the turn is not retried on top.
+    assert_eq!(harness.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn broken_streams_are_retried_up_to_the_providers_stream_retries() {
+    let broken = Turn::cut_after(2, Turn::message("This answer never completes."));
+    let mut harness = Harness::new(
+        Mode::Code,
+        vec![broken.clone(), broken.clone(), broken.clone(), broken],
+    )
+    .await;
+    harness.provider.stream_max_retries = 2;
+    let outcome = harness.run("Anything.").await;
+    let events = harness.events();
 
     assert_eq!(outcome.status, AttemptStatus::Failed);
     let reason = outcome.reason.unwrap();
@@ -137,8 +147,12 @@ async fn retries_are_bounded_by_the_providers_stream_retries() {
         reason.starts_with("model request failed after 2 retries: "),
         "{reason}"
     );
-    assert!(reason.contains("503"), "{reason}");
     assert_eq!(harness.requests().len(), 3);
+    let retry_warnings = warnings(&events)
+        .into_iter()
+        .filter(|w| w.contains("retrying"))
+        .count();
+    assert_eq!(retry_warnings, 2);
 }
 
 #[tokio::test]
