@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Exec(args) => exec_cmd::run(args, Mode::Code),
@@ -44,4 +45,23 @@ fn main() -> ExitCode {
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
     }
+}
+
+/// Diagnostics (`tracing`) go to stderr: warnings by default, so that a model
+/// request being retried is visible; `KILN_LOG=debug` (or `RUST_LOG`) for more.
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("KILN_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
