@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Leniency: marker lines may carry surrounding whitespace; the whole patch may be
-//! wrapped in a heredoc (`<<'EOF'`, `<<EOF`, `<<"EOF"` … `EOF`); a completely
+//! wrapped in a heredoc (`<<'EOF'`, `<<EOF`, `<<"EOF"` … `EOF`, also preceded by
+//! `apply_patch `); a completely
 //! empty line inside a chunk is an empty context line; blank lines between hunks
 //! and chunks are skipped; CRLF patch text is read like LF text.
 
@@ -236,8 +237,15 @@ impl<'a> PatchLines<'a> {
     }
 }
 
+/// `<<'EOF'`, `<<EOF` or `<<"EOF"`, optionally after the command name, as when a
+/// whole `apply_patch <<'EOF'` shell command is passed as the patch.
 fn is_heredoc_start(line: &str) -> bool {
-    matches!(line.trim(), "<<EOF" | "<<'EOF'" | "<<\"EOF\"")
+    let line = line.trim();
+    let line = ["apply_patch", "applypatch"]
+        .iter()
+        .find_map(|command| line.strip_prefix(command))
+        .map_or(line, str::trim_start);
+    matches!(line, "<<EOF" | "<<'EOF'" | "<<\"EOF\"")
 }
 
 /// Parses the hunk whose header is at `start`; returns it and how many lines it used.

@@ -98,6 +98,12 @@ fn heredoc_wrapper_is_stripped_for_each_quoting() {
 }
 
 #[test]
+fn whole_shell_heredoc_command_is_accepted() {
+    let text = "apply_patch <<'EOF'\n*** Begin Patch\n*** Delete File: a\n*** End Patch\nEOF";
+    assert_eq!(parse(text).expect("shell heredoc").hunks[0].path(), "a");
+}
+
+#[test]
 fn crlf_patch_text_reads_like_lf() {
     let text = "*** Begin Patch\r\n*** Update File: f\r\n@@\r\n-a\r\n+b\r\n*** End Patch\r\n";
     let parsed = parse(text).expect("crlf patch");
