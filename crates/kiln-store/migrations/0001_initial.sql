@@ -40,6 +40,8 @@ CREATE TABLE tasks (
     base_ref TEXT,
     -- derived from the attempts in the same transaction as every change to them
     status TEXT NOT NULL,
+    -- the last event id handed out for this task (see events.id)
+    last_event_id BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -77,8 +79,9 @@ CREATE INDEX attempts_waiting ON attempts (task_id, n) WHERE status IN ('queued'
 CREATE INDEX attempts_running ON attempts (lease_expires_at) WHERE status = 'running';
 
 CREATE TABLE events (
-    -- global, increases in commit order (allocated from counters under its row lock)
-    id BIGINT NOT NULL UNIQUE,
+    -- per task, increasing in commit order: allocated from tasks.last_event_id
+    -- under the task row's lock; the SSE Last-Event-ID of the task's stream
+    id BIGINT NOT NULL,
     task_id TEXT NOT NULL,
     attempt BIGINT NOT NULL,
     seq BIGINT NOT NULL,
@@ -86,9 +89,9 @@ CREATE TABLE events (
     kind TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (task_id, attempt, seq),
+    UNIQUE (task_id, id),
     FOREIGN KEY (task_id, attempt) REFERENCES attempts (task_id, n) ON DELETE CASCADE
 );
-CREATE INDEX events_by_task ON events (task_id, id);
 
 CREATE TABLE messages (
     id BIGINT PRIMARY KEY,
@@ -101,12 +104,11 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_undelivered ON messages (task_id, attempt, id) WHERE delivered_at IS NULL;
 
--- Gap-tolerant, commit-ordered id allocation that works the same on both
--- databases (sequences and AUTOINCREMENT differ, and PostgreSQL sequences hand
--- out ids in allocation order, not commit order).
+-- Commit-ordered id allocation that works the same on both databases
+-- (sequences and AUTOINCREMENT differ, and PostgreSQL sequences hand out ids
+-- in allocation order, not commit order).
 CREATE TABLE counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
-INSERT INTO counters (name, value) VALUES ('event_id', 0);
 INSERT INTO counters (name, value) VALUES ('message_id', 0);

@@ -1,10 +1,13 @@
-//! Event logs: every event of every attempt, in order, with a global id that
-//! SSE streams use as `Last-Event-ID`.
+//! Event logs: every event of every attempt, in order, with an id per task
+//! that the task's SSE stream uses as `Last-Event-ID`.
 //!
-//! Ids come from the `counters` row `event_id`, updated in the appending
-//! transaction. Its row lock makes appends take turns, so ids increase in
-//! commit order: a reader that has seen id N never later finds a new event
-//! with an id below N (which a PostgreSQL sequence would not promise).
+//! Ids come from `tasks.last_event_id`, updated in the appending
+//! transaction. The task row's lock makes appends to one task take turns, so
+//! a task's ids increase in commit order: a reader that has seen id N never
+//! later finds a new event of that task with an id below N (which a
+//! PostgreSQL sequence would not promise). Appends to different tasks do not
+//! wait for each other; one global counter would make every append in the
+//! cluster wait for the previous commit's fsync.
 
 use chrono::{DateTime, Utc};
 use kiln_protocol::{Event, EventKind};
@@ -23,7 +26,8 @@ pub const MAX_EVENTS_PER_READ: u32 = 10_000;
 /// An event as stored, with its JSON kept as written (SSE sends it as is).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredEvent {
-    /// Global, increasing in commit order; the SSE `id:`.
+    /// Increasing in commit order within the task; the SSE `id:` of the
+    /// task's stream. Unique per task, not across tasks.
     pub id: i64,
     pub task_id: String,
     pub attempt: u32,
@@ -102,12 +106,17 @@ async fn insert_events(
 ) -> Result<Appended, OpError> {
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     let top = tx
-        .fetch_one(
-            query("UPDATE counters SET value = value + $1 WHERE name = 'event_id' RETURNING value")
-                .bind(count),
+        .fetch_optional(
+            query(
+                "UPDATE tasks SET last_event_id = last_event_id + $2 WHERE id = $1
+                 RETURNING last_event_id",
+            )
+            .bind(attempt.task_id.as_str())
+            .bind(count),
         )
         .await?
-        .int("value")?;
+        .ok_or_else(|| StoreError::not_found(attempt.to_string()))?
+        .int("last_event_id")?;
     let mut appended = Appended::default();
     for (offset, event) in (0_i64..).zip(events) {
         let id = top - count + 1 + offset;

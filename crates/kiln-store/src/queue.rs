@@ -34,7 +34,9 @@ macro_rules! claim_sql {
     };
 }
 const CLAIM_SQLITE: &str = claim_sql!("");
-const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
+// NO KEY UPDATE (not UPDATE): it does not block the KEY SHARE lock that an
+// event insert's foreign-key check takes on the attempt row.
+const CLAIM_POSTGRES: &str = claim_sql!("FOR NO KEY UPDATE SKIP LOCKED");
 
 /// An attempt a worker now holds, with what it needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
