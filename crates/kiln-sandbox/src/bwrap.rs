@@ -101,6 +101,7 @@ impl BwrapSandbox {
             cwd: PathBuf::from("/"),
             rlimits: Vec::new(),
             inherit_fds: fds,
+            abort_hook: None,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cgroup::LimitPlan;
+use crate::cgroup::{CommandCgroups, LimitPlan};
 use crate::runner::{self, Deadline, SpawnSpec};
 use crate::state_dir::StateDir;
 use crate::{ExecOutcome, ExecRequest, OutputChunk, SandboxError, SandboxPolicy};
@@ -88,17 +88,41 @@ impl SandboxCommon {
         output: Option<mpsc::Sender<OutputChunk>>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
+        let cgroups = self.limit_plan.create_for_command()?;
+        spec.rlimits = self.limit_plan.rlimits();
+        self.run_with(spec, Some(&cgroups), timeout, output, cancel)
+            .await
+    }
+
+    /// Run `spec` without kiln's own cgroups and rlimits, for backends that
+    /// apply the limits themselves (a container runtime).
+    pub async fn run_self_limited(
+        &self,
+        spec: SpawnSpec,
+        timeout: std::time::Duration,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        self.run_with(spec, None, timeout, output, cancel).await
+    }
+
+    async fn run_with(
+        &self,
+        spec: SpawnSpec,
+        cgroups: Option<&CommandCgroups>,
+        timeout: std::time::Duration,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
         let cancel = link_tokens(&cancel, &self.shutdown);
         // Cancelling the linked token when this command is over (or its
         // future dropped) ends the forwarding task; the caller's token and
         // the sandbox's are untouched.
         let _end_forwarding = cancel.clone().drop_guard();
-        let cgroups = self.limit_plan.create_for_command()?;
-        spec.rlimits = self.limit_plan.rlimits();
         let deadline = Deadline::for_command(timeout, self.overall_deadline());
         runner::run(
             spec,
-            Some(&cgroups),
+            cgroups,
             &self.policy.limits,
             self.state.next_spill_path(),
             deadline,

@@ -51,6 +51,7 @@ impl UnsandboxedRunner {
             cwd,
             rlimits: Vec::new(),
             inherit_fds: Vec::new(),
+            abort_hook: None,
         }
     }
 }

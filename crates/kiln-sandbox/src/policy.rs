@@ -187,7 +187,7 @@ impl SandboxPolicy {
         }
         if self.backend == Backend::Podman && self.image.is_none() {
             return Err(SandboxError::InvalidPolicy(
-                "the podman backend needs an image (SandboxPolicy::image)".into(),
+                "the podman backend needs an image (SandboxPolicy::image; `--image` on the command line)".into(),
             ));
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_protocol::ExecStream;
@@ -36,7 +37,13 @@ pub(crate) struct SpawnSpec {
     pub rlimits: Vec<Rlimit>,
     /// Descriptors the child inherits (seccomp programs for bwrap).
     pub inherit_fds: Vec<OwnedFd>,
+    /// Extra work to stop the command when kiln aborts it (timeout,
+    /// cancellation, drop), for backends whose command does not live in the
+    /// spawned process' tree (a container under podman's monitor).
+    pub abort_hook: Option<AbortHook>,
 }
+
+pub(crate) type AbortHook = Arc<dyn Fn() + Send + Sync>;
 
 /// When and why the command must stop.
 pub(crate) struct Deadline {
@@ -91,10 +98,20 @@ enum Ending {
 struct TreeKiller<'a> {
     pgid: i32,
     cgroups: Option<&'a CommandCgroups>,
+    abort_hook: Option<AbortHook>,
     armed: bool,
 }
 
 impl TreeKiller<'_> {
+    /// Stop a command that is still running: the backend's own hook first,
+    /// then the process tree.
+    fn abort(&self) {
+        if let Some(hook) = &self.abort_hook {
+            hook();
+        }
+        self.kill();
+    }
+
     fn kill(&self) {
         if self.pgid > 0 {
             // SAFETY: killpg on the group this runner created for the child;
@@ -112,7 +129,7 @@ impl TreeKiller<'_> {
 impl Drop for TreeKiller<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.kill();
+            self.abort();
         }
     }
 }
@@ -135,6 +152,7 @@ pub(crate) async fn run(
     let mut killer = TreeKiller {
         pgid,
         cgroups,
+        abort_hook: spec.abort_hook.clone(),
         armed: true,
     };
 
@@ -225,12 +243,12 @@ async fn wait_for_end(
     tokio::select! {
         status = child.wait() => Ok(Ending::Exited(status.map_err(wait_error)?)),
         _ = sleep => {
-            killer.kill();
+            killer.abort();
             child.wait().await.map_err(wait_error)?;
             Ok(Ending::Deadline)
         }
         _ = cancel.cancelled() => {
-            killer.kill();
+            killer.abort();
             child.wait().await.map_err(wait_error)?;
             Ok(Ending::Cancelled)
         }
