@@ -55,3 +55,35 @@ fn operations_are_send(store: &Store, who: &Principal, attempt: &AttemptRef) {
     send(store.subscribe().wait_for_queue());
     send(store.close());
 }
+
+mod api_shapes {
+    use super::*;
+
+    #[test]
+    fn minimal_task_request_gets_the_defaults() {
+        let new: NewTask =
+            serde_json::from_str(r#"{"environment":"app","prompt":"fix it"}"#).unwrap();
+        assert_eq!(new, NewTask::new("app", "fix it"));
+        let ask: NewTask = serde_json::from_str(
+            r#"{"environment":"app","prompt":"why?","mode":"ask","attempts":3}"#,
+        )
+        .unwrap();
+        assert_eq!((ask.mode, ask.attempts), (kiln_protocol::Mode::Ask, 3));
+    }
+
+    #[test]
+    fn minimal_environment_request_has_network_off() {
+        let new: NewEnvironment =
+            serde_json::from_str(r#"{"name":"app","repo":"/srv/app"}"#).unwrap();
+        assert!(!new.network);
+        assert!(new.secrets.is_empty() && new.base_branch.is_none());
+    }
+
+    #[test]
+    fn task_query_reads_status_names() {
+        let query: TaskQuery = serde_json::from_str(r#"{"status":"running","limit":5}"#).unwrap();
+        assert_eq!(query.status, Some(TaskStatus::Running));
+        assert_eq!(query.limit, Some(5));
+        assert_eq!(query.cursor, None);
+    }
+}

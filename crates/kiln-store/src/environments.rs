@@ -12,23 +12,30 @@ use crate::error::{OpError, Result, StoreError};
 use crate::tokens::Principal;
 use crate::Store;
 
-/// What a user asks for when creating an environment.
+/// What a user asks for when creating an environment. Deserializes from the
+/// API's `{name, repo, base_branch?, setup_script?, env?, secrets?, network?, image?}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewEnvironment {
     pub name: String,
     /// A local path or a git URL.
     pub repo: String,
     /// `None`: the repository's default branch.
+    #[serde(default)]
     pub base_branch: Option<String>,
     /// Runs once per attempt, before the agent, with network and secrets.
+    #[serde(default)]
     pub setup_script: Option<String>,
     /// Variables for setup and agent.
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Variables for the setup script only.
+    #[serde(default)]
     pub secrets: BTreeMap<String, String>,
     /// Whether the agent phase has network access (off by default).
+    #[serde(default)]
     pub network: bool,
     /// A container image to run in instead of the host's root filesystem.
+    #[serde(default)]
     pub image: Option<String>,
 }
 

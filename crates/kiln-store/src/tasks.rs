@@ -122,18 +122,27 @@ impl AttemptState {
     }
 }
 
-/// What a user asks for when creating a task.
+/// What a user asks for when creating a task. Deserializes from the API's
+/// `{environment, prompt, mode?, attempts?, model?, base_ref?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTask {
     /// The environment's id or, among the caller's own, its name.
     pub environment: String,
     pub prompt: String,
+    #[serde(default)]
     pub mode: Mode,
     /// How many attempts run in parallel (best-of-N), 1 to [`MAX_ATTEMPTS`].
+    #[serde(default = "one")]
     pub attempts: u32,
+    #[serde(default)]
     pub model: Option<String>,
     /// What to check out; `None` means the environment's base branch.
+    #[serde(default)]
     pub base_ref: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl NewTask {
@@ -201,8 +210,10 @@ pub struct TaskDetail {
     pub attempts: Vec<Attempt>,
 }
 
-/// A page request of [`Store::list_tasks`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A page request of [`Store::list_tasks`]; deserializes from the query
+/// string `?status=&limit=&cursor=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TaskQuery {
     pub status: Option<TaskStatus>,
     /// 1 to [`MAX_PAGE`]; `None` means 50.

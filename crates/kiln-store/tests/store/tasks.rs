@@ -193,3 +193,80 @@ impl crate::support::TestStore {
         self.clock.now()
     }
 }
+
+on_both_backends! {
+    async fn concurrent_finishes_leave_the_right_task_status(t) {
+        let me = t.user("me").await;
+        for winner in [Some(5u32), None] {
+            let task = t.task(&me, 8).await;
+            let mut claimed = Vec::new();
+            while let Some(c) = t.store.claim_next("w", Duration::from_secs(60)).await.unwrap() {
+                claimed.push(c.attempt);
+            }
+            assert_eq!(claimed.len(), 8);
+            let mut finishers = Vec::new();
+            for attempt in claimed {
+                let store = t.store.clone();
+                let status = if Some(attempt.n) == winner {
+                    AttemptStatus::Succeeded
+                } else {
+                    AttemptStatus::Failed
+                };
+                finishers.push(tokio::spawn(async move {
+                    store.finish("w", &attempt, &AttemptOutcome::new(status)).await.unwrap();
+                }));
+            }
+            for finisher in finishers {
+                finisher.await.unwrap();
+            }
+            let expected = if winner.is_some() { TaskStatus::Succeeded } else { TaskStatus::Failed };
+            assert_eq!(t.store.task(&me, &task.task.id).await.unwrap().task.status, expected);
+        }
+    }
+
+    async fn cancel_racing_claims_leaves_no_attempt_unaccounted(t) {
+        let me = t.user("me").await;
+        let task = t.task(&me, 8).await;
+        let id = task.task.id.clone();
+        let mut claimers = Vec::new();
+        for w in 0..4 {
+            let store = t.store.clone();
+            claimers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(c) = store.claim_next(&format!("w{w}"), Duration::from_secs(60)).await.unwrap() {
+                    mine.push(c.attempt.n);
+                }
+                mine
+            }));
+        }
+        let canceller = {
+            let store = t.store.clone();
+            let (me, id) = (me.clone(), id.clone());
+            tokio::spawn(async move { store.cancel_task(&me, &id).await.unwrap() })
+        };
+        let mut claimed: Vec<u32> = Vec::new();
+        for claimer in claimers {
+            claimed.extend(claimer.await.unwrap());
+        }
+        let outcome = canceller.await.unwrap();
+        claimed.sort_unstable();
+
+        let detail = t.store.task(&me, &id).await.unwrap();
+        for attempt in &detail.attempts {
+            match attempt.status {
+                AttemptState::Running => assert!(claimed.contains(&attempt.n)),
+                AttemptState::Cancelled => assert!(!claimed.contains(&attempt.n)),
+                other => panic!("attempt {} is {other:?}", attempt.n),
+            }
+        }
+        // Everything claimed before the cancel was asked to stop; nothing
+        // claimed after it (the cancel left nothing waiting).
+        let mut requested = outcome.cancel_requested.clone();
+        requested.sort_unstable();
+        let mut all = outcome.cancelled.clone();
+        all.extend(&outcome.cancel_requested);
+        all.sort_unstable();
+        assert_eq!(all, (1..=8).collect::<Vec<_>>());
+        assert_eq!(requested, claimed);
+    }
+}
