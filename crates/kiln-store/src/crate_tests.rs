@@ -53,6 +53,7 @@ fn operations_are_send(store: &Store, who: &Principal, attempt: &AttemptRef) {
     send(store.take_undelivered(attempt));
     send(store.messages(who, "t"));
     send(store.subscribe().wait_for_queue());
+    send(store.ping());
     send(store.close());
 }
 

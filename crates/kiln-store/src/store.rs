@@ -161,6 +161,15 @@ impl Store {
         self.inner.db.close().await;
     }
 
+    /// Checks that the database answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<()> {
+        self.run("ping the database", || async {
+            self.inner.db.fetch_one(query("SELECT 1 AS one")).await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Now, per the store's clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()

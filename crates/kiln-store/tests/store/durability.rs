@@ -37,6 +37,7 @@ on_both_backends! {
         let me = t.user("me").await;
         t.task(&me, 1).await;
         let again = t.reopen().await;
+        again.ping().await.unwrap();
         let page = again.list_tasks(&me, &TaskQuery::default()).await.unwrap();
         assert_eq!(page.tasks.len(), 1);
     }
