@@ -1,7 +1,8 @@
 //! Sandbox start + `true` + teardown, median over many runs, against `true`
 //! run directly. `cargo bench -p kiln-sandbox`; set KILN_BENCH_RUNS to change
 //! the run count and CODEX_BIN to a `codex` binary (the native one from the
-//! npm package `@openai/codex`) to compare with `codex sandbox -- true`.
+//! npm package `@openai/codex`) to compare with `codex sandbox -- true`, and
+//! KILN_BENCH_IMAGE to a local image to measure the podman backend.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,6 +106,27 @@ fn main() {
             full,
             direct,
         );
+    }
+
+    if let Ok(image) = std::env::var("KILN_BENCH_IMAGE") {
+        let mut policy = SandboxPolicy::for_workspace(&workspace);
+        policy.backend = Backend::Podman;
+        policy.image = Some(image);
+        let sandbox = kiln_sandbox::create(policy).expect("create podman sandbox");
+        let container = measure(runs.min(50), || {
+            let request = ExecRequest::new(["true"], &workspace);
+            let outcome = runtime
+                .block_on(sandbox.exec(request, None, CancellationToken::new()))
+                .expect("exec true");
+            assert!(outcome.success(), "{outcome:?}");
+        });
+        report(
+            "kiln podman: exec true (container per command)",
+            container,
+            direct,
+        );
+    } else {
+        println!("(set KILN_BENCH_IMAGE=IMAGE to measure the podman backend)");
     }
 
     if let Ok(codex) = std::env::var("CODEX_BIN") {
