@@ -209,6 +209,48 @@ EOF
     );
 }
 
+/// apply_patch runs in kiln's process, outside the sandbox: a `cd` out of the
+/// workspace, directly or through a symlink, must not move the patch root.
+#[tokio::test]
+async fn a_patch_cannot_leave_the_workspace_through_its_workdir() {
+    let outside = tempfile::tempdir().unwrap();
+    let patch = "*** Begin Patch\n*** Add File: planted.txt\n+owned\n*** End Patch";
+    let escape_up = format!("cd .. && apply_patch <<'EOF'\n{patch}\nEOF\n");
+    let escape_link = format!("cd out && apply_patch <<'EOF'\n{patch}\nEOF\n");
+    let harness = Harness::new(
+        Mode::Code,
+        vec![
+            Turn::shell(escape_up),
+            Turn::shell(escape_link),
+            Turn::message("Both refused."),
+        ],
+    )
+    .await;
+    std::os::unix::fs::symlink(outside.path(), harness.path("out")).unwrap();
+    let parent = harness.repo.path().parent().unwrap().to_path_buf();
+    let outcome = harness.run("Plant a file.").await;
+
+    assert_eq!(
+        outcome.status,
+        AttemptStatus::Succeeded,
+        "{:?}",
+        outcome.reason
+    );
+    assert!(
+        !parent.join("planted.txt").exists(),
+        "patched above the workspace"
+    );
+    assert!(
+        !outside.path().join("planted.txt").exists(),
+        "patched through a symlink"
+    );
+    let requests = harness.requests();
+    let second = requests[1].body.to_string();
+    let third = requests[2].body.to_string();
+    assert!(second.contains("outside the workspace"), "{second}");
+    assert!(third.contains("outside the workspace"), "{third}");
+}
+
 #[tokio::test]
 async fn ask_mode_offers_no_patch_tool_and_refuses_patches() {
     let patch = "*** Begin Patch\n*** Delete File: calc.py\n*** End Patch";

@@ -196,19 +196,40 @@ impl Toolbox {
         }
     }
 
-    /// `workdir` as the model gave it, relative to the attempt's cwd.
+    /// `workdir` as the model gave it, relative to the attempt's cwd, and
+    /// inside the sandbox's workspace once `..` and symlinks are resolved.
+    /// apply_patch runs in kiln's own process, not in the sandbox, so this
+    /// check is what keeps a patch from landing outside the workspace.
     fn resolve_workdir(&self, workdir: Option<&str>) -> Result<PathBuf, String> {
         let Some(dir) = workdir else {
             return Ok(self.cwd.clone());
         };
         let path = self.cwd.join(Path::new(dir));
-        if path.is_dir() {
-            Ok(path)
+        let outside = || {
+            format!(
+                "workdir `{dir}` is outside the workspace {}; use a directory inside it",
+                self.sandbox.policy().workspace.display()
+            )
+        };
+        let resolved = match path.canonicalize() {
+            Ok(resolved) if resolved.is_dir() => resolved,
+            _ => {
+                return Err(format!(
+                    "workdir `{dir}` is not a directory (relative paths start at {})",
+                    self.cwd.display()
+                ))
+            }
+        };
+        let workspace = self
+            .sandbox
+            .policy()
+            .workspace
+            .canonicalize()
+            .map_err(|_| outside())?;
+        if resolved.starts_with(&workspace) {
+            Ok(resolved)
         } else {
-            Err(format!(
-                "workdir `{dir}` is not a directory (relative paths start at {})",
-                self.cwd.display()
-            ))
+            Err(outside())
         }
     }
 }
