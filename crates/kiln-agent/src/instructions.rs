@@ -23,10 +23,26 @@ pub struct Instructions {
 
 /// The nearest ancestor of `cwd` (itself included) that holds a `.git` file or
 /// directory, i.e. the repository root; `None` outside a repository.
+///
+/// An empty `.git` directory does not count: sandboxes (Codex's among them)
+/// leave such mount points behind in writable directories like `/tmp`, and
+/// taking one for a repository would pull unrelated AGENTS.md files in.
 pub fn project_root(cwd: &Path) -> Option<PathBuf> {
     cwd.ancestors()
-        .find(|dir| dir.join(".git").symlink_metadata().is_ok())
+        .find(|dir| is_git_marker(&dir.join(".git")))
         .map(Path::to_path_buf)
+}
+
+/// A repository's `.git`: a directory with `HEAD`, or a worktree's or
+/// submodule's `.git` file (`gitdir: …`).
+fn is_git_marker(path: &Path) -> bool {
+    match path.metadata() {
+        Ok(meta) if meta.is_dir() => path.join("HEAD").exists(),
+        Ok(meta) if meta.is_file() => std::fs::read(path)
+            .map(|text| text.starts_with(b"gitdir:"))
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Find and read the guidance for work in `cwd`.

@@ -10,7 +10,7 @@ fn write(path: &Path, text: &str) {
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    fs::create_dir(dir.path().join(".git")).unwrap();
+    write(&dir.path().join(".git/HEAD"), "ref: refs/heads/main\n");
     dir
 }
 
@@ -155,6 +155,16 @@ fn global_override_beats_global_agents_md() {
         Some(home.path()),
     );
     assert_eq!(found.sources, vec![home.path().join("AGENTS.override.md")]);
+}
+
+#[test]
+fn an_empty_git_directory_is_not_a_repository() {
+    let outer = tempfile::tempdir().unwrap();
+    fs::create_dir(outer.path().join(".git")).unwrap();
+    write(&outer.path().join("AGENTS.md"), "outer\n");
+    write(&outer.path().join("inner/AGENTS.md"), "inner\n");
+    let found = discover(&outer.path().join("inner"));
+    assert_eq!(found.sources, vec![outer.path().join("inner/AGENTS.md")]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ fn write(path: &Path, text: &str) {
 fn project_config_overrides_home_and_c_overrides_both() {
     let home = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
-    std::fs::create_dir(repo.path().join(".git")).unwrap();
+    write(&repo.path().join(".git/HEAD"), "ref: refs/heads/main\n");
     write(
         &home.path().join("config.toml"),
         "model = \"home-model\"\nmodel_provider = \"local\"\n[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\nwire_api = \"chat\"\n[limits]\nmax_turns = 7\n",
