@@ -138,7 +138,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 fn parse_timeout(secs: f64) -> Result<Duration> {
-    if !(secs > 0.0) || !secs.is_finite() {
+    if !secs.is_finite() || secs <= 0.0 {
         bail!("--timeout {secs} must be a positive number of seconds");
     }
     Ok(Duration::from_secs_f64(secs))

@@ -160,7 +160,7 @@ fn timeout_exits_124_and_kills_daemonised_children() {
         "setsid sleep {marker} >/dev/null 2>&1 </dev/null & nohup sleep {marker} >/dev/null 2>&1 & \
          echo started; sleep {marker}"
     );
-    let mut child = ws
+    let child = ws
         .kiln(&["--timeout", "2", "--", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -164,6 +164,10 @@ pub trait Sandbox: Send + Sync {
     /// Run one command. Output is streamed to `output` (if given) as it
     /// arrives; `cancel` kills the command's whole process tree.
     ///
+    /// Drain `output` while this runs: a full channel pauses reading, and
+    /// the command then waits on its pipe (its timeout still applies).
+    /// Several commands may run in one sandbox at once.
+    ///
     /// A command that fails, times out or hits a limit is an `Ok` outcome;
     /// `Err` means the command could not be run at all.
     async fn exec(

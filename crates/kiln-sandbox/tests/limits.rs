@@ -223,3 +223,21 @@ async fn describe_names_the_mechanism_behind_each_limit() {
     assert!(text.contains("processes 256 (cgroup"), "{text}");
     assert!(text.contains("cpu 1.5 cores (cgroup"), "{text}");
 }
+
+#[tokio::test]
+async fn concurrent_commands_in_one_sandbox_keep_their_own_output_and_limits() {
+    let f = Fixture::new();
+    let mut policy = f.policy(Backend::Bwrap);
+    policy.limits.memory_bytes = Some(64 << 20);
+    let sandbox = kiln_sandbox::create(policy).unwrap();
+    let hog = "python3 -c \"b = bytearray(512 * 1024 * 1024)\"";
+    let (a, b, c) = tokio::join!(
+        sh(&sandbox, &f.workspace, "for i in 1 2 3; do echo a$i; done"),
+        sh(&sandbox, &f.workspace, hog),
+        sh(&sandbox, &f.workspace, "echo c > c.txt; cat c.txt"),
+    );
+    assert_eq!(a.output, "a1\na2\na3\n");
+    assert!(a.killed_by.is_none() && c.killed_by.is_none());
+    assert_eq!(b.killed_by.as_deref(), Some("memory limit 64 MiB"));
+    assert_eq!(c.output, "c\n");
+}
