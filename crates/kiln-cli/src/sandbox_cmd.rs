@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_TIMEOUT: u8 = 124;
 /// Exit status when kiln could not run the command at all.
 const EXIT_SANDBOX_FAILED: u8 = 125;
+/// Exit status of a command that was killed (128 + SIGKILL).
+const EXIT_KILLED: u8 = 137;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -188,14 +190,11 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     }
     let code = match outcome.exit_code {
         Some(code) => (code & 0xff) as u8,
-        // Killed by a signal without an exit status of its own.
-        None => 128 + libc_sigkill(),
+        // Ended without an exit status of its own (cancelled by Ctrl-C):
+        // report it as a shell reports a SIGKILL.
+        None => EXIT_KILLED,
     };
     Ok(ExitCode::from(code))
-}
-
-const fn libc_sigkill() -> u8 {
-    9
 }
 
 /// Copy streamed output to our own stdout and stderr as it arrives.
