@@ -490,8 +490,10 @@ fn find_v2_home(own: &str, mounts: &[CgroupMount]) -> Option<PathBuf> {
 }
 
 /// Whether a child of `dir` gets `controller`: it must be enabled in the
-/// parent's `cgroup.subtree_control`. kiln enables it when the parent has no
-/// processes of its own (v2's "no internal processes" rule forbids it otherwise).
+/// parent's `cgroup.subtree_control`, which v2 refuses while the parent
+/// holds processes of its own ("no internal processes"). In a delegated
+/// cgroup (systemd `Delegate=yes`) where kiln is the only process, kiln
+/// moves itself into a `kiln-supervisor` leaf first, as container engines do.
 fn v2_offers(dir: &Path, controller: Controller) -> bool {
     let enabled = |dir: &Path| {
         fs::read_to_string(dir.join("cgroup.subtree_control"))
@@ -504,13 +506,38 @@ fn v2_offers(dir: &Path, controller: Controller) -> bool {
     let available = fs::read_to_string(dir.join("cgroup.controllers"))
         .map(|s| s.split_whitespace().any(|c| c == controller.name()))
         .unwrap_or(false);
-    available
-        && fs::write(
+    if !available {
+        return false;
+    }
+    let enable = || {
+        fs::write(
             dir.join("cgroup.subtree_control"),
             format!("+{}", controller.name()),
         )
         .is_ok()
-        && enabled(dir)
+    };
+    if enable() {
+        return enabled(dir);
+    }
+    move_self_into_leaf(dir) && enable() && enabled(dir)
+}
+
+/// Move kiln out of `dir` into `dir/kiln-supervisor`, when kiln is the only
+/// process there (moving anyone else's processes is not kiln's business).
+fn move_self_into_leaf(dir: &Path) -> bool {
+    let own_pid = std::process::id().to_string();
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let only_kiln = procs.lines().all(|line| line.trim() == own_pid);
+    if !only_kiln || procs.trim().is_empty() {
+        return false;
+    }
+    let leaf = dir.join("kiln-supervisor");
+    if let Err(e) = fs::create_dir(&leaf) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return false;
+        }
+    }
+    fs::write(leaf.join("cgroup.procs"), &own_pid).is_ok()
 }
 
 fn find_v1_home(

@@ -74,6 +74,18 @@ impl PodmanSandbox {
                 fix: "build or load it first (`podman build`, `podman load`, or `podman import ROOTFS.tar NAME`); kiln never pulls images".into(),
             });
         }
+        // podman's -v splits on ':'; such a path cannot be mounted faithfully.
+        let mounted = std::iter::once(&policy.workspace)
+            .chain(&policy.extra_read_only)
+            .chain(&policy.extra_writable);
+        for path in mounted {
+            if path.to_string_lossy().contains(':') {
+                return Err(SandboxError::InvalidPolicy(format!(
+                    "{} contains ':', which podman volume mounts cannot express; rename it or use the bwrap backend",
+                    path.display()
+                )));
+            }
+        }
         let runtime = ["/usr/sbin/runc", "/usr/bin/runc"]
             .iter()
             .map(PathBuf::from)

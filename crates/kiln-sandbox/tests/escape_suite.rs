@@ -366,3 +366,34 @@ async fn kernel_settings_under_proc_sys_are_read_only() {
     .await;
     assert_eq!(out.output.trim(), "0", "{}", out.output);
 }
+
+#[tokio::test]
+async fn extra_paths_appear_read_only_or_writable_as_configured() {
+    let f = Fixture::new();
+    let shared = f.root.path().join("shared-cache");
+    let scratch = f.root.path().join("scratch");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(shared.join("data.txt"), "cached\n").unwrap();
+    let mut policy = f.policy(Backend::Bwrap);
+    policy.extra_read_only.push(shared.clone());
+    policy.extra_writable.push(scratch.clone());
+    let sandbox = kiln_sandbox::create(policy).unwrap();
+    let script = format!(
+        "cat {s}/data.txt; echo no > {s}/new.txt; echo yes > {w}/new.txt",
+        s = shared.display(),
+        w = scratch.display()
+    );
+    let out = sh(&sandbox, &f.workspace, &script).await;
+    assert!(out.output.contains("cached"), "{}", out.output);
+    assert!(
+        out.output.contains("Read-only file system"),
+        "{}",
+        out.output
+    );
+    assert!(!shared.join("new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("new.txt")).unwrap(),
+        "yes\n"
+    );
+}
