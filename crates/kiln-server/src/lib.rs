@@ -1,0 +1,134 @@
+//! `kiln serve`: the HTTP API, live event streams over SSE, and the
+//! in-process worker pool that runs attempts from the store's queue.
+//!
+//! A [`Server`] wraps a [`kiln_store::Store`] and a [`ServerConfig`] (model
+//! provider, agent and sandbox templates, pool size). [`Server::recover`]
+//! takes back attempts a previous process left running; [`Server::serve`]
+//! answers the API on a listener and runs `max_parallel` workers until the
+//! shutdown token fires. Each attempt gets a git worktree of a per-repository
+//! mirror, the environment's setup script (network and secrets), then the
+//! agent loop of `kiln-agent` in a sandbox without them; its events are
+//! stored in batches and streamed to clients, and it ends with a final
+//! message, a diff and a commit on `kiln/<task>/<attempt>`. docs/server.md
+//! describes the API.
+//!
+//! ```
+//! use kiln_server::{Server, ServerConfig};
+//! use kiln_store::{Store, StoreOptions};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(StoreOptions::sqlite_in_dir(dir.path())).await.unwrap();
+//! let provider = kiln_model::ProviderConfig::builtin("ollama").unwrap();
+//! let agent = kiln_agent::AgentConfig::new("qwen3", kiln_protocol::Mode::Code, dir.path());
+//! let sandbox = kiln_sandbox::SandboxPolicy::for_workspace(dir.path());
+//! let server = Server::new(store, ServerConfig::new(dir.path(), provider, agent, sandbox)).unwrap();
+//! server.recover().await.unwrap();
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let url = format!("http://{}", listener.local_addr().unwrap());
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let running = tokio::spawn(server.serve(listener, shutdown.clone()));
+//!
+//! let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+//! assert!(health.status().is_success());
+//! let anonymous = reqwest::get(format!("{url}/api/tasks")).await.unwrap();
+//! assert_eq!(anonymous.status(), 401);
+//!
+//! shutdown.cancel();
+//! running.await.unwrap().unwrap();
+//! # });
+//! ```
+
+mod auth;
+mod config;
+mod error;
+mod metrics;
+mod routes;
+mod state;
+mod worker;
+
+use std::sync::Arc;
+
+use kiln_store::{RecoverScope, RecoveryReport, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ServerConfig, DEFAULT_BODY_LIMIT};
+pub use error::ApiError;
+
+use state::{AppState, Shared};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot set up the model provider {provider}: {source}")]
+    Model {
+        provider: String,
+        source: Box<kiln_model::ModelError>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The API and the worker pool over one store.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Connects the model provider (no request is made yet).
+    pub fn new(store: Store, config: ServerConfig) -> Result<Server, ServerError> {
+        let model = kiln_model::connect(&config.provider).map_err(|source| ServerError::Model {
+            provider: config.provider.name.clone(),
+            source: Box::new(source),
+        })?;
+        let metrics = metrics::Metrics::default();
+        Ok(Server {
+            state: AppState {
+                inner: Arc::new(Shared {
+                    store,
+                    config,
+                    model,
+                    metrics,
+                }),
+            },
+        })
+    }
+
+    /// Takes back every attempt marked running: this server's workers are
+    /// the only ones, and they died with the previous process. Each becomes
+    /// `interrupted` (its events kept) and runs again from a fresh checkout,
+    /// or fails after `max_tries` claims.
+    pub async fn recover(&self) -> Result<RecoveryReport, ServerError> {
+        let shared = &self.state.inner;
+        Ok(shared
+            .store
+            .recover(RecoverScope::AllRunning, shared.config.max_tries)
+            .await?)
+    }
+
+    /// The HTTP routes alone (no workers), e.g. to mount under another router.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Answers HTTP on `listener` and runs the workers until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        let pool = tokio::spawn(worker::run_pool(self.state.inner.clone(), shutdown.clone()));
+        let app = self.router();
+        let stop = shutdown.clone();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        let _ = pool.await;
+        result.map_err(ServerError::Io)
+    }
+}

@@ -1,0 +1,35 @@
+//! `POST /api/environments`, `GET /api/environments`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_store::{Environment, NewEnvironment};
+use serde_json::{json, Value};
+
+use super::ApiJson;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(new): ApiJson<NewEnvironment>,
+) -> Result<(StatusCode, Json<Environment>), ApiError> {
+    if new.repo.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "repo",
+            "name a local repository path or a git URL",
+        ));
+    }
+    let created = state.store().create_environment(&who, &new).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let environments = state.store().list_environments(&who).await?;
+    Ok(Json(json!({ "environments": environments })))
+}

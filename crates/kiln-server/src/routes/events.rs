@@ -1,0 +1,125 @@
+//! `GET /api/tasks/{id}/events`: a task's event log over SSE, resumable.
+//!
+//! Each SSE event carries the stored event's per-task id as `id:`, its type
+//! as `event:` and its JSON as `data:`. A client that reconnects with
+//! `Last-Event-ID: N` (or `?after=N`) gets exactly the events after N. The
+//! stream ends once the task has finished and every event was sent.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use kiln_store::{Store, StoredEvent};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Events read from the store per query.
+const PAGE: u32 = 500;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct EventParams {
+    attempt: Option<u32>,
+    after: Option<i64>,
+}
+
+pub(super) async fn stream(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(params) = query?;
+    let detail = state.store().task(&who, &id).await?;
+    if let Some(n) = params.attempt {
+        if n == 0 || n > detail.task.attempt_count {
+            return Err(ApiError::invalid(
+                "attempt",
+                format!(
+                    "task {id} has attempts 1 to {}; attempts count from 1",
+                    detail.task.attempt_count
+                ),
+            ));
+        }
+    }
+    let after = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid("Last-Event-ID", "send the id of the last event received")
+            })?,
+        None => params.after.unwrap_or(0),
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let store = state.store().clone();
+    let who_task = id.clone();
+    tokio::spawn(async move {
+        let _ = pump(store, who_task, params.attempt, after, tx).await;
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Sends events until the task is finished and drained, or the client left.
+async fn pump(
+    store: Store,
+    task_id: String,
+    attempt: Option<u32>,
+    mut cursor: i64,
+    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> Result<(), ()> {
+    loop {
+        // Subscribe before reading so a commit between the read and the wait wakes us.
+        let mut subscription = store.subscribe();
+        let finished_before_read = task_finished(&store, &task_id).await;
+        let events = match store.events(&task_id, attempt, cursor, PAGE).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::warn!("event stream of {task_id} stopped: {err}");
+                return Err(());
+            }
+        };
+        let full_page = events.len() == PAGE as usize;
+        for event in events {
+            cursor = event.id;
+            tx.send(Ok(to_sse(&event))).await.map_err(|_| ())?;
+        }
+        if full_page {
+            continue;
+        }
+        // Finished before we read: nothing can follow what we just sent.
+        if finished_before_read {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = subscription.wait_for_events(&task_id) => {}
+            _ = tx.closed() => return Err(()),
+        }
+    }
+}
+
+async fn task_finished(store: &Store, task_id: &str) -> bool {
+    // The caller's access was checked when the stream opened.
+    let system = crate::worker::system_principal();
+    match store.task(&system, task_id).await {
+        Ok(detail) => detail.task.status.is_finished(),
+        Err(_) => true,
+    }
+}
+
+fn to_sse(event: &StoredEvent) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event(event.kind.clone())
+        .data(event.json.clone())
+}

@@ -1,0 +1,41 @@
+//! The route table: which handler serves which path.
+
+mod environments;
+mod events;
+mod json;
+mod ops;
+mod tasks;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub(crate) use json::ApiJson;
+
+/// Every route of the API; `/api/*` routes authenticate through [`crate::auth::Caller`].
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state.inner.config.body_limit;
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route(
+            "/api/environments",
+            post(environments::create).get(environments::list),
+        )
+        .route("/api/tasks", post(tasks::create).get(tasks::list))
+        .route("/api/tasks/{id}", get(tasks::show))
+        .route("/api/tasks/{id}/events", get(events::stream))
+        .route("/api/tasks/{id}/attempts/{n}/diff", get(tasks::diff))
+        .route("/api/tasks/{id}/messages", post(tasks::message))
+        .route("/api/tasks/{id}/cancel", post(tasks::cancel))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("route {}", uri.path()))
+}

@@ -1,0 +1,28 @@
+//! The state every handler and worker shares.
+
+use std::sync::Arc;
+
+use kiln_model::ModelClient;
+use kiln_store::Store;
+
+use crate::metrics::Metrics;
+use crate::ServerConfig;
+
+/// Cheap to clone: one `Arc` inside.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) config: ServerConfig,
+    pub(crate) model: Arc<dyn ModelClient>,
+    pub(crate) metrics: Metrics,
+}
+
+impl AppState {
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}

@@ -1,0 +1,287 @@
+//! Per-repository mirrors and per-attempt checkouts.
+//!
+//! Each environment's repository is cloned once into `DATA/mirrors/<hash>`
+//! (fetched again before each checkout); each attempt works in its own git
+//! worktree of that mirror at `DATA/checkouts/<task>/<n>`, on branch
+//! `kiln/<task>/<n>`, so attempts share objects but never files. The commit
+//! an attempt ends with stays on its branch in the mirror.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use kiln_store::DiffStat;
+use kiln_workspace::{GitError, Repo, Worktree};
+use sha2::{Digest, Sha256};
+
+/// Why an attempt could not get its checkout.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckoutError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("cannot prepare {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("base ref {wanted:?} does not exist in {repo}: use a branch, tag or commit of that repository")]
+    UnknownRef { wanted: String, repo: String },
+    #[error("the checkout task stopped: {0}")]
+    Join(String),
+}
+
+/// An attempt's checkout and the commit its diff is measured against.
+pub(crate) struct Checkout {
+    pub(crate) worktree: Worktree,
+    /// The environment's base commit (a follow-up continues from the
+    /// attempt's last commit, but its diff still covers the whole attempt).
+    pub(crate) base_commit: String,
+    /// The mirror's `.git` directory, which the worktree's git metadata lives in.
+    pub(crate) git_dir: PathBuf,
+}
+
+/// The mirrors under one data directory, with one lock per mirror so that
+/// fetches and worktree changes of one repository take turns.
+pub(crate) struct Mirrors {
+    root: PathBuf,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Mirrors {
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Mirrors {
+            root: data_dir.to_path_buf(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn checkout_dir(&self, task_id: &str, n: u32) -> PathBuf {
+        self.root
+            .join("checkouts")
+            .join(task_id)
+            .join(n.to_string())
+    }
+
+    /// A fresh checkout of `base` (the remote default branch when `None`), or,
+    /// with `resume`, a checkout continuing from the branch's last commit.
+    pub(crate) async fn checkout(
+        &self,
+        repo: &str,
+        base: Option<&str>,
+        task_id: &str,
+        n: u32,
+        resume: bool,
+    ) -> Result<Checkout, CheckoutError> {
+        let mirror = self.root.join("mirrors").join(mirror_name(repo));
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(mirror.clone()).or_default().clone()
+        };
+        let _turn = lock.lock().await;
+        let request = Request {
+            repo: repo.to_string(),
+            base: base.map(str::to_string),
+            branch: format!("kiln/{task_id}/{n}"),
+            dest: self.checkout_dir(task_id, n),
+            mirror,
+            resume,
+        };
+        tokio::task::spawn_blocking(move || request.run())
+            .await
+            .map_err(|err| CheckoutError::Join(err.to_string()))?
+    }
+}
+
+struct Request {
+    repo: String,
+    base: Option<String>,
+    branch: String,
+    dest: PathBuf,
+    mirror: PathBuf,
+    resume: bool,
+}
+
+impl Request {
+    fn run(self) -> Result<Checkout, CheckoutError> {
+        self.sync_mirror()?;
+        let repo = Repo::discover(&self.mirror)?;
+        let base_file = self.dest.with_extension("base");
+        let previous = if self.resume {
+            let base = std::fs::read_to_string(&base_file).ok();
+            let head = repo.resolve(&self.branch).ok();
+            base.zip(head)
+        } else {
+            None
+        };
+        // A rerun starts from a fresh checkout: drop what an earlier try left.
+        if self.dest.exists() {
+            let dest = self.dest.to_string_lossy().into_owned();
+            let _ = git(&self.mirror, &["worktree", "remove", "--force", &dest]);
+            std::fs::remove_dir_all(&self.dest)
+                .or_else(ignore_missing)
+                .map_err(|source| CheckoutError::Io {
+                    path: self.dest.clone(),
+                    source,
+                })?;
+        }
+        let _ = git(&self.mirror, &["worktree", "prune"]);
+        let _ = git(&self.mirror, &["branch", "-D", &self.branch]);
+        if let Some(parent) = self.dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let (start, base_commit) = match previous {
+            Some((base, head)) => (head, base.trim().to_string()),
+            None => {
+                let commit = self.resolve_base(&repo)?;
+                (commit.clone(), commit)
+            }
+        };
+        let worktree = repo.add_worktree(&start, &self.branch, &self.dest)?;
+        std::fs::write(&base_file, &base_commit).map_err(|source| CheckoutError::Io {
+            path: base_file.clone(),
+            source,
+        })?;
+        Ok(Checkout {
+            worktree,
+            base_commit,
+            git_dir: self.mirror.join(".git"),
+        })
+    }
+
+    fn sync_mirror(&self) -> Result<(), CheckoutError> {
+        if self.mirror.join(".git").exists() {
+            git(
+                &self.mirror,
+                &[
+                    "fetch",
+                    "--quiet",
+                    "--prune",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                ],
+            )?;
+            return Ok(());
+        }
+        let parent = self.mirror.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        // Clone beside the final name and rename, so a crash mid-clone never
+        // leaves a half mirror that later looks complete.
+        let partial = self.mirror.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let partial_str = partial.to_string_lossy().into_owned();
+        git(
+            parent,
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                &self.repo,
+                &partial_str,
+            ],
+        )?;
+        std::fs::rename(&partial, &self.mirror).map_err(|source| CheckoutError::Io {
+            path: self.mirror.clone(),
+            source,
+        })
+    }
+
+    fn resolve_base(&self, repo: &Repo) -> Result<String, CheckoutError> {
+        let candidates: Vec<String> = match self.base.as_deref() {
+            None | Some("HEAD") => vec!["origin/HEAD".into(), "HEAD".into()],
+            Some(base) => vec![format!("origin/{base}"), base.to_string()],
+        };
+        candidates
+            .iter()
+            .find_map(|rev| repo.resolve(rev).ok())
+            .ok_or_else(|| CheckoutError::UnknownRef {
+                wanted: self.base.clone().unwrap_or_else(|| "HEAD".into()),
+                repo: self.repo.clone(),
+            })
+    }
+}
+
+impl Checkout {
+    /// The whole attempt's changes against the base, untracked files included.
+    pub(crate) fn diff(&self) -> Result<(String, DiffStat), GitError> {
+        let dir = self.worktree.path();
+        git(dir, &["add", "--all"])?;
+        let diff = git(
+            dir,
+            &[
+                "diff",
+                "--cached",
+                "--binary",
+                "--no-color",
+                &self.base_commit,
+            ],
+        )?;
+        let numstat = git(dir, &["diff", "--cached", "--numstat", &self.base_commit])?;
+        Ok((diff, parse_numstat(&numstat)))
+    }
+}
+
+/// `git diff --numstat` lines are `added<TAB>deleted<TAB>path` (`-` for binary files).
+fn parse_numstat(text: &str) -> DiffStat {
+    let mut stat = DiffStat::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split('\t');
+        stat.files_changed += 1;
+        stat.insertions += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        stat.deletions += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    }
+    stat
+}
+
+fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// A stable directory name for a repository location.
+fn mirror_name(repo: &str) -> String {
+    let digest = Sha256::digest(repo.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let tail: String = repo
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .trim_end_matches(".git")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(40)
+        .collect();
+    format!("{tail}-{hex}")
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .args(args)
+        .output()
+        .map_err(GitError::Missing)?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    Err(GitError::Failed {
+        args: args.join(" "),
+        dir: dir.to_path_buf(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+#[path = "checkout_tests.rs"]
+mod tests;

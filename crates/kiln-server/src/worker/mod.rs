@@ -1,0 +1,109 @@
+//! The in-process worker pool: `max_parallel` workers claim attempts from
+//! the store's queue and run them; a sweeper takes back attempts whose
+//! lease expired (workers of another process that died).
+
+mod checkout;
+mod event_sink;
+mod run;
+mod supervise;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_store::{Principal, RecoverScope};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+use checkout::Mirrors;
+
+/// The identity workers use to read tasks and environments of any owner.
+pub(crate) fn system_principal() -> Principal {
+    Principal {
+        token_id: "system".into(),
+        name: "kiln worker".into(),
+        admin: true,
+    }
+}
+
+/// Runs the workers and the lease sweeper until `shutdown`. Attempts in
+/// flight are left `running` in the store and recovered at the next start,
+/// exactly as after a crash.
+pub(crate) async fn run_pool(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mirrors = Arc::new(Mirrors::new(&shared.config.data_dir));
+    let mut tasks = JoinSet::new();
+    let prefix = format!("serve-{}", std::process::id());
+    for i in 0..shared.config.max_parallel.max(1) {
+        let worker_id = format!("{prefix}-{i}");
+        tasks.spawn(worker_loop(
+            shared.clone(),
+            mirrors.clone(),
+            worker_id,
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(sweep_expired_leases(shared.clone(), shutdown.clone()));
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn worker_loop(
+    shared: Arc<Shared>,
+    mirrors: Arc<Mirrors>,
+    worker_id: String,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let mut subscription = shared.store.subscribe();
+        match shared
+            .store
+            .claim_next(&worker_id, shared.config.lease)
+            .await
+        {
+            Ok(Some(claimed)) => {
+                tracing::info!("{worker_id} runs {}", claimed.attempt);
+                tokio::select! {
+                    _ = run::run_claimed(&shared, &mirrors, &worker_id, claimed) => {}
+                    // Leave the attempt running in the store: the next start recovers it.
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = subscription.wait_for_queue() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            Err(err) => {
+                tracing::warn!("{worker_id} cannot claim: {err}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_expired_leases(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let period = (shared.config.lease / 2).max(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match shared
+            .store
+            .recover(RecoverScope::ExpiredLeases, shared.config.max_tries)
+            .await
+        {
+            Ok(report) if !report.requeued.is_empty() => {
+                tracing::warn!(
+                    "requeued {} attempts whose lease expired",
+                    report.requeued.len()
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!("lease sweep failed: {err}"),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! One claimed attempt from checkout to finish: the path every attempt of
+//! `kiln serve` takes (the agent loop itself is `kiln-agent`'s).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kiln_agent::{AttemptInput, EventLog};
+use kiln_protocol::{AttemptStatus, EventKind, EventSink, ExecStream};
+use kiln_sandbox::{Backend, OutputChunk, Sandbox};
+use kiln_store::{AttemptOutcome, ClaimedAttempt, Environment, MAX_EVENTS_PER_READ};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::checkout::{Checkout, Mirrors};
+use super::event_sink::StoreSink;
+use super::supervise::Supervisor;
+use crate::state::Shared;
+
+/// Runs `claimed` to its end and records the outcome (unless the lease was lost).
+pub(crate) async fn run_claimed(
+    shared: &Shared,
+    mirrors: &Mirrors,
+    worker_id: &str,
+    claimed: ClaimedAttempt,
+) {
+    let started = Instant::now();
+    shared.metrics.attempt_started();
+    let attempt = claimed.attempt.clone();
+    let (sink, writer) = StoreSink::start(shared.store.clone(), attempt.clone());
+    let sink = Arc::new(sink);
+    let events = EventLog::new(claimed.next_seq, vec![sink.clone() as Arc<dyn EventSink>]);
+    let cancel = CancellationToken::new();
+    let (steer_tx, steer_rx) = mpsc::channel(32);
+    let supervisor = Supervisor::start(
+        shared.store.clone(),
+        worker_id.to_string(),
+        attempt.clone(),
+        shared.config.lease,
+        cancel.clone(),
+        steer_tx,
+    );
+
+    let outcome = match run(shared, mirrors, &claimed, &events, steer_rx, cancel.clone()).await {
+        Ok(outcome) => outcome,
+        Err(reason) => {
+            let status = if cancel.is_cancelled() {
+                AttemptStatus::Cancelled
+            } else {
+                events.emit(EventKind::Error {
+                    message: reason.clone(),
+                });
+                AttemptStatus::Failed
+            };
+            events.emit(EventKind::AttemptFinished {
+                status,
+                reason: Some(reason.clone()),
+                final_message: None,
+                usage: Default::default(),
+            });
+            let mut outcome = AttemptOutcome::new(status);
+            outcome.reason = Some(reason);
+            outcome
+        }
+    };
+    sink.close();
+    writer.finished().await;
+    let lost = supervisor.lease_lost();
+    supervisor.stop().await;
+    if !lost {
+        if let Err(err) = shared.store.finish(worker_id, &attempt, &outcome).await {
+            tracing::error!("recording the end of {attempt} failed: {err}");
+        }
+    }
+    shared.metrics.attempt_ended(started.elapsed());
+}
+
+/// Checkout, setup, agent, result. `Err` is a reason the attempt failed
+/// before the agent could report one itself.
+async fn run(
+    shared: &Shared,
+    mirrors: &Mirrors,
+    claimed: &ClaimedAttempt,
+    events: &EventLog,
+    steering: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+) -> Result<AttemptOutcome, String> {
+    let task = &claimed.task;
+    let system = super::system_principal();
+    let environment = shared
+        .store
+        .environment(&system, &task.environment_id)
+        .await
+        .map_err(|e| format!("cannot read the environment: {e}"))?;
+    let base = task
+        .base_ref
+        .as_deref()
+        .or(environment.base_branch.as_deref());
+    let checkout = mirrors
+        .checkout(
+            &environment.repo,
+            base,
+            &task.id,
+            claimed.attempt.n,
+            claimed.resume,
+        )
+        .await
+        .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
+    let sandbox = build_sandbox(shared, &environment, &checkout, task.mode)?;
+
+    if !claimed.resume {
+        if let Some(script) = environment
+            .setup_script
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            run_setup(
+                shared,
+                &environment,
+                sandbox.as_ref(),
+                script,
+                events,
+                &cancel,
+            )
+            .await?;
+        }
+    }
+
+    let input = if claimed.resume {
+        let messages = shared
+            .store
+            .take_undelivered(&claimed.attempt)
+            .await
+            .map_err(|e| format!("cannot read the follow-up: {e}"))?;
+        let prompt = messages
+            .into_iter()
+            .map(|m| m.text)
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let previous = shared
+            .store
+            .events(&task.id, Some(claimed.attempt.n), 0, MAX_EVENTS_PER_READ)
+            .await
+            .map_err(|e| format!("cannot read the attempt's history: {e}"))?
+            .iter()
+            .filter_map(|stored| stored.event().ok())
+            .collect::<Vec<_>>();
+        AttemptInput::resume(prompt, &previous)
+    } else {
+        AttemptInput::new(task.prompt.clone())
+    }
+    .with_steering(steering);
+
+    let mut agent = shared.config.agent.clone();
+    agent.mode = task.mode;
+    agent.cwd = checkout.worktree.path().to_path_buf();
+    if let Some(model) = &task.model {
+        agent.model = model.clone();
+    }
+    let result = kiln_agent::run_attempt_with(
+        &agent,
+        shared.model.clone(),
+        sandbox.clone(),
+        input,
+        events,
+        cancel,
+    )
+    .await;
+    sandbox.shutdown();
+    drop(sandbox);
+
+    let mut outcome = AttemptOutcome::new(result.status);
+    outcome.reason = result.reason;
+    outcome.final_message = result.final_message;
+    outcome.usage = result.usage;
+    record_result(&checkout, &task.prompt, events, &mut outcome);
+    Ok(outcome)
+}
+
+fn build_sandbox(
+    shared: &Shared,
+    environment: &Environment,
+    checkout: &Checkout,
+    mode: kiln_protocol::Mode,
+) -> Result<Arc<dyn Sandbox>, String> {
+    let mut policy = shared.config.sandbox.clone();
+    policy.workspace = checkout.worktree.path().to_path_buf();
+    policy.read_only = mode.is_read_only();
+    policy.network = environment.network;
+    policy.env.extend(environment.env.clone());
+    // git inside the sandbox needs the mirror's metadata the worktree points to.
+    policy.extra_read_only.push(checkout.git_dir.clone());
+    if let Some(image) = &environment.image {
+        policy.backend = Backend::Podman;
+        policy.image = Some(image.clone());
+    }
+    kiln_sandbox::create(policy).map_err(|e| format!("cannot create the sandbox: {e}"))
+}
+
+async fn run_setup(
+    shared: &Shared,
+    environment: &Environment,
+    sandbox: &dyn Sandbox,
+    script: &str,
+    events: &EventLog,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let secrets = shared
+        .store
+        .environment_secrets(&environment.id)
+        .await
+        .map_err(|e| format!("cannot read the environment's secrets: {e}"))?;
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let setup = sandbox.run_setup(script, &secrets, Some(tx), cancel.clone());
+    let forward = async {
+        while let Some(chunk) = rx.recv().await {
+            events.emit(EventKind::SetupOutput {
+                stream: chunk.stream,
+                text: String::from_utf8_lossy(&chunk.data).into_owned(),
+            });
+        }
+    };
+    let (result, ()) = tokio::join!(setup, forward);
+    let outcome = result.map_err(|e| format!("cannot run the setup script: {e}"))?;
+    if outcome.cancelled || cancel.is_cancelled() {
+        return Err("cancelled during setup".into());
+    }
+    if !outcome.success() {
+        let status = match (outcome.exit_code, outcome.timed_out) {
+            (_, true) => "timed out".to_string(),
+            (Some(code), _) => format!("exited with {code}"),
+            (None, _) => format!("was killed ({})", outcome.killed_by.unwrap_or_default()),
+        };
+        events.emit(EventKind::SetupOutput {
+            stream: ExecStream::Stderr,
+            text: format!("setup script {status}\n"),
+        });
+        return Err(format!("the setup script {status}"));
+    }
+    Ok(())
+}
+
+/// Diff, diff stat and a commit on the attempt's branch; a failure here is
+/// a warning, since the agent's result stands without them.
+fn record_result(
+    checkout: &Checkout,
+    prompt: &str,
+    events: &EventLog,
+    outcome: &mut AttemptOutcome,
+) {
+    match checkout.diff() {
+        Ok((diff, stat)) => {
+            outcome.diff = Some(diff);
+            outcome.diff_stat = Some(stat);
+        }
+        Err(err) => {
+            events.emit(EventKind::Warning {
+                message: format!("cannot compute the diff: {err}"),
+            });
+        }
+    }
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(72)
+        .collect();
+    match checkout.worktree.commit_all(&format!("kiln: {title}")) {
+        Ok(commit) => {
+            outcome.branch = Some(checkout.worktree.branch().to_string());
+            outcome.commit_sha = commit;
+        }
+        Err(err) => {
+            events.emit(EventKind::Warning {
+                message: format!("cannot commit on {}: {err}", checkout.worktree.branch()),
+            });
+        }
+    }
+}
