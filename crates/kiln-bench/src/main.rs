@@ -139,7 +139,7 @@ fn run(args: Args) -> Result<()> {
     let (runs, sandbox_runs, large_runs, files, megabytes) = if args.quick {
         (3, 30, 2, 10_000, 100)
     } else {
-        (10, 100, 5, 100_000, 1_000)
+        (10, 100, 3, 100_000, 1_000)
     };
     let tools = find_tools(&workspace, &bench_dir, &args)?;
     let codex_version = version_of(&tools.codex);
