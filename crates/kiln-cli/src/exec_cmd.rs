@@ -257,7 +257,7 @@ fn report_worktree(worktree: &Worktree, events: &EventLog) -> Result<()> {
     Ok(())
 }
 
-fn agent_config(
+pub(crate) fn agent_config(
     config: &Config,
     provider: &str,
     mode: Mode,

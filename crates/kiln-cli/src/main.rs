@@ -7,6 +7,7 @@ mod exec_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
     ApplyPatch(apply_patch_cmd::Args),
     /// Run one command under the sandbox policy an agent's command would get.
     Sandbox(sandbox_cmd::Args),
+    /// Serve the HTTP API and run tasks from the queue with a worker pool.
+    Serve(serve_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Ask(args) => exec_cmd::run(args, Mode::Ask),
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
     }
 }
 

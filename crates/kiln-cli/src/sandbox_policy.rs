@@ -10,6 +10,15 @@ use kiln_sandbox::{Backend, Sandbox, SandboxPolicy};
 use crate::config::Config;
 
 pub fn build(config: &Config, workspace: &Path, mode: Mode) -> Result<Arc<dyn Sandbox>> {
+    let policy = policy(config, workspace, mode)?;
+    if policy.backend == Backend::None {
+        eprintln!("warning: --sandbox none: commands run with NO isolation, as you, with your network and files");
+    }
+    kiln_sandbox::create(policy).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// The policy `[sandbox]` describes, for `workspace` in `mode`.
+pub fn policy(config: &Config, workspace: &Path, mode: Mode) -> Result<SandboxPolicy> {
     let backend: Backend = config
         .sandbox
         .backend
@@ -30,8 +39,5 @@ pub fn build(config: &Config, workspace: &Path, mode: Mode) -> Result<Arc<dyn Sa
     if let Some(processes) = config.sandbox.max_processes {
         policy.limits.max_processes = Some(processes);
     }
-    if backend == Backend::None {
-        eprintln!("warning: --sandbox none: commands run with NO isolation, as you, with your network and files");
-    }
-    kiln_sandbox::create(policy).map_err(|err| anyhow::anyhow!("{err}"))
+    Ok(policy)
 }

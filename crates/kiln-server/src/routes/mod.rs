@@ -5,9 +5,10 @@ mod events;
 mod json;
 mod ops;
 mod tasks;
+mod tokens;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -25,6 +26,8 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/environments",
             post(environments::create).get(environments::list),
         )
+        .route("/api/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/tokens/{id}", delete(tokens::revoke))
         .route("/api/tasks", post(tasks::create).get(tasks::list))
         .route("/api/tasks/{id}", get(tasks::show))
         .route("/api/tasks/{id}/events", get(events::stream))

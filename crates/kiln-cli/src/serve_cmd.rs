@@ -1,0 +1,155 @@
+//! `kiln serve`: the HTTP API and an in-process worker pool over the store
+//! (SQLite in the data directory, or PostgreSQL with --database-url).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kiln_protocol::Mode;
+use kiln_server::{Server, ServerConfig};
+use kiln_store::{AdminBootstrap, Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub addr: String,
+    /// Where the database, repository mirrors and checkouts live
+    /// (default: $KILN_HOME/server).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://… (or sqlite:PATH) instead of SQLite in the data directory.
+    #[arg(long, value_name = "URL", env = "KILN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Attempts that run at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_parallel: usize,
+    /// Claims an interrupted attempt gets before it is failed.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_tries: u32,
+    /// Seconds a worker's claim lasts without a heartbeat.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Sandbox backend for attempts: bwrap (default) or none (no isolation).
+    #[arg(long, value_name = "BACKEND")]
+    pub sandbox: Option<String>,
+    /// Override a configuration key, e.g. -c model=gpt-5-codex.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kiln: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kiln: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let home = config::kiln_home()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| home.join("server"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+
+    let mut overrides = args.overrides.clone();
+    if let Some(backend) = &args.sandbox {
+        overrides.push(format!(
+            "sandbox.backend={}",
+            toml::Value::String(backend.clone())
+        ));
+    }
+    let config = config::load(&home, &data_dir, &overrides)?;
+    let provider = config.provider()?;
+    let agent =
+        crate::exec_cmd::agent_config(&config, &provider.name, Mode::Code, data_dir.clone(), &home);
+    let sandbox = crate::sandbox_policy::policy(&config, &data_dir, Mode::Code)?;
+    if sandbox.backend == kiln_sandbox::Backend::None {
+        eprintln!("warning: sandbox backend none: attempts run with NO isolation");
+    }
+
+    let options = match &args.database_url {
+        Some(url) => StoreOptions::from_url(url)?,
+        None => StoreOptions::sqlite_in_dir(&data_dir),
+    };
+    let store = Store::open(options).await?;
+    let admin_from_env = std::env::var("KILN_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    match store.ensure_admin_token(admin_from_env.as_deref()).await? {
+        AdminBootstrap::Created(token) => {
+            println!("admin token (shown once, store it now): {}", token.secret);
+        }
+        AdminBootstrap::Registered(info) => {
+            eprintln!("registered KILN_ADMIN_TOKEN as admin token {}", info.id);
+        }
+        AdminBootstrap::Present => {}
+    }
+
+    let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
+    server_config.max_parallel = args.max_parallel.max(1);
+    server_config.max_tries = args.max_tries.max(1);
+    server_config.lease = Duration::from_secs(args.lease_secs.max(3));
+    let server = Server::new(store, server_config)?;
+    let recovered = server.recover().await?;
+    if !recovered.requeued.is_empty() || !recovered.failed.is_empty() {
+        eprintln!(
+            "recovered interrupted attempts: {} requeued, {} failed after too many tries, {} cancelled",
+            recovered.requeued.len(),
+            recovered.failed.len(),
+            recovered.cancelled.len()
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}: pick another --addr", args.addr))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "kiln serve: listening on http://{addr} (data in {})",
+        data_dir.display()
+    );
+    std::io::stdout().flush()?;
+
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        on_signal.cancel();
+    });
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

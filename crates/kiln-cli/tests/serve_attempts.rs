@@ -1,0 +1,114 @@
+//! `kiln serve` runs tasks end to end: the built binary, real HTTP, the
+//! scripted model server, real git mirrors and worktrees, the real sandbox.
+
+mod serve_support;
+
+use std::time::Duration;
+
+use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, Turn};
+use serde_json::json;
+use serve_support::{git, mirror_dir, Installation, KilnServer, ADMIN_TOKEN};
+
+const LONG: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_attempts_on_calc_py_each_end_with_the_fix_committed_on_their_own_branch() {
+    let repo = fixtures::repo("calc-py");
+    let mut turns = Vec::new();
+    // One worker: attempts run one after another, so the script's order holds.
+    for _ in 0..3 {
+        turns.extend(scenarios::fix_calc_py().turns);
+    }
+    let model = ScriptedServer::start(Script::new(turns)).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+
+    let created = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "fix median", "attempts": 3}),
+        )
+        .await;
+    assert_eq!(created["status"], "queued");
+    let id = created["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    let mirror = mirror_dir(install.data_dir());
+    for attempt in attempts {
+        let n = attempt["n"].as_u64().unwrap();
+        assert_eq!(attempt["status"], "succeeded", "{attempt:#}");
+        assert_eq!(attempt["diff_stat"]["files_changed"], 1, "{attempt:#}");
+        assert_eq!(attempt["diff_stat"]["insertions"], 1);
+        assert_eq!(attempt["diff_stat"]["deletions"], 1);
+        let branch = format!("kiln/{id}/{n}");
+        assert_eq!(attempt["branch"], branch.as_str());
+        let (status, diff) = server
+            .get(&format!("/api/tasks/{id}/attempts/{n}/diff"), ADMIN_TOKEN)
+            .await;
+        assert_eq!(status, 200);
+        let diff = diff.as_str().unwrap();
+        assert!(
+            diff.contains("+    return (ordered[middle - 1] + ordered[middle]) / 2"),
+            "{diff}"
+        );
+        // The commit is on the attempt's branch in the mirror.
+        let sha = attempt["commit_sha"].as_str().unwrap();
+        assert_eq!(git(&mirror, &["rev-parse", &branch]), sha);
+        let shown = git(&mirror, &["show", &format!("{sha}:calc.py")]);
+        assert!(shown.contains("ordered[middle - 1]"));
+    }
+    // The user's repository is untouched.
+    let original = std::fs::read_to_string(repo.path().join("calc.py")).unwrap();
+    assert!(original.contains("ordered[middle + 1]"));
+    assert_eq!(model.turns_remaining(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_attempts_each_get_their_own_checkout_and_all_finish() {
+    let repo = fixtures::repo("calc-py");
+    // Every request gets the same one-turn answer, whatever order they come in.
+    let turns = (0..4)
+        .map(|_| Turn::message("Nothing to change."))
+        .collect();
+    let model = ScriptedServer::start(Script::new(turns)).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 4).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let mut ids = Vec::new();
+    for prompt in ["a", "b"] {
+        let task = server
+            .task(
+                ADMIN_TOKEN,
+                json!({"environment": "calc", "prompt": prompt, "attempts": 2}),
+            )
+            .await;
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+        assert_eq!(task["status"], "succeeded", "{task:#}");
+        for attempt in task["attempts"].as_array().unwrap() {
+            assert_eq!(attempt["final_message"], "Nothing to change.");
+            assert_eq!(attempt["diff_stat"]["files_changed"], 0);
+            let checkout = install
+                .data_dir()
+                .join("checkouts")
+                .join(id)
+                .join(attempt["n"].as_u64().unwrap().to_string());
+            assert!(checkout.join("calc.py").exists(), "{}", checkout.display());
+        }
+    }
+    let (_, metrics) = server
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("kiln_attempts{state=\"succeeded\"} 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kiln_queue_depth 0"), "{metrics}");
+}

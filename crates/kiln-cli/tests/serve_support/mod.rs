@@ -1,0 +1,291 @@
+//! A `kiln serve` process for end-to-end tests: the built binary on a free
+//! port, its own data dir and home, the scripted model server, and helpers
+//! that talk to it over real HTTP and wait for conditions with deadlines.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kiln_testkit::ScriptedServer;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const ADMIN_TOKEN: &str = "kiln-test-admin-token-0123456789";
+
+/// A data directory and home that outlive server restarts.
+pub struct Installation {
+    pub data: TempDir,
+    pub home: TempDir,
+}
+
+impl Installation {
+    pub fn new() -> Self {
+        Installation {
+            data: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+}
+
+pub struct KilnServer {
+    child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl KilnServer {
+    /// Starts `kiln serve` and waits (30 s at most) until it listens.
+    pub async fn start(install: &Installation, model: &ScriptedServer, max_parallel: u32) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--max-parallel"])
+            .arg(max_parallel.to_string())
+            .arg("--data-dir")
+            .arg(install.data.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", install.home.path())
+            .env("KILN_HOME", install.home.path())
+            .env("OPENAI_BASE_URL", model.base_url())
+            .env("OPENAI_API_KEY", "sk-test-key")
+            .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kiln serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            panic!("kiln serve exited before listening");
+        })
+        .await
+        .expect("kiln serve listens within 30 s");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        KilnServer {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Creates environment `name` for the repository at `repo`.
+    pub async fn environment(&self, token: &str, name: &str, repo: &Path) -> Value {
+        let (status, env) = self
+            .post(
+                "/api/environments",
+                token,
+                json!({ "name": name, "repo": repo.display().to_string() }),
+            )
+            .await;
+        assert_eq!(status, 201, "{env}");
+        env
+    }
+
+    pub async fn task(&self, token: &str, body: Value) -> Value {
+        let (status, task) = self.post("/api/tasks", token, body).await;
+        assert_eq!(status, 201, "{task}");
+        task
+    }
+
+    /// Polls the task until `done` holds, failing after `timeout`.
+    pub async fn wait_task(
+        &self,
+        token: &str,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, task) = self.get(&format!("/api/tasks/{id}"), token).await;
+            assert_eq!(status, 200, "{task}");
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not reach the expected state in {timeout:?}: {task:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_finished(&self, token: &str, id: &str, timeout: Duration) -> Value {
+        self.wait_task(token, id, timeout, |t| {
+            matches!(
+                t["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    /// Opens the SSE stream of a task.
+    pub async fn events(&self, token: &str, id: &str, last_event_id: Option<i64>) -> SseReader {
+        let mut request = self
+            .http
+            .get(format!("{}/api/tasks/{id}/events", self.url))
+            .bearer_auth(token);
+        if let Some(last) = last_event_id {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+}
+
+/// One SSE event as the server sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: i64,
+    pub kind: String,
+    pub data: Value,
+}
+
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = parse_block(&block) {
+                    return Some(event);
+                }
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(remaining, self.response.chunk())
+                .await
+                .expect("an SSE event within the deadline")
+                .unwrap()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until an event of `kind` arrives.
+    pub async fn until(&mut self, kind: &str, timeout: Duration) -> SseEvent {
+        loop {
+            let event = self
+                .next(timeout)
+                .await
+                .unwrap_or_else(|| panic!("the stream ended before a {kind} event"));
+            if event.kind == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Every remaining event until the stream ends.
+    pub async fn all(mut self, timeout: Duration) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next(timeout).await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+fn parse_block(block: &str) -> Option<SseEvent> {
+    let (mut id, mut kind, mut data) = (None, None, String::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            kind = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    Some(SseEvent {
+        id: id?,
+        kind: kind?,
+        data: serde_json::from_str(&data).ok()?,
+    })
+}
+
+/// The single mirror under the data directory.
+pub fn mirror_dir(data: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data.join("mirrors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join(".git").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

@@ -1,0 +1,78 @@
+//! Tokens (admin only): `POST /api/tokens`, `GET /api/tokens`,
+//! `DELETE /api/tokens/{id}` (revoke).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_store::{Principal, TokenInfo};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ApiJson;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewTokenBody {
+    name: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+fn require_admin(who: &Principal) -> Result<(), ApiError> {
+    if who.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only an admin token may manage tokens".into(),
+        ))
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<NewTokenBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&who)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "name",
+            "give the token a name, e.g. the person's",
+        ));
+    }
+    let token = state
+        .store()
+        .create_token(body.name.trim(), body.admin)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": token.info.id,
+            "name": token.info.name,
+            "admin": token.info.admin,
+            "created_at": token.info.created_at,
+            "secret": token.secret,
+        })),
+    ))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&who)?;
+    let tokens = state.store().list_tokens().await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    require_admin(&who)?;
+    Ok(Json(state.store().revoke_token(&id).await?))
+}
