@@ -75,9 +75,25 @@ fn host_loopback_is_unreachable_unless_network_is_asked_for() {
     assert_ne!(out.status.code(), Some(0), "{}", both(&out));
     assert!(!text(&out.stdout).contains("CONNECTED"));
 
+    // With --network the host is reachable at its own address; its
+    // loopback stays out of reach.
+    let public = TcpListener::bind("0.0.0.0:0").unwrap();
+    let public_port = public.local_addr().unwrap().port();
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect("192.0.2.1:9").expect("a default route");
+    let host = socket.local_addr().unwrap().ip();
+    let script = format!(
+        "(exec 3<>/dev/tcp/{host}/{public_port}) && echo HOST-ADDRESS; \
+         (exec 3<>/dev/tcp/127.0.0.1/{public_port}) && echo HOST-LOOPBACK; true"
+    );
     let out = ws.run(&["--network", "--", "bash", "-c", &script]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    assert!(text(&out.stdout).contains("CONNECTED"));
+    assert!(text(&out.stdout).contains("HOST-ADDRESS"), "{}", both(&out));
+    assert!(
+        !text(&out.stdout).contains("HOST-LOOPBACK"),
+        "{}",
+        both(&out)
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! and the cgroups of the common runner.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -14,10 +15,21 @@ use crate::environment::{base_environment, layered};
 use crate::filesystem::{self, FilesystemView, GeneratedFiles, HostFacts, Mount, Phase};
 use crate::runner::SpawnSpec;
 use crate::seccomp::CompiledFilters;
+use crate::slirp;
 use crate::{ExecOutcome, ExecRequest, OutputChunk, Sandbox, SandboxError, SandboxPolicy};
 
 /// The uid and gid commands run as inside the user namespace.
 const SANDBOX_UID: &str = "1000";
+
+/// One command and the phase it runs in.
+struct PhaseCommand<'a> {
+    phase: Phase,
+    view: &'a FilesystemView,
+    cwd: &'a Path,
+    argv: &'a [String],
+    env: BTreeMap<String, String>,
+    timeout: std::time::Duration,
+}
 
 pub(crate) struct BwrapSandbox {
     common: SandboxCommon,
@@ -27,6 +39,9 @@ pub(crate) struct BwrapSandbox {
     agent_view: FilesystemView,
     setup_view: FilesystemView,
     filters: CompiledFilters,
+    /// slirp4netns, when installed: networked phases then get a private
+    /// namespace with NAT instead of the host's network namespace.
+    slirp: Option<PathBuf>,
 }
 
 impl BwrapSandbox {
@@ -38,22 +53,29 @@ impl BwrapSandbox {
         let host = HostFacts::current();
         let home_inside = filesystem::sandbox_home(&host);
         let (passwd, group) = filesystem::account_files(&home_inside);
+        let slirp = slirp::find_slirp4netns();
         let generated = GeneratedFiles {
             passwd: common.state.write_file("passwd", &passwd)?,
             group: common.state.write_file("group", &group)?,
+            resolv_conf: common.state.write_file("resolv.conf", slirp::RESOLV_CONF)?,
             home: common.state.home(),
             tmp: common.state.tmp(),
         };
         let policy = &common.policy;
         let agent_view = filesystem::build_view(
             policy,
-            Phase::agent(policy),
+            Phase::agent(policy, slirp.is_some()),
             &common.workspace,
             &host,
             &generated,
         );
-        let setup_view =
-            filesystem::build_view(policy, Phase::setup(), &common.workspace, &host, &generated);
+        let setup_view = filesystem::build_view(
+            policy,
+            Phase::setup(slirp.is_some()),
+            &common.workspace,
+            &host,
+            &generated,
+        );
         Ok(BwrapSandbox {
             common,
             bwrap,
@@ -62,6 +84,7 @@ impl BwrapSandbox {
             agent_view,
             setup_view,
             filters,
+            slirp,
         })
     }
 
@@ -82,13 +105,26 @@ impl BwrapSandbox {
         cwd: &Path,
         argv: &[String],
         env: BTreeMap<String, String>,
+        slirp_ends: Option<(OwnedFd, OwnedFd)>,
     ) -> Result<SpawnSpec, SandboxError> {
-        let fds = self.filters.to_memfds()?;
-        let mut args = namespace_args(phase.network);
+        let seccomp_fds = self.filters.to_memfds()?;
+        let seccomp_raw = crate::seccomp::raw_fds(&seccomp_fds);
+        let mut fds = seccomp_fds;
+        let mut args = namespace_args(phase.network && !phase.user_mode_network);
+        if let Some((info_write, block_read)) = slirp_ends {
+            args.extend([
+                "--info-fd".into(),
+                info_write.as_raw_fd().to_string(),
+                "--block-fd".into(),
+                block_read.as_raw_fd().to_string(),
+            ]);
+            fds.push(info_write);
+            fds.push(block_read);
+        }
         args.extend(mount_args(&view.mounts));
         args.push("--chdir".into());
         args.push(cwd.to_string_lossy().into_owned());
-        for fd in crate::seccomp::raw_fds(&fds) {
+        for fd in seccomp_raw {
             args.push("--add-seccomp-fd".into());
             args.push(fd.to_string());
         }
@@ -103,6 +139,48 @@ impl BwrapSandbox {
             inherit_fds: fds,
             abort_hook: None,
         })
+    }
+
+    /// Spawn and run one command of `phase`, attaching slirp4netns to its
+    /// network namespace first when the phase uses user-mode networking.
+    async fn run_phase(
+        &self,
+        command: PhaseCommand<'_>,
+        output: Option<mpsc::Sender<OutputChunk>>,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let PhaseCommand {
+            phase,
+            view,
+            cwd,
+            argv,
+            env,
+            timeout,
+        } = command;
+        let slirp = self.slirp.clone().filter(|_| phase.user_mode_network);
+        let Some(slirp) = slirp else {
+            let spec = self.spawn_spec(phase, view, cwd, argv, env, None)?;
+            return self.common.run(spec, timeout, output, cancel).await;
+        };
+        let pipes = slirp::SlirpPipes::new()?;
+        let spec = self.spawn_spec(
+            phase,
+            view,
+            cwd,
+            argv,
+            env,
+            Some((pipes.child_info_write, pipes.child_block_read)),
+        )?;
+        let done = CancellationToken::new();
+        // Stops slirp4netns when the command is over, or its future dropped.
+        let _stop_network = done.clone().drop_guard();
+        tokio::spawn(slirp::attach(
+            slirp,
+            pipes.info_read,
+            pipes.block_write,
+            done.clone(),
+        ));
+        self.common.run(spec, timeout, output, cancel).await
     }
 }
 
@@ -119,12 +197,15 @@ impl Sandbox for BwrapSandbox {
             self.environment(&self.agent_view),
             [&self.common.policy.env, &request.env],
         );
-        let phase = Phase::agent(&self.common.policy);
-        let spec = self.spawn_spec(phase, &self.agent_view, &cwd, &request.argv, env)?;
-        let outcome = self
-            .common
-            .run(spec, request.timeout, output, cancel)
-            .await?;
+        let command = PhaseCommand {
+            phase: Phase::agent(&self.common.policy, self.slirp.is_some()),
+            view: &self.agent_view,
+            cwd: &cwd,
+            argv: &request.argv,
+            env,
+            timeout: request.timeout,
+        };
+        let outcome = self.run_phase(command, output, cancel).await?;
         Ok(with_shell_exec_status(outcome))
     }
 
@@ -142,9 +223,15 @@ impl Sandbox for BwrapSandbox {
         let env = common::with_secrets(env, secrets);
         let argv = common::setup_argv(script, common::has_bash(self.host.path.as_deref()));
         let workspace = self.common.workspace.clone();
-        let spec = self.spawn_spec(Phase::setup(), &self.setup_view, &workspace, &argv, env)?;
-        let timeout = self.common.policy.limits.setup_timeout;
-        self.common.run(spec, timeout, output, cancel).await
+        let command = PhaseCommand {
+            phase: Phase::setup(self.slirp.is_some()),
+            view: &self.setup_view,
+            cwd: &workspace,
+            argv: &argv,
+            env,
+            timeout: self.common.policy.limits.setup_timeout,
+        };
+        self.run_phase(command, output, cancel).await
     }
 
     fn policy(&self) -> &SandboxPolicy {
@@ -159,10 +246,10 @@ impl Sandbox for BwrapSandbox {
         let policy = &self.common.policy;
         format!(
             "bwrap: network {}, workspace {} {}, private home and /tmp, seccomp on; {}",
-            if policy.network {
-                "on"
-            } else {
-                "off (loopback only)"
+            match (policy.network, self.slirp.is_some()) {
+                (false, _) => "off (loopback only)",
+                (true, true) => "on through slirp4netns (host loopback unreachable)",
+                (true, false) => "on (the host's network namespace)",
             },
             self.common.workspace.display(),
             if policy.read_only {

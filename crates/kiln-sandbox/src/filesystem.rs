@@ -103,22 +103,27 @@ pub(crate) fn sandbox_home(host: &HostFacts) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Phase {
     pub network: bool,
+    /// Network through slirp4netns in a private namespace (host loopback
+    /// unreachable) rather than the host's namespace.
+    pub user_mode_network: bool,
     pub read_only: bool,
 }
 
 impl Phase {
     /// The agent phase runs under the policy as given.
-    pub fn agent(policy: &SandboxPolicy) -> Phase {
+    pub fn agent(policy: &SandboxPolicy, slirp_available: bool) -> Phase {
         Phase {
             network: policy.network,
+            user_mode_network: policy.network && slirp_available,
             read_only: policy.read_only,
         }
     }
 
     /// The setup phase installs dependencies: network, writable workspace.
-    pub fn setup() -> Phase {
+    pub fn setup(slirp_available: bool) -> Phase {
         Phase {
             network: true,
+            user_mode_network: slirp_available,
             read_only: false,
         }
     }
@@ -128,6 +133,8 @@ impl Phase {
 pub(crate) struct GeneratedFiles {
     pub passwd: PathBuf,
     pub group: PathBuf,
+    /// Points at slirp4netns' DNS forwarder.
+    pub resolv_conf: PathBuf,
     pub home: PathBuf,
     pub tmp: PathBuf,
 }
@@ -190,7 +197,13 @@ pub(crate) fn build_view(
             dst: dst.into(),
         });
     }
-    if phase.network {
+    let resolv_is_file = std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.is_file());
+    if phase.user_mode_network && resolv_is_file {
+        mounts.push(Mount::ReadOnly {
+            src: generated.resolv_conf.clone(),
+            dst: "/etc/resolv.conf".into(),
+        });
+    } else if phase.network {
         expose_resolver(mounts);
     }
 

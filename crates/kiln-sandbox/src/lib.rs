@@ -46,6 +46,7 @@ mod policy;
 mod runner;
 mod seccomp;
 mod size;
+mod slirp;
 mod state_dir;
 
 use std::collections::BTreeMap;

@@ -280,7 +280,7 @@ impl Sandbox for PodmanSandbox {
         let cwd = self.common.checked_cwd(&request)?;
         let env = layered(self.environment(), [&self.common.policy.env, &request.env]);
         let command = ContainerCommand {
-            phase: Phase::agent(&self.common.policy),
+            phase: Phase::agent(&self.common.policy, false),
             cwd: &cwd,
             argv: &request.argv,
             env,
@@ -303,7 +303,7 @@ impl Sandbox for PodmanSandbox {
         let workspace = self.common.workspace.clone();
         let timeout = self.common.policy.limits.setup_timeout;
         let command = ContainerCommand {
-            phase: Phase::setup(),
+            phase: Phase::setup(false),
             cwd: &workspace,
             argv: &argv,
             env,

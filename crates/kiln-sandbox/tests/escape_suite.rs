@@ -13,8 +13,13 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 
 fn connect_script(port: u16) -> String {
+    connect_to_script("127.0.0.1", port, "CONNECTED")
+}
+
+/// Prints `marker` if a TCP connection to `host:port` succeeds.
+fn connect_to_script(host: &str, port: u16, marker: &str) -> String {
     format!(
-        "python3 -c \"import socket; s=socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONNECTED')\""
+        "python3 -c \"import socket; s=socket.create_connection(('{host}', {port}), timeout=3); print('{marker}')\" 2>/dev/null || true"
     )
 }
 
@@ -26,15 +31,31 @@ async fn host_loopback_is_unreachable_in_the_agent_phase() {
 
     let agent = f.sandbox(Backend::Bwrap);
     let out = sh(&agent, &f.workspace, &connect_script(port)).await;
-    assert_ne!(out.exit_code, Some(0), "{}", out.output);
     assert!(!out.output.contains("CONNECTED"), "{}", out.output);
 
-    // Control: with network the same script reaches the listener.
+    // With network the host is reachable at its own address, but its
+    // loopback still is not (slirp4netns keeps it out).
+    let public = TcpListener::bind("0.0.0.0:0").unwrap();
+    let public_port = public.local_addr().unwrap().port();
     let mut policy = f.policy(Backend::Bwrap);
     policy.network = true;
     let networked = kiln_sandbox::create(policy).unwrap();
-    let out = sh(&networked, &f.workspace, &connect_script(port)).await;
-    assert!(out.output.contains("CONNECTED"), "{}", out.output);
+    let script = format!(
+        "{}; {}",
+        connect_to_script(&host_address(), public_port, "REACHED-HOST-ADDRESS"),
+        connect_to_script("127.0.0.1", public_port, "REACHED-HOST-LOOPBACK")
+    );
+    let out = sh(&networked, &f.workspace, &script).await;
+    assert!(
+        out.output.contains("REACHED-HOST-ADDRESS"),
+        "{}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("REACHED-HOST-LOOPBACK"),
+        "{}",
+        out.output
+    );
 }
 
 #[tokio::test]
@@ -286,14 +307,16 @@ async fn seccomp_denies_ptrace_keyrings_and_new_namespaces() {
 
 #[tokio::test]
 async fn setup_phase_has_network_and_secrets_the_agent_phase_lacks() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let host = host_address();
     let f = Fixture::new();
     let sandbox = f.sandbox(Backend::Bwrap);
     let secrets = BTreeMap::from([("SETUP_TOKEN".to_string(), "setup-only-789".to_string())]);
     let script = format!(
-        "echo token=$SETUP_TOKEN > fetched.txt\n{}",
-        connect_script(port)
+        "echo token=$SETUP_TOKEN > fetched.txt\n{}\n{}",
+        connect_to_script(&host, port, "CONNECTED"),
+        connect_to_script("127.0.0.1", port, "REACHED-HOST-LOOPBACK")
     );
     let out = sandbox
         .run_setup(&script, &secrets, None, CancellationToken::new())
@@ -301,6 +324,11 @@ async fn setup_phase_has_network_and_secrets_the_agent_phase_lacks() {
         .unwrap();
     assert!(out.success(), "{}", out.output);
     assert!(out.output.contains("CONNECTED"), "{}", out.output);
+    assert!(
+        !out.output.contains("REACHED-HOST-LOOPBACK"),
+        "{}",
+        out.output
+    );
     assert_eq!(
         std::fs::read_to_string(f.workspace.join("fetched.txt")).unwrap(),
         "token=setup-only-789\n"
@@ -309,7 +337,10 @@ async fn setup_phase_has_network_and_secrets_the_agent_phase_lacks() {
     let out = sh(
         &sandbox,
         &f.workspace,
-        &format!("echo token=$SETUP_TOKEN; {}", connect_script(port)),
+        &format!(
+            "echo token=$SETUP_TOKEN; {}",
+            connect_to_script(&host, port, "CONNECTED")
+        ),
     )
     .await;
     assert!(out.output.contains("token=\n"), "{}", out.output);

@@ -81,3 +81,12 @@ pub fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// This machine's address on its default route (no packet is sent).
+pub fn host_address() -> String {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("a default route: the network tests need a non-loopback address");
+    socket.local_addr().unwrap().ip().to_string()
+}
