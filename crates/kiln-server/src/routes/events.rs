@@ -78,6 +78,9 @@ async fn pump(
     mut cursor: i64,
     tx: mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ()> {
+    // The task's status turns final just after its last `attempt.finished`
+    // is stored, without an event of its own: look again soon after one.
+    let mut saw_finish = false;
     loop {
         // Subscribe before reading so a commit between the read and the wait wakes us.
         let mut subscription = store.subscribe();
@@ -92,6 +95,7 @@ async fn pump(
         let full_page = events.len() == PAGE as usize;
         for event in events {
             cursor = event.id;
+            saw_finish |= event.kind == "attempt.finished";
             tx.send(Ok(to_sse(&event))).await.map_err(|_| ())?;
         }
         if full_page {
@@ -101,8 +105,14 @@ async fn pump(
         if finished_before_read {
             return Ok(());
         }
+        let recheck = if saw_finish {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(3600)
+        };
         tokio::select! {
             _ = subscription.wait_for_events(&task_id) => {}
+            _ = tokio::time::sleep(recheck) => saw_finish = false,
             _ = tx.closed() => return Err(()),
         }
     }
