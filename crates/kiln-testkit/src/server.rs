@@ -13,6 +13,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -120,6 +121,14 @@ impl ScriptedServer {
             .route("/chat/completions", post(answer))
             .fallback(unknown_route)
             .with_state(Arc::clone(&shared));
+        // Without TCP_NODELAY a streamed answer's second small write waits
+        // for the client's delayed ACK (40 ms on Linux) once the connection
+        // has left quick-ACK mode: every turn after the first few would pay it.
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!("kiln-testkit: cannot set TCP_NODELAY: {error}");
+            }
+        });
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 tracing::error!("kiln-testkit server stopped: {error}");
