@@ -3,7 +3,7 @@
 //! what it sees.
 //!
 //! Exit status: the command's own; 124 when the timeout fired; 125 when the
-//! sandbox could not be set up. A command killed by a limit also says which
+//! sandbox could not be set up; 130 after Ctrl-C. A command killed by a limit also says which
 //! limit on stderr ("kiln sandbox: killed: memory limit 64 MiB").
 
 use std::collections::BTreeMap;
@@ -24,6 +24,8 @@ const EXIT_TIMEOUT: u8 = 124;
 const EXIT_SANDBOX_FAILED: u8 = 125;
 /// Exit status of a command that was killed (128 + SIGKILL).
 const EXIT_KILLED: u8 = 137;
+/// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -188,10 +190,13 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     if outcome.timed_out {
         return Ok(ExitCode::from(EXIT_TIMEOUT));
     }
+    if outcome.cancelled {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     let code = match outcome.exit_code {
         Some(code) => (code & 0xff) as u8,
-        // Ended without an exit status of its own (cancelled by Ctrl-C):
-        // report it as a shell reports a SIGKILL.
+        // Ended without an exit status of its own: report it as a shell
+        // reports a SIGKILL.
         None => EXIT_KILLED,
     };
     Ok(ExitCode::from(code))
