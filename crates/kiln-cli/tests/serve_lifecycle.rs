@@ -1,0 +1,176 @@
+//! How attempts of `kiln serve` live and end: cancellation mid-command,
+//! a server killed with SIGKILL and restarted, steering and follow-ups.
+
+mod serve_support;
+
+use std::time::{Duration, Instant};
+
+use kiln_testkit::{fixtures, Script, ScriptedServer, Turn};
+use serde_json::json;
+use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_an_attempt_in_the_middle_of_a_long_command() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![Turn::shell("sleep 30")])).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "wait"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let mut events = server.events(ADMIN_TOKEN, id, None).await;
+    events.until("exec.begin", LONG).await;
+
+    let asked = Instant::now();
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/cancel"), ADMIN_TOKEN, json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["cancel_requested"], json!([1]));
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    // Far less than the command's 30 s: the command was killed, not awaited.
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    assert_eq!(task["attempts"][0]["status"], "cancelled");
+    let finished = events.until("attempt.finished", LONG).await;
+    assert_eq!(finished.data["status"], "cancelled", "{:?}", finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_attempt_reruns_it_after_restart_and_keeps_its_events() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("sleep 30"),
+        Turn::message("Done after the restart."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "wait"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let before = {
+        let mut events = server.events(ADMIN_TOKEN, &id, None).await;
+        events.until("exec.begin", LONG).await
+    };
+    server.kill9().await;
+
+    let server = KilnServer::start(&install, &model, 1).await;
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let attempt = &task["attempts"][0];
+    assert_eq!(attempt["tries"], 2, "{attempt:#}");
+    assert_eq!(attempt["final_message"], "Done after the restart.");
+
+    let events = server.events(ADMIN_TOKEN, &id, None).await.all(LONG).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    // The first run's events are kept, under their ids, before the rerun's.
+    let kept = events
+        .iter()
+        .find(|e| e.id == before.id)
+        .expect("exec.begin kept");
+    assert_eq!(kept.kind, "exec.begin");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "attempt.started").count(),
+        2,
+        "{kinds:?}"
+    );
+    let warning = events
+        .iter()
+        .position(|e| e.kind == "warning")
+        .expect("a warning about the interruption");
+    assert!(warning > events.iter().position(|e| e.id == before.id).unwrap());
+    assert_eq!(*kinds.last().unwrap(), "attempt.finished");
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.data["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq continues: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_steers_a_running_attempt_and_a_follow_up_continues_a_finished_one() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("sleep 3"),
+        Turn::message("Checked the tests too."),
+        Turn::apply_patch("*** Begin Patch\n*** Add File: NOTES.md\n+follow-up\n*** End Patch\n"),
+        Turn::message("Added NOTES.md."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "look at calc.py"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut events = server.events(ADMIN_TOKEN, &id, None).await;
+    events.until("exec.begin", LONG).await;
+
+    let (status, body) = server
+        .post(
+            &format!("/api/tasks/{id}/messages"),
+            ADMIN_TOKEN,
+            json!({"text": "also run the tests", "attempt": 1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let second_request = model.requests()[1].body.to_string();
+    assert!(
+        second_request.contains("also run the tests"),
+        "{second_request}"
+    );
+
+    let (status, body) = server
+        .post(
+            &format!("/api/tasks/{id}/messages"),
+            ADMIN_TOKEN,
+            json!({"text": "now add a NOTES.md"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let task = server
+        .wait_task(ADMIN_TOKEN, &id, LONG, |t| {
+            t["attempts"][0]["final_message"] == "Added NOTES.md." && t["status"] == "succeeded"
+        })
+        .await;
+    let follow_up_request = model.requests()[2].body.to_string();
+    assert!(
+        follow_up_request.contains("look at calc.py"),
+        "the history is kept"
+    );
+    assert!(follow_up_request.contains("now add a NOTES.md"));
+    assert_eq!(
+        task["attempts"][0]["diff_stat"]["files_changed"], 1,
+        "{task:#}"
+    );
+    let (_, diff) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/diff"), ADMIN_TOKEN)
+        .await;
+    assert!(diff.as_str().unwrap().contains("+follow-up"), "{diff}");
+}
