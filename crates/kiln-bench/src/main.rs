@@ -18,6 +18,7 @@
 mod bench;
 mod end_to_end;
 mod large_repo;
+mod patch_cli;
 mod patch_engine;
 mod per_turn;
 mod process;
@@ -170,7 +171,13 @@ fn run(args: Args) -> Result<()> {
             "turns" => per_turn::run(&mut bench),
             "sandbox" => sandbox_start::run(&mut bench),
             "large" => large_repo::run(&mut bench),
-            "patch" => patch_engine::run(&workspace),
+            "patch" => {
+                // The library benchmark and the CLI comparison fail alone.
+                let library = patch_engine::run(&workspace).unwrap_or_else(|err| {
+                    vec![Row::new("patch engine", "not run", "-").note(format!("error: {err:#}"))]
+                });
+                patch_cli::run(&mut bench).map(|cli| library.into_iter().chain(cli).collect())
+            }
             _ => Ok(vec![parallel_row()]),
         };
         match result {

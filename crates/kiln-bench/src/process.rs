@@ -61,15 +61,32 @@ impl Measured {
 /// Run `command` to completion (or until `timeout`, when its whole process
 /// group is killed). Stdin is closed; stderr goes to `stderr_file`.
 pub fn run_measured(
+    command: Command,
+    stderr_file: &Path,
+    timeout: Duration,
+    sample_memory: bool,
+) -> Result<Measured> {
+    run_measured_with_stdin(command, None, stderr_file, timeout, sample_memory)
+}
+
+/// [`run_measured`] with stdin read from `stdin_file` (closed when `None`).
+pub fn run_measured_with_stdin(
     mut command: Command,
+    stdin_file: Option<&Path>,
     stderr_file: &Path,
     timeout: Duration,
     sample_memory: bool,
 ) -> Result<Measured> {
     let stderr = File::create(stderr_file)
         .with_context(|| format!("cannot create {}", stderr_file.display()))?;
+    let stdin = match stdin_file {
+        Some(path) => Stdio::from(
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(stderr)
         // Its own process group, so a timeout kills the tools it started too.
