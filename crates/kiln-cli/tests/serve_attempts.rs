@@ -112,3 +112,80 @@ async fn parallel_attempts_each_get_their_own_checkout_and_all_finish() {
     );
     assert!(metrics.contains("kiln_queue_depth 0"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_sees_secrets_the_agent_never_does_and_a_failing_setup_fails_the_attempt() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("echo agent-sees-${API_SECRET:-none}-$GREETING"),
+        Turn::message("Looked."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                "setup_script": "echo setup-sees-${#API_SECRET}-$GREETING",
+                "env": {"GREETING": "hi"},
+                "secrets": {"API_SECRET": "s3cr3t-value"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let (_, listed) = server.get("/api/environments", ADMIN_TOKEN).await;
+    assert_eq!(
+        listed["environments"][0]["secret_names"],
+        json!(["API_SECRET"])
+    );
+    assert!(!listed.to_string().contains("s3cr3t-value"), "{listed}");
+
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "look"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let events = server.events(ADMIN_TOKEN, id, None).await.all(LONG).await;
+    let setup: String = events
+        .iter()
+        .filter(|e| e.kind == "setup.output")
+        .map(|e| e.data["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(setup.contains("setup-sees-12-hi"), "{setup:?}");
+    let agent: String = events
+        .iter()
+        .filter(|e| e.kind == "exec.output")
+        .map(|e| e.data["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(agent.contains("agent-sees-none-hi"), "{agent:?}");
+
+    let (status, _) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "broken", "repo": repo.path().display().to_string(),
+                   "setup_script": "echo preparing; exit 3"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "broken", "prompt": "look"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let reason = task["attempts"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("setup script exited with 3"), "{reason}");
+    assert_eq!(model.turns_remaining(), 0, "the agent never ran");
+}

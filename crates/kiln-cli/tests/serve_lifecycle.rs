@@ -174,3 +174,38 @@ async fn a_message_steers_a_running_attempt_and_a_follow_up_continues_a_finished
         .await;
     assert!(diff.as_str().unwrap().contains("+follow-up"), "{diff}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_with_a_stream_open_and_the_attempt_resumes_on_restart() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("sleep 30"),
+        Turn::message("Finished on the second start."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "wait"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut events = server.events(ADMIN_TOKEN, &id, None).await;
+    events.until("exec.begin", LONG).await;
+
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+    // The open stream ends instead of hanging.
+    while events.next(LONG).await.is_some() {}
+
+    let server = KilnServer::start(&install, &model, 1).await;
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["final_message"],
+        "Finished on the second start."
+    );
+}

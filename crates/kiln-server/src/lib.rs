@@ -93,6 +93,7 @@ impl Server {
                     config,
                     model,
                     metrics,
+                    shutdown: CancellationToken::new(),
                 }),
             },
         })
@@ -123,9 +124,14 @@ impl Server {
     ) -> Result<(), ServerError> {
         let pool = tokio::spawn(worker::run_pool(self.state.inner.clone(), shutdown.clone()));
         let app = self.router();
+        let streams = self.state.inner.shutdown.clone();
         let stop = shutdown.clone();
         let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                // SSE streams would otherwise hold the graceful shutdown open.
+                streams.cancel();
+            })
             .await;
         shutdown.cancel();
         let _ = pool.await;

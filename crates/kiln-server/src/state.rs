@@ -19,6 +19,8 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) model: Arc<dyn ModelClient>,
     pub(crate) metrics: Metrics,
+    /// Fires when the server stops; long-lived streams end on it.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -89,6 +89,17 @@ impl KilnServer {
         self.child.kill().await.unwrap();
     }
 
+    /// SIGTERM, then the exit status (30 s at most).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("a running server") as i32;
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("kiln serve exits within 30 s of SIGTERM")
+            .unwrap()
+    }
+
     pub async fn request(
         &self,
         method: reqwest::Method,

@@ -63,8 +63,12 @@ pub(super) async fn stream(
     let (tx, rx) = mpsc::channel(64);
     let store = state.store().clone();
     let who_task = id.clone();
+    let shutdown = state.inner.shutdown.clone();
     tokio::spawn(async move {
-        let _ = pump(store, who_task, params.attempt, after, tx).await;
+        tokio::select! {
+            _ = pump(store, who_task, params.attempt, after, tx) => {}
+            _ = shutdown.cancelled() => {}
+        }
     });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
