@@ -44,6 +44,7 @@ mod auth;
 mod config;
 mod error;
 mod metrics;
+mod openapi;
 mod routes;
 mod state;
 mod worker;
@@ -56,6 +57,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ServerConfig, DEFAULT_BODY_LIMIT};
 pub use error::ApiError;
+
+/// The OpenAPI document `GET /api/openapi.json` serves.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
 
 use state::{AppState, Shared};
 

@@ -26,6 +26,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/environments",
             post(environments::create).get(environments::list),
         )
+        .route("/api/openapi.json", get(openapi))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
         .route("/api/tokens/{id}", delete(tokens::revoke))
         .route("/api/tasks", post(tasks::create).get(tasks::list))
@@ -41,4 +42,8 @@ pub(crate) fn router(state: AppState) -> Router {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("route {}", uri.path()))
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(crate::openapi::document())
 }
