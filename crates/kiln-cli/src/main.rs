@@ -1,13 +1,17 @@
 //! The `kiln` binary.
 
+mod api_client;
 mod apply_patch_cmd;
 mod config;
+mod env_cmd;
 mod event_log;
 mod exec_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
 mod serve_cmd;
+mod task_cmd;
+mod token_cmd;
 
 use std::process::ExitCode;
 
@@ -37,6 +41,12 @@ enum Command {
     Sandbox(sandbox_cmd::Args),
     /// Serve the HTTP API and run tasks from the queue with a worker pool.
     Serve(serve_cmd::Args),
+    /// Tasks on a kiln server: new, list, show, logs, diff, cancel, reply.
+    Task(task_cmd::Args),
+    /// Environments on a kiln server: add, list.
+    Env(env_cmd::Args),
+    /// API tokens on a kiln server (admin): create, list, revoke.
+    Token(token_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +58,9 @@ fn main() -> ExitCode {
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Task(args) => task_cmd::run(args),
+        Command::Env(args) => env_cmd::run(args),
+        Command::Token(args) => token_cmd::run(args),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Each SSE event carries the stored event's per-task id as `id:`, its type
 //! as `event:` and its JSON as `data:`. A client that reconnects with
 //! `Last-Event-ID: N` (or `?after=N`) gets exactly the events after N. The
-//! stream ends once the task has finished and every event was sent.
+//! stream ends once the task has finished and every event was sent (or at
+//! once with `?follow=false`). The data is the event's JSON plus `attempt`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,6 +29,8 @@ const PAGE: u32 = 500;
 pub(super) struct EventParams {
     attempt: Option<u32>,
     after: Option<i64>,
+    /// `false`: send what is stored now and end, instead of following.
+    follow: Option<bool>,
 }
 
 pub(super) async fn stream(
@@ -66,7 +69,7 @@ pub(super) async fn stream(
     let shutdown = state.inner.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = pump(store, who_task, params.attempt, after, tx) => {}
+            _ = pump(store, who_task, params.attempt, after, params.follow.unwrap_or(true), tx) => {}
             _ = shutdown.cancelled() => {}
         }
     });
@@ -80,6 +83,7 @@ async fn pump(
     task_id: String,
     attempt: Option<u32>,
     mut cursor: i64,
+    follow: bool,
     tx: mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ()> {
     // The task's status turns final just after its last `attempt.finished`
@@ -106,7 +110,7 @@ async fn pump(
             continue;
         }
         // Finished before we read: nothing can follow what we just sent.
-        if finished_before_read {
+        if finished_before_read || !follow {
             return Ok(());
         }
         let recheck = if saw_finish {
@@ -131,9 +135,18 @@ async fn task_finished(store: &Store, task_id: &str) -> bool {
     }
 }
 
+/// The stored event's JSON with the attempt number added (`"attempt": n`),
+/// so one stream of a best-of-N task can be told apart by attempt.
 fn to_sse(event: &StoredEvent) -> SseEvent {
+    let data = match event.json.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => {
+            format!("{{\"attempt\":{}}}", event.attempt)
+        }
+        Some(rest) => format!("{{\"attempt\":{},{rest}", event.attempt),
+        None => event.json.clone(),
+    };
     SseEvent::default()
         .id(event.id.to_string())
         .event(event.kind.clone())
-        .data(event.json.clone())
+        .data(data)
 }

@@ -1,0 +1,85 @@
+//! `kiln token create|list|revoke`: API tokens on a kiln server (admin only).
+
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::api_client::{print_json, run_blocking, ApiClient, ServerArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+pub fn run(args: Args) -> ExitCode {
+    run_blocking(async move {
+        let client = ApiClient::new(&args.server)?;
+        let json = args.server.json;
+        match args.command {
+            TokenCommand::Create { name, admin } => {
+                let token = client
+                    .post("/api/tokens", &json!({"name": name, "admin": admin}))
+                    .await?;
+                if json {
+                    print_json(&token);
+                } else {
+                    println!("{}", token["secret"].as_str().unwrap_or_default());
+                    eprintln!(
+                        "token {} created; the secret above is shown only now",
+                        token["id"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            TokenCommand::List => {
+                let listed = client.get("/api/tokens").await?;
+                if json {
+                    print_json(&listed);
+                } else {
+                    for token in listed["tokens"].as_array().into_iter().flatten() {
+                        let state = if token["revoked_at"].is_null() {
+                            "active"
+                        } else {
+                            "revoked"
+                        };
+                        let admin = if token["admin"] == true {
+                            "admin"
+                        } else {
+                            "user"
+                        };
+                        println!(
+                            "{}  {}  {admin}  {state}",
+                            token["id"].as_str().unwrap_or_default(),
+                            token["name"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                let revoked = client.delete(&format!("/api/tokens/{id}")).await?;
+                if json {
+                    print_json(&revoked);
+                } else {
+                    println!("revoked {id}");
+                }
+            }
+        }
+        Ok(())
+    })
+}

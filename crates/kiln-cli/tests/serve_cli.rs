@@ -1,0 +1,90 @@
+//! The `kiln env|task|token` client subcommands against a real `kiln serve`.
+
+mod serve_support;
+
+use std::process::Output;
+
+use kiln_testkit::{fixtures, scenarios, ScriptedServer};
+use serde_json::Value;
+use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
+
+async fn kiln(server: &KilnServer, token: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", token)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "kiln failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_adds_an_environment_runs_a_task_follows_it_and_reads_the_diff() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(scenarios::fix_calc_py()).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+
+    let secret = stdout(&kiln(&server, ADMIN_TOKEN, &["token", "create", "carol"]).await);
+    let carol = secret.trim();
+    let repo_path = repo.path().display().to_string();
+    stdout(&kiln(&server, carol, &["env", "add", "calc", &repo_path]).await);
+    let listed = stdout(&kiln(&server, carol, &["env", "list"]).await);
+    assert!(
+        listed.contains("calc") && listed.contains(&repo_path),
+        "{listed}"
+    );
+
+    // With one environment, --env may be left out.
+    let id = stdout(&kiln(&server, carol, &["task", "new", "fix the median"]).await);
+    let id = id.trim();
+    assert!(id.starts_with("t_"), "{id}");
+
+    let logs = kiln(&server, carol, &["task", "logs", "-f", id]).await;
+    let final_message = stdout(&logs);
+    assert!(
+        final_message.contains("Fixed `median()`"),
+        "{final_message}"
+    );
+    let rendered = String::from_utf8_lossy(&logs.stderr);
+    assert!(rendered.contains("python3 -m unittest -q"), "{rendered}");
+
+    let shown = stdout(&kiln(&server, carol, &["task", "show", id, "--json"]).await);
+    let task: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(task["status"], "succeeded");
+    let diff = stdout(&kiln(&server, carol, &["task", "diff", id]).await);
+    assert!(
+        diff.contains("+    return (ordered[middle - 1] + ordered[middle]) / 2"),
+        "{diff}"
+    );
+    let list = stdout(&kiln(&server, carol, &["task", "list"]).await);
+    assert!(list.contains(id) && list.contains("succeeded"), "{list}");
+
+    let json_logs = stdout(&kiln(&server, carol, &["task", "logs", id, "--json"]).await);
+    let events: Vec<Value> = json_logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["type"], "attempt.started");
+    assert!(events.iter().all(|e| e["attempt"] == 1));
+
+    // Someone else's token sees nothing of it; a bad one is told what to do.
+    let dave = stdout(&kiln(&server, ADMIN_TOKEN, &["token", "create", "dave"]).await);
+    let refused = kiln(&server, dave.trim(), &["task", "show", id]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("404"));
+    let no_token = kiln(&server, "", &["task", "list"]).await;
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("KILN_TOKEN"));
+}
