@@ -189,3 +189,56 @@ async fn setup_sees_secrets_the_agent_never_does_and_a_failing_setup_fails_the_a
     assert!(reason.contains("setup script exited with 3"), "{reason}");
     assert_eq!(model.turns_remaining(), 0, "the agent never ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tasks_submitted_at_once_all_finish_on_their_own_branches() {
+    let repo = fixtures::repo("calc-py");
+    let turns = (0..20)
+        .map(|_| Turn::message("Read it; nothing to change."))
+        .collect();
+    let model = ScriptedServer::start(Script::new(turns)).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 4).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let http = server.http.clone();
+        let url = format!("{}/api/tasks", server.url);
+        posts.spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"environment": "calc", "prompt": format!("task {i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = posts.join_next().await {
+        ids.push(id.unwrap());
+    }
+    assert_eq!(ids.len(), 20);
+    let mirror = mirror_dir(install.data_dir());
+    let base = git(repo.path(), &["rev-parse", "HEAD"]);
+    for id in &ids {
+        let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+        assert_eq!(task["status"], "succeeded", "{task:#}");
+        let attempt = &task["attempts"][0];
+        assert_eq!(attempt["final_message"], "Read it; nothing to change.");
+        assert_eq!(attempt["diff_stat"]["files_changed"], 0);
+        // Nothing changed: the branch stays at the base commit.
+        assert_eq!(git(&mirror, &["rev-parse", &format!("kiln/{id}/1")]), base);
+    }
+    assert_eq!(model.turns_remaining(), 0);
+    let (_, page) = server
+        .get("/api/tasks?status=succeeded&limit=50", ADMIN_TOKEN)
+        .await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 20);
+}

@@ -30,6 +30,19 @@ pub(crate) async fn run_claimed(
     let sink = Arc::new(sink);
     let events = EventLog::new(claimed.next_seq, vec![sink.clone() as Arc<dyn EventSink>]);
     let cancel = CancellationToken::new();
+    // A reopened attempt's follow-up is its new prompt: take it before the
+    // supervisor starts passing messages on as steering.
+    let follow_up = if claimed.resume {
+        shared.store.take_undelivered(&attempt).await.map(|messages| {
+            messages
+                .into_iter()
+                .map(|m| m.text)
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        })
+    } else {
+        Ok(String::new())
+    };
     let (steer_tx, steer_rx) = mpsc::channel(32);
     let supervisor = Supervisor::start(
         shared.store.clone(),
@@ -40,7 +53,11 @@ pub(crate) async fn run_claimed(
         steer_tx,
     );
 
-    let outcome = match run(shared, mirrors, &claimed, &events, steer_rx, cancel.clone()).await {
+    let run = async {
+        let follow_up = follow_up.map_err(|e| format!("cannot read the follow-up: {e}"))?;
+        run(shared, mirrors, &claimed, follow_up, &events, steer_rx, cancel.clone()).await
+    };
+    let outcome = match run.await {
         Ok(outcome) => outcome,
         Err(reason) => {
             let status = if cancel.is_cancelled() {
@@ -80,6 +97,7 @@ async fn run(
     shared: &Shared,
     mirrors: &Mirrors,
     claimed: &ClaimedAttempt,
+    follow_up: String,
     events: &EventLog,
     steering: mpsc::Receiver<String>,
     cancel: CancellationToken,
@@ -126,16 +144,6 @@ async fn run(
     }
 
     let input = if claimed.resume {
-        let messages = shared
-            .store
-            .take_undelivered(&claimed.attempt)
-            .await
-            .map_err(|e| format!("cannot read the follow-up: {e}"))?;
-        let prompt = messages
-            .into_iter()
-            .map(|m| m.text)
-            .collect::<Vec<_>>()
-            .join("\n\n");
         let previous = shared
             .store
             .events(&task.id, Some(claimed.attempt.n), 0, MAX_EVENTS_PER_READ)
@@ -144,7 +152,7 @@ async fn run(
             .iter()
             .filter_map(|stored| stored.event().ok())
             .collect::<Vec<_>>();
-        AttemptInput::resume(prompt, &previous)
+        AttemptInput::resume(follow_up, &previous)
     } else {
         AttemptInput::new(task.prompt.clone())
     }
