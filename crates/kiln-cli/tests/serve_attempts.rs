@@ -30,7 +30,12 @@ async fn three_attempts_on_calc_py_each_end_with_the_fix_committed_on_their_own_
             json!({"environment": "calc", "prompt": "fix median", "attempts": 3}),
         )
         .await;
-    assert_eq!(created["status"], "queued");
+    // A free worker may have claimed an attempt already.
+    assert!(
+        matches!(created["status"].as_str(), Some("queued" | "running")),
+        "{created}"
+    );
+    assert_eq!(created["attempts"].as_array().unwrap().len(), 3);
     let id = created["id"].as_str().unwrap().to_string();
     let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
 
@@ -225,10 +230,10 @@ async fn twenty_tasks_submitted_at_once_all_finish_on_their_own_branches() {
         ids.push(id.unwrap());
     }
     assert_eq!(ids.len(), 20);
-    let mirror = mirror_dir(install.data_dir());
     let base = git(repo.path(), &["rev-parse", "HEAD"]);
     for id in &ids {
         let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+        let mirror = mirror_dir(install.data_dir());
         assert_eq!(task["status"], "succeeded", "{task:#}");
         let attempt = &task["attempts"][0];
         assert_eq!(attempt["final_message"], "Read it; nothing to change.");
