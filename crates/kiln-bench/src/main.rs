@@ -178,7 +178,7 @@ fn run(args: Args) -> Result<()> {
                 });
                 patch_cli::run(&mut bench).map(|cli| library.into_iter().chain(cli).collect())
             }
-            _ => Ok(vec![parallel_row()]),
+            _ => Ok(vec![parallel_row(&bench.tools.kiln)]),
         };
         match result {
             Ok(section_rows) => rows.extend(section_rows),
@@ -227,13 +227,27 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn parallel_row() -> Row {
+/// The parallel benchmark needs `kiln serve` and a scripted model that many
+/// attempts can share; until both exist the row says which one is missing.
+fn parallel_row(kiln: &Path) -> Row {
+    let serve_exists = Command::new(kiln)
+        .args(["serve", "--help"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    let note = if serve_exists {
+        "not measured yet: kiln serve exists, but kiln-testkit-server replays one \
+         script in request order, so 50 parallel attempts would take each other's turns"
+    } else {
+        "not available: kiln serve not built yet"
+    };
     Row::new(
         "parallel (50 attempts via kiln serve)",
         "attempts/min, p50/p99 start, server RSS",
         "-",
     )
-    .note("not available: kiln serve not built yet")
+    .note(note)
 }
 
 /// The workspace this crate was built in (crates/kiln-bench/../..).
