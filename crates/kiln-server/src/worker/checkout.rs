@@ -10,10 +10,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_store::DiffStat;
 use kiln_workspace::{GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
+
+/// How long a fetch serves later checkouts of the same mirror.
+const FETCH_REUSE: Duration = Duration::from_secs(2);
 
 /// Why an attempt could not get its checkout.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,8 @@ pub(crate) struct Checkout {
 /// fetches and worktree changes of one repository take turns.
 pub(crate) struct Mirrors {
     root: PathBuf,
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per mirror: its lock, holding when it was last fetched.
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
 
 impl Mirrors {
@@ -78,7 +83,10 @@ impl Mirrors {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(mirror.clone()).or_default().clone()
         };
-        let _turn = lock.lock().await;
+        let mut last_fetch = lock.lock().await;
+        // Attempts created together share one fetch; a ref that is missing
+        // from a recent fetch triggers a new one (see `Request::run`).
+        let fresh = last_fetch.is_some_and(|at| at.elapsed() < FETCH_REUSE);
         let request = Request {
             repo: repo.to_string(),
             base: base.map(str::to_string),
@@ -86,10 +94,15 @@ impl Mirrors {
             dest: self.checkout_dir(task_id, n),
             mirror,
             resume,
+            fresh,
         };
-        tokio::task::spawn_blocking(move || request.run())
+        let (result, fetched) = tokio::task::spawn_blocking(move || request.run())
             .await
-            .map_err(|err| CheckoutError::Join(err.to_string()))?
+            .map_err(|err| CheckoutError::Join(err.to_string()))?;
+        if let Some(at) = fetched {
+            *last_fetch = Some(at);
+        }
+        result
     }
 }
 
@@ -100,11 +113,23 @@ struct Request {
     dest: PathBuf,
     mirror: PathBuf,
     resume: bool,
+    /// The mirror was fetched moments ago.
+    fresh: bool,
 }
 
 impl Request {
-    fn run(self) -> Result<Checkout, CheckoutError> {
-        self.sync_mirror()?;
+    /// The checkout, and when the mirror was fetched if it was.
+    fn run(self) -> (Result<Checkout, CheckoutError>, Option<Instant>) {
+        let mut fetched = None;
+        let result = self.checkout(&mut fetched);
+        (result, fetched)
+    }
+
+    fn checkout(&self, fetched: &mut Option<Instant>) -> Result<Checkout, CheckoutError> {
+        if !self.fresh {
+            self.sync_mirror()?;
+            *fetched = Some(Instant::now());
+        }
         let repo = Repo::discover(&self.mirror)?;
         let base_file = self.dest.with_extension("base");
         let previous = if self.resume {
@@ -136,15 +161,23 @@ impl Request {
         let (start, base_commit) = match previous {
             Some((base, head)) => (head, base.trim().to_string()),
             None => {
-                let commit = self.resolve_base(&repo)?;
+                let commit = match self.resolve_base(&repo) {
+                    Err(_) if fetched.is_none() => {
+                        self.sync_mirror()?;
+                        *fetched = Some(Instant::now());
+                        self.resolve_base(&repo)?
+                    }
+                    other => other?,
+                };
                 (commit.clone(), commit)
             }
         };
-        let worktree = repo.add_worktree(&start, &self.branch, &self.dest)?;
+        // Written first: its presence makes a later try clean up this one.
         std::fs::write(&base_file, &base_commit).map_err(|source| CheckoutError::Io {
             path: base_file.clone(),
             source,
         })?;
+        let worktree = repo.add_worktree(&start, &self.branch, &self.dest)?;
         Ok(Checkout {
             worktree,
             base_commit,

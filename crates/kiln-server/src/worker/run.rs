@@ -33,13 +33,17 @@ pub(crate) async fn run_claimed(
     // A reopened attempt's follow-up is its new prompt: take it before the
     // supervisor starts passing messages on as steering.
     let follow_up = if claimed.resume {
-        shared.store.take_undelivered(&attempt).await.map(|messages| {
-            messages
-                .into_iter()
-                .map(|m| m.text)
-                .collect::<Vec<_>>()
-                .join("\n\n")
-        })
+        shared
+            .store
+            .take_undelivered(&attempt)
+            .await
+            .map(|messages| {
+                messages
+                    .into_iter()
+                    .map(|m| m.text)
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            })
     } else {
         Ok(String::new())
     };
@@ -55,7 +59,16 @@ pub(crate) async fn run_claimed(
 
     let run = async {
         let follow_up = follow_up.map_err(|e| format!("cannot read the follow-up: {e}"))?;
-        run(shared, mirrors, &claimed, follow_up, &events, steer_rx, cancel.clone()).await
+        run(
+            shared,
+            mirrors,
+            &claimed,
+            follow_up,
+            &events,
+            steer_rx,
+            cancel.clone(),
+        )
+        .await
     };
     let outcome = match run.await {
         Ok(outcome) => outcome,
