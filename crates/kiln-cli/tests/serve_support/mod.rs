@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -44,9 +46,20 @@ pub struct KilnServer {
 impl KilnServer {
     /// Starts `kiln serve` and waits (30 s at most) until it listens.
     pub async fn start(install: &Installation, model: &ScriptedServer, max_parallel: u32) -> Self {
+        Self::start_with(install, model, max_parallel, &[]).await
+    }
+
+    /// [`KilnServer::start`] with extra `kiln serve` arguments.
+    pub async fn start_with(
+        install: &Installation,
+        model: &ScriptedServer,
+        max_parallel: u32,
+        extra: &[&str],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["serve", "--addr", "127.0.0.1:0", "--max-parallel"])
             .arg(max_parallel.to_string())
+            .args(extra)
             .arg("--data-dir")
             .arg(install.data.path())
             .env_clear()
