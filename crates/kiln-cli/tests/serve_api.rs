@@ -178,6 +178,32 @@ async fn malformed_invalid_and_oversized_requests_get_4xx_naming_the_problem() {
         .await;
     assert!((400..500).contains(&status), "{status} {body}");
     assert!(error_message(&body).contains("repo"), "{body}");
+    for (repo, hint) in [
+        ("relative/path", "absolute path"),
+        ("/nonexistent/repo", "not a git repository"),
+    ] {
+        let (status, body) = server
+            .post(
+                "/api/environments",
+                ADMIN_TOKEN,
+                json!({"name": "e", "repo": repo}),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        let message = error_message(&body);
+        assert!(
+            message.contains("invalid repo") && message.contains(hint),
+            "{body}"
+        );
+    }
+    let (status, body) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "u", "repo": "git@example.com:org/app.git"}),
+        )
+        .await;
+    assert_eq!(status, 201, "a git URL is accepted as given: {body}");
 
     // Raw HTTP: the server may answer 413 before reading the whole body,
     // so the body write may fail; the answer is what counts.
