@@ -247,3 +247,34 @@ async fn twenty_tasks_submitted_at_once_all_finish_on_their_own_branches() {
         .await;
     assert_eq!(page["tasks"].as_array().unwrap().len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_task_cannot_change_its_checkout() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("echo changed > calc.py; echo extra > new.txt"),
+        Turn::message("median() averages the two middle values."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "what does median do?", "mode": "ask"}),
+        )
+        .await;
+    assert_eq!(task["mode"], "ask");
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let attempt = &task["attempts"][0];
+    assert_eq!(attempt["diff_stat"]["files_changed"], 0, "{attempt:#}");
+    assert!(attempt["commit_sha"].is_null());
+    let requests = model.requests();
+    let tools = requests[0].body["tools"].to_string();
+    assert!(!tools.contains("apply_patch"), "{tools}");
+    let refused = requests[1].body.to_string();
+    assert!(refused.contains("Read-only file system"), "{refused}");
+}
