@@ -105,16 +105,33 @@ impl Server {
         })
     }
 
-    /// Takes back every attempt marked running: this server's workers are
-    /// the only ones, and they died with the previous process. Each becomes
-    /// `interrupted` (its events kept) and runs again from a fresh checkout,
-    /// or fails after `max_tries` claims.
+    /// Takes back the attempts a previous process of this server left
+    /// running: on SQLite every running attempt (one server owns the file);
+    /// on PostgreSQL those of this server's worker ids (other servers may
+    /// share the database; attempts of workers that vanished for good are
+    /// taken back by the expired-lease sweep). Each becomes `interrupted`
+    /// (its events kept) and runs again from a fresh checkout, or fails
+    /// after `max_tries` claims.
     pub async fn recover(&self) -> Result<RecoveryReport, ServerError> {
         let shared = &self.state.inner;
-        Ok(shared
-            .store
-            .recover(RecoverScope::AllRunning, shared.config.max_tries)
-            .await?)
+        let max_tries = shared.config.max_tries;
+        if shared.store.backend() == kiln_store::Backend::Sqlite {
+            return Ok(shared
+                .store
+                .recover(RecoverScope::AllRunning, max_tries)
+                .await?);
+        }
+        let mut report = RecoveryReport::default();
+        for id in worker::worker_ids(&shared.config) {
+            let one = shared
+                .store
+                .recover(RecoverScope::Worker(&id), max_tries)
+                .await?;
+            report.requeued.extend(one.requeued);
+            report.failed.extend(one.failed);
+            report.cancelled.extend(one.cancelled);
+        }
+        Ok(report)
     }
 
     /// The HTTP routes alone (no workers), e.g. to mount under another router.

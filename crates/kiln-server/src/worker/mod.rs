@@ -26,15 +26,29 @@ pub(crate) fn system_principal() -> Principal {
     }
 }
 
+/// This server's worker ids: the same across restarts of a server on the
+/// same host and data directory, so that a restart can take back exactly
+/// the attempts its previous process held (`RecoverScope::Worker`) without
+/// touching those of other servers sharing a PostgreSQL store.
+pub(crate) fn worker_ids(config: &crate::ServerConfig) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace('|', "-"))
+        .unwrap_or_else(|_| "host".into());
+    let digest = Sha256::digest(config.data_dir.to_string_lossy().as_bytes());
+    let dir: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    (0..config.max_parallel.max(1))
+        .map(|i| format!("serve-{host}-{dir}-{i}"))
+        .collect()
+}
+
 /// Runs the workers and the lease sweeper until `shutdown`. Attempts in
 /// flight are left `running` in the store and recovered at the next start,
 /// exactly as after a crash.
 pub(crate) async fn run_pool(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mirrors = Arc::new(Mirrors::new(&shared.config.data_dir));
     let mut tasks = JoinSet::new();
-    let prefix = format!("serve-{}", std::process::id());
-    for i in 0..shared.config.max_parallel.max(1) {
-        let worker_id = format!("{prefix}-{i}");
+    for worker_id in worker_ids(&shared.config) {
         tasks.spawn(worker_loop(
             shared.clone(),
             mirrors.clone(),
