@@ -278,3 +278,71 @@ async fn an_ask_task_cannot_change_its_checkout() {
     let refused = requests[1].body.to_string();
     assert!(refused.contains("Read-only file system"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_ref_picks_the_starting_branch_and_an_unknown_one_fails_the_attempt() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("cat FEATURE.txt"),
+        Turn::message("Read the feature note."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    // The mirror is cloned by a first task; the branch appears afterwards,
+    // so the next checkout must fetch it.
+    let first = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "x", "base_ref": "no-such-branch"}),
+        )
+        .await;
+    let first = first["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, first, LONG).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let reason = task["attempts"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no-such-branch") && reason.contains("does not exist"),
+        "{reason}"
+    );
+
+    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.path().join("FEATURE.txt"), "feature-branch-note\n").unwrap();
+    git(repo.path(), &["add", "FEATURE.txt"]);
+    git(
+        repo.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "feature",
+        ],
+    );
+    let feature_head = git(repo.path(), &["rev-parse", "HEAD"]);
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "read it", "base_ref": "feature"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let events = server.events(ADMIN_TOKEN, id, None).await.all(LONG).await;
+    let output: String = events
+        .iter()
+        .filter(|e| e.kind == "exec.output")
+        .map(|e| e.data["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(output.contains("feature-branch-note"), "{output:?}");
+    let mirror = mirror_dir(install.data_dir());
+    assert_eq!(
+        git(&mirror, &["rev-parse", &format!("kiln/{id}/1")]),
+        feature_head
+    );
+}
