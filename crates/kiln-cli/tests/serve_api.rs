@@ -294,3 +294,75 @@ async fn raw_post(url: &str, path: &str, body: &str) -> String {
     let _ = tokio::time::timeout(LONG, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Starts `kiln serve` without KILN_ADMIN_TOKEN; returns the child, its
+/// URL and the stdout lines printed before it listened.
+async fn start_plain(data: &std::path::Path) -> (tokio::process::Child, String, Vec<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_HOME", data)
+        .env("OPENAI_API_KEY", "unused")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut before = Vec::new();
+    let url = tokio::time::timeout(LONG, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+            before.push(line);
+        }
+        panic!("kiln serve exited before listening");
+    })
+    .await
+    .unwrap();
+    (child, url, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_prints_an_admin_token_once_and_it_works() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut first, url, printed) = start_plain(data.path()).await;
+    let line = printed
+        .iter()
+        .find(|l| l.starts_with("admin token"))
+        .unwrap_or_else(|| panic!("no admin token printed: {printed:?}"));
+    let secret = line.rsplit(' ').next().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{url}/api/tokens"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    first.kill().await.unwrap();
+
+    let (_second, url, printed) = start_plain(data.path()).await;
+    assert!(
+        printed.iter().all(|l| !l.contains("admin token")),
+        "{printed:?}"
+    );
+    let response = http
+        .get(format!("{url}/api/tokens"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the token outlives the restart");
+    let needle = secret.as_bytes();
+    for file in ["kiln.db", "kiln.db-wal"] {
+        let stored = std::fs::read(data.path().join(file)).unwrap_or_default();
+        assert!(
+            !stored.windows(needle.len()).any(|w| w == needle),
+            "the secret itself is never stored ({file})"
+        );
+    }
+}
