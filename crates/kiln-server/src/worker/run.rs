@@ -7,7 +7,7 @@ use std::time::Instant;
 use kiln_agent::{AttemptInput, EventLog};
 use kiln_protocol::{AttemptStatus, EventKind, EventSink, ExecStream};
 use kiln_sandbox::{Backend, OutputChunk, Sandbox};
-use kiln_store::{AttemptOutcome, ClaimedAttempt, Environment, MAX_EVENTS_PER_READ};
+use kiln_store::{AttemptOutcome, AttemptRef, ClaimedAttempt, Environment, MAX_EVENTS_PER_READ};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,14 @@ pub(crate) async fn run_claimed(
     let attempt = claimed.attempt.clone();
     let (sink, writer) = StoreSink::start(shared.store.clone(), attempt.clone());
     let sink = Arc::new(sink);
-    let events = EventLog::new(claimed.next_seq, vec![sink.clone() as Arc<dyn EventSink>]);
+    let user_messages = Arc::new(UserMessages::default());
+    let events = EventLog::new(
+        claimed.next_seq,
+        vec![
+            sink.clone() as Arc<dyn EventSink>,
+            user_messages.clone() as Arc<dyn EventSink>,
+        ],
+    );
     let cancel = CancellationToken::new();
     // A reopened attempt's follow-up is its new prompt: take it before the
     // supervisor starts passing messages on as steering.
@@ -95,13 +102,76 @@ pub(crate) async fn run_claimed(
     sink.close();
     writer.finished().await;
     let lost = supervisor.lease_lost();
+    let unused = user_messages.not_seen(supervisor.forwarded());
     supervisor.stop().await;
     if !lost {
-        if let Err(err) = shared.store.finish(worker_id, &attempt, &outcome).await {
-            tracing::error!("recording the end of {attempt} failed: {err}");
+        match shared.store.finish(worker_id, &attempt, &outcome).await {
+            Ok(()) if outcome.status != AttemptStatus::Cancelled => {
+                continue_with_late_messages(shared, &attempt, unused).await;
+            }
+            Ok(()) => {}
+            Err(err) => tracing::error!("recording the end of {attempt} failed: {err}"),
         }
     }
     shared.metrics.attempt_ended(started.elapsed());
+}
+
+/// Messages that reached the attempt after the agent's last look at its
+/// steering channel would otherwise be lost: they become a follow-up, which
+/// reopens the attempt (as a message to a finished attempt does).
+async fn continue_with_late_messages(shared: &Shared, attempt: &AttemptRef, mut late: Vec<String>) {
+    match shared.store.take_undelivered(attempt).await {
+        Ok(messages) => late.extend(messages.into_iter().map(|m| m.text)),
+        Err(err) => tracing::warn!("reading late messages of {attempt} failed: {err}"),
+    }
+    if late.is_empty() {
+        return;
+    }
+    let system = super::system_principal();
+    let text = late.join("\n\n");
+    if let Err(err) = shared
+        .store
+        .enqueue_message(&system, &attempt.task_id, Some(attempt.n), &text)
+        .await
+    {
+        tracing::error!("continuing {attempt} with late messages failed: {err}");
+    }
+}
+
+/// The user messages the agent took into its conversation, to tell which
+/// forwarded steering messages it never read.
+#[derive(Default)]
+struct UserMessages(std::sync::Mutex<Vec<String>>);
+
+impl EventSink for UserMessages {
+    fn emit(&self, event: &kiln_protocol::Event) {
+        if let EventKind::Message {
+            role: kiln_protocol::Role::User,
+            text,
+        } = &event.kind
+        {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(text.clone());
+            }
+        }
+    }
+}
+
+impl UserMessages {
+    /// `forwarded` minus what the agent used (each use cancels one copy).
+    fn not_seen(&self, forwarded: Vec<String>) -> Vec<String> {
+        let mut seen = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        forwarded
+            .into_iter()
+            .filter(|text| match seen.iter().position(|s| s == text) {
+                Some(i) => {
+                    seen.swap_remove(i);
+                    false
+                }
+                None => true,
+            })
+            .collect()
+    }
 }
 
 /// Checkout, setup, agent, result. `Err` is a reason the attempt failed
@@ -298,3 +368,7 @@ fn record_result(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

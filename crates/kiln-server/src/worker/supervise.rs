@@ -2,7 +2,7 @@
 //! heartbeats, cancellation requests, and user messages for steering.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_store::{AttemptRef, Change, Store, StoreError};
@@ -15,6 +15,7 @@ pub(crate) struct Supervisor {
     stop: CancellationToken,
     handle: Option<JoinHandle<()>>,
     lease_lost: Arc<AtomicBool>,
+    forwarded: Arc<Mutex<Vec<String>>>,
 }
 
 impl Supervisor {
@@ -31,7 +32,9 @@ impl Supervisor {
     ) -> Self {
         let stop = CancellationToken::new();
         let lease_lost = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
         let watch = Watch {
+            forwarded: forwarded.clone(),
             store,
             worker_id,
             attempt,
@@ -45,7 +48,13 @@ impl Supervisor {
             stop,
             handle: Some(handle),
             lease_lost,
+            forwarded,
         }
+    }
+
+    /// The texts passed to the agent's steering channel so far.
+    pub(crate) fn forwarded(&self) -> Vec<String> {
+        self.forwarded.lock().map(|f| f.clone()).unwrap_or_default()
     }
 
     pub(crate) fn lease_lost(&self) -> bool {
@@ -74,6 +83,7 @@ struct Watch {
     cancel: CancellationToken,
     steering: mpsc::Sender<String>,
     lease_lost: Arc<AtomicBool>,
+    forwarded: Arc<Mutex<Vec<String>>>,
 }
 
 impl Watch {
@@ -128,6 +138,11 @@ impl Watch {
         match self.store.take_undelivered(&self.attempt).await {
             Ok(messages) => {
                 for message in messages {
+                    if let Ok(mut forwarded) = self.forwarded.lock() {
+                        forwarded.push(message.text.clone());
+                    }
+                    // A closed channel (the agent ended) is noticed by the
+                    // caller, which compares `forwarded` with what the agent used.
                     let _ = self.steering.send(message.text).await;
                 }
             }
