@@ -116,6 +116,26 @@ pub(crate) async fn run_claimed(
     shared.metrics.attempt_ended(started.elapsed());
 }
 
+/// Largest diff kept in the store; the commit on the branch has all of it.
+const MAX_STORED_DIFF: usize = 16 * 1024 * 1024;
+
+/// The diff, or when it is too large to keep in a row, a note saying where
+/// the full change is.
+fn bounded_diff(diff: String, branch: &str, events: &EventLog) -> String {
+    if diff.len() <= MAX_STORED_DIFF {
+        return diff;
+    }
+    let note = format!(
+        "the diff has {} bytes, more than the {MAX_STORED_DIFF} kept in the store: \
+         fetch branch {branch} from the server's mirror for the full change",
+        diff.len()
+    );
+    events.emit(EventKind::Warning {
+        message: note.clone(),
+    });
+    format!("# {note}\n")
+}
+
 /// Messages that reached the attempt after the agent's last look at its
 /// steering channel would otherwise be lost: they become a follow-up, which
 /// reopens the attempt (as a message to a finished attempt does).
@@ -340,7 +360,7 @@ fn record_result(
 ) {
     match checkout.diff() {
         Ok((diff, stat)) => {
-            outcome.diff = Some(diff);
+            outcome.diff = Some(bounded_diff(diff, checkout.worktree.branch(), events));
             outcome.diff_stat = Some(stat);
         }
         Err(err) => {
