@@ -69,6 +69,7 @@ async fn serve(args: Args) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    let _lock = kiln_server::DataDirLock::acquire(&data_dir)?;
 
     let mut overrides = args.overrides.clone();
     if let Some(backend) = &args.sandbox {

@@ -209,3 +209,29 @@ async fn sigterm_stops_the_server_with_a_stream_open_and_the_attempt_resumes_on_
         "Finished on the second start."
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused_until_the_first_is_gone() {
+    let model = ScriptedServer::start(Script::new(vec![])).await;
+    let install = Installation::new();
+    let first = KilnServer::start(&install, &model, 1).await;
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(install.data_dir())
+        .env("KILN_HOME", install.home.path())
+        .output();
+    let second = tokio::time::timeout(LONG, second).await.unwrap().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another kiln serve") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    // The lock dies with its process, even on SIGKILL.
+    first.kill9().await;
+    let again = KilnServer::start(&install, &model, 1).await;
+    let (status, _) = again
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(status, 200);
+}

@@ -42,6 +42,7 @@
 
 mod auth;
 mod config;
+mod data_dir;
 mod error;
 mod metrics;
 mod openapi;
@@ -56,6 +57,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ServerConfig, DEFAULT_BODY_LIMIT};
+pub use data_dir::DataDirLock;
 pub use error::ApiError;
 
 /// The OpenAPI document `GET /api/openapi.json` serves.
@@ -77,6 +79,11 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("the HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("another kiln serve ({holder}) is using the data directory {}: stop it, or give this one its own --data-dir", dir.display())]
+    DataDirBusy {
+        dir: std::path::PathBuf,
+        holder: String,
+    },
 }
 
 /// The API and the worker pool over one store.
