@@ -92,6 +92,14 @@ async fn serve(args: Args) -> Result<()> {
         None => StoreOptions::sqlite_in_dir(&data_dir),
     };
     let store = Store::open(options).await?;
+    let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
+    server_config.max_parallel = args.max_parallel.max(1);
+    server_config.max_tries = args.max_tries.max(1);
+    server_config.lease = Duration::from_secs(args.lease_secs.max(3));
+    let server = Server::new(store.clone(), server_config)?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}: pick another --addr", args.addr))?;
     let admin_from_env = std::env::var("KILN_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -105,11 +113,6 @@ async fn serve(args: Args) -> Result<()> {
         AdminBootstrap::Present => {}
     }
 
-    let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
-    server_config.max_parallel = args.max_parallel.max(1);
-    server_config.max_tries = args.max_tries.max(1);
-    server_config.lease = Duration::from_secs(args.lease_secs.max(3));
-    let server = Server::new(store, server_config)?;
     let recovered = server.recover().await?;
     if !recovered.requeued.is_empty() || !recovered.failed.is_empty() {
         eprintln!(
@@ -120,9 +123,6 @@ async fn serve(args: Args) -> Result<()> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind(&args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}: pick another --addr", args.addr))?;
     let addr = listener.local_addr()?;
     println!(
         "kiln serve: listening on http://{addr} (data in {})",

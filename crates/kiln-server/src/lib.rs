@@ -70,7 +70,8 @@ use state::{AppState, Shared};
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot set up the model provider {provider}: {source}")]
+    /// The cause is the `source`: printing the error chain shows it once.
+    #[error("cannot set up the model provider {provider}")]
     Model {
         provider: String,
         source: Box<kiln_model::ModelError>,
