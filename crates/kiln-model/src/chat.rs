@@ -32,11 +32,7 @@ impl ModelClient for ChatClient {
     }
 
     fn turn_retry(&self) -> TurnRetry {
-        let config = self.transport.config();
-        TurnRetry {
-            max_retries: config.stream_max_retries,
-            policy: config.retry,
-        }
+        self.transport.turn_retry()
     }
 }
 

@@ -92,8 +92,12 @@ impl Transport {
         })
     }
 
-    pub fn config(&self) -> &ProviderConfig {
-        &self.config
+    /// How a whole turn whose stream broke is tried again, for either wire API.
+    pub fn turn_retry(&self) -> crate::TurnRetry {
+        crate::TurnRetry {
+            max_retries: self.config.stream_max_retries,
+            policy: self.config.retry,
+        }
     }
 
     pub fn provider(&self) -> &str {
