@@ -195,13 +195,43 @@ async fn setup_sees_secrets_the_agent_never_does_and_a_failing_setup_fails_the_a
     assert_eq!(model.turns_remaining(), 0, "the agent never ran");
 }
 
+/// The marker that routes task `i`'s model requests to its own conversation.
+fn task_marker(i: usize) -> String {
+    format!("[task-{i:02}]")
+}
+
+/// What task `i` writes: a file of its own with content naming it.
+fn task_note(i: usize) -> (String, String) {
+    (
+        format!("notes/task-{i:02}.md"),
+        format!("# Notes for task {i:02}\nmedian() checked by task {i:02}.\n"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_tasks_submitted_at_once_all_finish_on_their_own_branches() {
+async fn twenty_tasks_submitted_at_once_all_finish_with_their_own_diffs() {
     let repo = fixtures::repo("calc-py");
-    let turns = (0..20)
-        .map(|_| Turn::message("Read it; nothing to change."))
-        .collect();
-    let model = ScriptedServer::start(Script::new(turns)).await;
+    // Each task has its own three-turn conversation, routed by the marker in
+    // its prompt, so the four workers' requests may interleave in any order.
+    let mut script = Script::new(Vec::new());
+    for i in 0..20 {
+        let (path, content) = task_note(i);
+        let added: String = content.lines().map(|line| format!("+{line}\n")).collect();
+        let patch = format!("*** Begin Patch\n*** Add File: {path}\n{added}*** End Patch\n");
+        script = script.with_route(
+            task_marker(i),
+            vec![
+                Turn::shell("sed -n 1,20p calc.py"),
+                Turn::message_then_tool_call(
+                    format!("Writing the notes for task {i:02}."),
+                    "apply_patch",
+                    json!({ "input": patch }),
+                ),
+                Turn::message(format!("Task {i:02}: wrote {path}.")),
+            ],
+        );
+    }
+    let model = ScriptedServer::start(script).await;
     let install = Installation::new();
     let server = KilnServer::start(&install, &model, 4).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
@@ -210,38 +240,69 @@ async fn twenty_tasks_submitted_at_once_all_finish_on_their_own_branches() {
     for i in 0..20 {
         let http = server.http.clone();
         let url = format!("{}/api/tasks", server.url);
+        let prompt = format!("{} write your notes", task_marker(i));
         posts.spawn(async move {
             let response = http
                 .post(url)
                 .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"environment": "calc", "prompt": format!("task {i}")}))
+                .json(&json!({"environment": "calc", "prompt": prompt}))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.status(), 201);
-            response.json::<serde_json::Value>().await.unwrap()["id"]
+            let id = response.json::<serde_json::Value>().await.unwrap()["id"]
                 .as_str()
                 .unwrap()
-                .to_string()
+                .to_string();
+            (i, id)
         });
     }
     let mut ids = Vec::new();
-    while let Some(id) = posts.join_next().await {
-        ids.push(id.unwrap());
+    while let Some(posted) = posts.join_next().await {
+        ids.push(posted.unwrap());
     }
     assert_eq!(ids.len(), 20);
-    let base = git(repo.path(), &["rev-parse", "HEAD"]);
-    for id in &ids {
+    for (i, id) in &ids {
         let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
-        let mirror = mirror_dir(install.data_dir());
         assert_eq!(task["status"], "succeeded", "{task:#}");
         let attempt = &task["attempts"][0];
-        assert_eq!(attempt["final_message"], "Read it; nothing to change.");
-        assert_eq!(attempt["diff_stat"]["files_changed"], 0);
-        // Nothing changed: the branch stays at the base commit.
-        assert_eq!(git(&mirror, &["rev-parse", &format!("kiln/{id}/1")]), base);
+        let (path, content) = task_note(*i);
+        assert_eq!(
+            attempt["final_message"],
+            format!("Task {i:02}: wrote {path}.").as_str()
+        );
+        assert_eq!(attempt["diff_stat"]["files_changed"], 1, "{attempt:#}");
+        assert_eq!(attempt["diff_stat"]["insertions"], 2, "{attempt:#}");
+        assert_eq!(attempt["diff_stat"]["deletions"], 0, "{attempt:#}");
+        let (status, diff) = server
+            .get(&format!("/api/tasks/{id}/attempts/1/diff"), ADMIN_TOKEN)
+            .await;
+        assert_eq!(status, 200);
+        let diff = diff.as_str().unwrap();
+        assert!(diff.contains(&format!("+++ b/{path}")), "{diff}");
+        for line in content.lines() {
+            assert!(diff.contains(&format!("+{line}\n")), "task {i}: {diff}");
+        }
+        for other in (0..20).filter(|other| other != i) {
+            let (other_path, _) = task_note(other);
+            assert!(
+                !diff.contains(&other_path),
+                "task {i} has {other_path}: {diff}"
+            );
+            assert!(
+                !diff.contains(&format!("task {other:02}")),
+                "task {i}: {diff}"
+            );
+        }
+        // The change is committed on the attempt's own branch.
+        let mirror = mirror_dir(install.data_dir());
+        let sha = attempt["commit_sha"].as_str().unwrap();
+        assert_eq!(git(&mirror, &["rev-parse", &format!("kiln/{id}/1")]), sha);
+        let notes = git(&mirror, &["ls-tree", "--name-only", sha, "notes/"]);
+        assert_eq!(notes.trim(), path);
     }
     assert_eq!(model.turns_remaining(), 0);
+    assert_eq!(model.turns_served(), 60);
     let (_, page) = server
         .get("/api/tasks?status=succeeded&limit=50", ADMIN_TOKEN)
         .await;

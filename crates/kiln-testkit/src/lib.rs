@@ -47,5 +47,5 @@ mod script;
 mod server;
 
 pub use render::WireApi;
-pub use script::{Script, ScriptedToolCall, Turn};
+pub use script::{Route, Script, ScriptedToolCall, Turn};
 pub use server::{RecordedRequest, ScriptedServer};

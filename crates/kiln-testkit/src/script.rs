@@ -1,7 +1,8 @@
 //! The script a [`crate::ScriptedServer`] replays: one [`Turn`] per request, in order.
 //!
 //! Scripts are plain data (serde), so the same script drives Rust tests and the
-//! standalone `kiln-testkit-server` binary (`{"turns": [{"kind": "reply", …}, …]}`).
+//! standalone `kiln-testkit-server` binary (`{"turns": [{"kind": "reply", …}, …]}`,
+//! optionally with `"routes": [{"marker": "[task-07]", "turns": […]}, …]`).
 
 use std::time::Duration;
 
@@ -9,14 +10,47 @@ use kiln_protocol::Usage;
 use serde::{Deserialize, Serialize};
 
 /// The model turns a server replays, one per request.
+///
+/// `turns` is the default conversation. `routes` give concurrent clients their
+/// own conversations: a request whose user messages contain a route's `marker`
+/// takes the next turn of that route (the first matching route, in order), each
+/// route keeping its own cursor; a request matching no route takes the next
+/// default turn. So parallel agents, each prompted with its own marker such as
+/// `[task-07]`, each get their multi-turn conversation in order however their
+/// requests interleave.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Script {
+    pub turns: Vec<Turn>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// A conversation of its own inside a [`Script`], chosen by a marker string
+/// found in the text of the request's user messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// Matched as a plain substring, so make markers that do not contain one
+    /// another (`[task-1]` and `[task-10]` are fine thanks to the brackets).
+    pub marker: String,
     pub turns: Vec<Turn>,
 }
 
 impl Script {
+    /// A script with only the default conversation.
     pub fn new(turns: Vec<Turn>) -> Self {
-        Script { turns }
+        Script {
+            turns,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds a route: requests whose user messages contain `marker` get `turns`, in order.
+    pub fn with_route(mut self, marker: impl Into<String>, turns: Vec<Turn>) -> Self {
+        self.routes.push(Route {
+            marker: marker.into(),
+            turns,
+        });
+        self
     }
 
     /// Reads a script from JSON text, naming the problem when it does not parse.

@@ -56,7 +56,9 @@ impl RecordedRequest {
 ///
 /// Turns are consumed in order, one per request to either endpoint; once the
 /// script is exhausted every request gets a 500 JSON error saying so, so a test
-/// that makes one request too many fails loudly instead of hanging.
+/// that makes one request too many fails loudly instead of hanging. A request
+/// whose user messages contain a [`crate::Route`]'s marker is answered from that
+/// route's own turns instead (exhausting it is the same loud error).
 pub struct ScriptedServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -72,8 +74,54 @@ struct Shared {
 
 struct ScriptState {
     remaining: VecDeque<Turn>,
+    routes: Vec<RouteState>,
     served: usize,
     requests: Vec<RecordedRequest>,
+}
+
+struct RouteState {
+    marker: String,
+    remaining: VecDeque<Turn>,
+    served: usize,
+}
+
+impl ScriptState {
+    /// Takes the next turn for a request whose user messages read `user_text`:
+    /// from the first route whose marker occurs there, else from the default turns.
+    /// The error names what ran out.
+    fn take_turn(&mut self, user_text: &str) -> Result<(Turn, usize), String> {
+        let route = self
+            .routes
+            .iter_mut()
+            .find(|route| user_text.contains(&route.marker));
+        let turn = match route {
+            Some(route) => match route.remaining.pop_front() {
+                Some(turn) => {
+                    route.served += 1;
+                    turn
+                }
+                None => {
+                    return Err(format!(
+                        "kiln-testkit: route {:?} exhausted after {} turns",
+                        route.marker, route.served
+                    ))
+                }
+            },
+            None => match self.remaining.pop_front() {
+                Some(turn) => turn,
+                None => {
+                    let default_served =
+                        self.served - self.routes.iter().map(|r| r.served).sum::<usize>();
+                    return Err(format!(
+                        "kiln-testkit: script exhausted after {default_served} turns"
+                    ));
+                }
+            },
+        };
+        // Counted across all routes, so call ids and request ids stay unique.
+        self.served += 1;
+        Ok((turn, self.served))
+    }
 }
 
 impl Shared {
@@ -106,6 +154,15 @@ impl ScriptedServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(ScriptState {
                 remaining: script.turns.into(),
+                routes: script
+                    .routes
+                    .into_iter()
+                    .map(|route| RouteState {
+                        marker: route.marker,
+                        remaining: route.turns.into(),
+                        served: 0,
+                    })
+                    .collect(),
                 served: 0,
                 requests: Vec::new(),
             }),
@@ -156,9 +213,15 @@ impl ScriptedServer {
         self.shared.lock().served
     }
 
-    /// How many scripted turns are left.
+    /// How many scripted turns are left, routes included.
     pub fn turns_remaining(&self) -> usize {
-        self.shared.lock().remaining.len()
+        let state = self.shared.lock();
+        state.remaining.len()
+            + state
+                .routes
+                .iter()
+                .map(|route| route.remaining.len())
+                .sum::<usize>()
     }
 
     /// Waits until at least `count` requests have arrived, or `timeout` passes
@@ -183,7 +246,7 @@ impl ScriptedServer {
         }
     }
 
-    /// Appends a turn to the end of the script.
+    /// Appends a turn to the end of the default turns.
     pub fn push_turn(&self, turn: Turn) {
         self.shared.lock().remaining.push_back(turn);
     }
@@ -223,6 +286,33 @@ fn record(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reco
     }
 }
 
+/// The text of every user message in a request, in either wire format
+/// (Responses `input`, Chat Completions `messages`), joined by newlines: what
+/// route markers are looked for in.
+fn user_message_text(body: &Value) -> String {
+    let mut texts: Vec<&str> = Vec::new();
+    if let Some(input) = body.get("input").and_then(Value::as_str) {
+        texts.push(input);
+    }
+    let messages = ["input", "messages"]
+        .iter()
+        .filter_map(|key| body.get(key).and_then(Value::as_array))
+        .flatten()
+        .filter(|message| message.get("role").and_then(Value::as_str) == Some("user"));
+    for message in messages {
+        match message.get("content") {
+            Some(Value::String(text)) => texts.push(text),
+            Some(Value::Array(parts)) => texts.extend(
+                parts
+                    .iter()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str)),
+            ),
+            _ => {}
+        }
+    }
+    texts.join("\n")
+}
+
 fn json_error(status: StatusCode, message: String) -> Response {
     let body = json!({"error": {"message": message, "type": "kiln_testkit", "code": null}});
     (status, axum::Json(body)).into_response()
@@ -257,6 +347,7 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     let request = record(&method, &uri, &headers, &body);
+    let user_text = user_message_text(&request.body);
     let wire = wire_api_for_path(&request.path).unwrap_or(WireApi::Responses);
     let model = request
         .body
@@ -269,21 +360,12 @@ async fn answer(
     let next = {
         let mut state = shared.lock();
         state.requests.push(request);
-        let turn = state.remaining.pop_front();
-        if turn.is_some() {
-            state.served += 1;
-        }
-        (turn, state.served)
+        state.take_turn(&user_text)
     };
     shared.request_arrived.notify_waiters();
     let (turn, turn_number) = match next {
-        (Some(turn), served) => (turn, served),
-        (None, served) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("kiln-testkit: script exhausted after {served} turns"),
-            )
-        }
+        Ok(next) => next,
+        Err(message) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, message),
     };
     let ctx = ReplyContext {
         turn_number,
