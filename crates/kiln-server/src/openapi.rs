@@ -1,153 +1,244 @@
 //! `GET /api/openapi.json`: the API described as OpenAPI 3.1.
 //!
-//! Written by hand from the route table in `routes/mod.rs` (the store's
-//! request and response types live in `kiln-store`, which has no schema
-//! derive); a test walks every documented operation against the running
-//! router so the two cannot drift apart unnoticed.
+//! The route table below names, for each operation, the Rust types its
+//! handler reads and writes; `components.schemas` is generated from those
+//! types' `JsonSchema` derives, so a field added to `NewTask` (say) shows up
+//! in the document without touching this file. A test walks every
+//! documented operation against the running router so the table and the
+//! routes cannot drift apart unnoticed either.
 
-use serde_json::{json, Value};
+use kiln_store::{
+    CancelOutcome, Environment, Message, NewEnvironment, NewTask, TaskPage, TaskQuery, TokenInfo,
+};
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{json, Map, Value};
 
-/// One documented operation: method, path, summary, request body schema.
+use crate::routes::{MessageBody, NewTokenBody, TaskView};
+
+/// Puts `T`'s schema into the generator's definitions and returns a
+/// `$ref` to it (or `T`'s schema itself for types schemars inlines).
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
+
+fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// What a successful response carries.
+pub(crate) enum Success {
+    /// A body that is not JSON; the content type says what it is.
+    Opaque(&'static str),
+    /// The JSON of a Rust type.
+    Json(SchemaOf),
+    /// `{"<key>": [T, …]}`, as the list handlers build it.
+    ListOf(&'static str, SchemaOf),
+    /// Built field by field in the handler, so there is no type to derive from.
+    Literal(fn() -> Value),
+}
+
+/// One documented operation.
 pub(crate) struct Operation {
     pub(crate) method: &'static str,
     pub(crate) path: &'static str,
     pub(crate) summary: &'static str,
-    pub(crate) body: Option<&'static str>,
-    pub(crate) success: (u16, &'static str),
+    /// The type the query string deserializes into.
+    pub(crate) query: Option<SchemaOf>,
+    /// The type the JSON request body deserializes into.
+    pub(crate) body: Option<SchemaOf>,
+    pub(crate) status: u16,
+    pub(crate) success: Success,
 }
 
 pub(crate) const OPERATIONS: &[Operation] = &[
-    op(
-        "post",
-        "/api/environments",
-        "Create an environment",
-        Some("NewEnvironment"),
-        (201, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/environments",
-        "List environments",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "post",
-        "/api/tasks",
-        "Create a task with 1-8 attempts",
-        Some("NewTask"),
-        (201, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/tasks",
-        "List tasks (?status=&limit=&cursor=)",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/tasks/{id}",
-        "A task with its attempts",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/tasks/{id}/events",
-        "The task's events over SSE (Last-Event-ID, ?attempt=N, ?after=ID)",
-        None,
-        (200, "text/event-stream"),
-    ),
-    op(
-        "get",
-        "/api/tasks/{id}/attempts/{n}/diff",
-        "An attempt's diff against its base",
-        None,
-        (200, "text/x-diff"),
-    ),
-    op(
-        "post",
-        "/api/tasks/{id}/messages",
-        "Steer a running attempt or continue a finished one",
-        Some("Message"),
-        (202, "application/json"),
-    ),
-    op(
-        "post",
-        "/api/tasks/{id}/cancel",
-        "Cancel the task's attempts",
-        None,
-        (202, "application/json"),
-    ),
-    op(
-        "post",
-        "/api/tokens",
-        "Create a token (admin)",
-        Some("NewToken"),
-        (201, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/tokens",
-        "List tokens (admin)",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "delete",
-        "/api/tokens/{id}",
-        "Revoke a token (admin)",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "get",
-        "/api/openapi.json",
-        "This document",
-        None,
-        (200, "application/json"),
-    ),
-    op(
-        "get",
-        "/healthz",
-        "Liveness and database reachability (no auth)",
-        None,
-        (200, "text/plain"),
-    ),
-    op(
-        "get",
-        "/metrics",
-        "Prometheus metrics (no auth)",
-        None,
-        (200, "text/plain"),
-    ),
+    Operation {
+        body: Some(of::<NewEnvironment>),
+        status: 201,
+        success: Success::Json(of::<Environment>),
+        ..op("post", "/api/environments", "Create an environment")
+    },
+    Operation {
+        success: Success::ListOf("environments", of::<Environment>),
+        ..op("get", "/api/environments", "List environments")
+    },
+    Operation {
+        body: Some(of::<NewTask>),
+        status: 201,
+        success: Success::Json(of::<TaskView>),
+        ..op("post", "/api/tasks", "Create a task with 1-8 attempts")
+    },
+    Operation {
+        query: Some(of_inline::<TaskQuery>),
+        success: Success::Json(of::<TaskPage>),
+        ..op(
+            "get",
+            "/api/tasks",
+            "List tasks, newest first, a page at a time",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TaskView>),
+        ..op("get", "/api/tasks/{id}", "A task with its attempts")
+    },
+    Operation {
+        success: Success::Opaque("text/event-stream"),
+        ..op(
+            "get",
+            "/api/tasks/{id}/events",
+            "The task's events over SSE (Last-Event-ID, ?attempt=N, ?after=ID)",
+        )
+    },
+    Operation {
+        success: Success::Opaque("text/x-diff"),
+        ..op(
+            "get",
+            "/api/tasks/{id}/attempts/{n}/diff",
+            "An attempt's diff against its base",
+        )
+    },
+    Operation {
+        body: Some(of::<MessageBody>),
+        status: 202,
+        success: Success::ListOf("messages", of::<Message>),
+        ..op(
+            "post",
+            "/api/tasks/{id}/messages",
+            "Steer a running attempt or continue a finished one",
+        )
+    },
+    Operation {
+        status: 202,
+        success: Success::Json(of::<CancelOutcome>),
+        ..op(
+            "post",
+            "/api/tasks/{id}/cancel",
+            "Cancel the task's attempts",
+        )
+    },
+    Operation {
+        body: Some(of::<NewTokenBody>),
+        status: 201,
+        success: Success::Literal(created_token),
+        ..op("post", "/api/tokens", "Create a token (admin)")
+    },
+    Operation {
+        success: Success::ListOf("tokens", of::<TokenInfo>),
+        ..op("get", "/api/tokens", "List tokens (admin)")
+    },
+    Operation {
+        success: Success::Json(of::<TokenInfo>),
+        ..op("delete", "/api/tokens/{id}", "Revoke a token (admin)")
+    },
+    Operation {
+        success: Success::Literal(openapi_document),
+        ..op("get", "/api/openapi.json", "This document")
+    },
+    Operation {
+        success: Success::Opaque("text/plain"),
+        ..op(
+            "get",
+            "/healthz",
+            "Liveness and database reachability (no auth)",
+        )
+    },
+    Operation {
+        success: Success::Opaque("text/plain"),
+        ..op("get", "/metrics", "Prometheus metrics (no auth)")
+    },
 ];
 
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    body: Option<&'static str>,
-    success: (u16, &'static str),
-) -> Operation {
+/// An operation with no query, no body, and an empty 200 JSON response;
+/// the table overrides what differs.
+const fn op(method: &'static str, path: &'static str, summary: &'static str) -> Operation {
     Operation {
         method,
         path,
         summary,
-        body,
-        success,
+        query: None,
+        body: None,
+        status: 200,
+        success: Success::Literal(empty_object),
+    }
+}
+
+/// `T`'s own schema rather than a `$ref`: query parameters are listed one
+/// by one, so the object's properties are needed.
+fn of_inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    T::json_schema(generator)
+}
+
+fn empty_object() -> Value {
+    json!({"type": "object"})
+}
+
+fn openapi_document() -> Value {
+    json!({"type": "object", "description": "an OpenAPI 3.1 document"})
+}
+
+/// `POST /api/tokens` answers with the token's fields and its secret,
+/// which is shown this once.
+fn created_token() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "name", "admin", "created_at", "secret"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "admin": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "secret": {"type": "string", "description": "the bearer token; not stored, shown once"},
+        },
+    })
+}
+
+/// The error body every handler's `ApiError` renders (built in
+/// `error.rs`, not a type).
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": { "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": { "code": {"type": "string"}, "message": {"type": "string"} },
+        }},
+    })
+}
+
+/// JSON Schema 2020-12 (the dialect of OpenAPI 3.1) with definitions kept
+/// where OpenAPI looks for them.
+fn generator(settings: SchemaSettings) -> SchemaGenerator {
+    let mut settings = settings;
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    settings.into_generator()
+}
+
+/// Generators for both directions: request types are described as serde
+/// deserializes them (defaulted fields optional), response types as it
+/// serializes them.
+pub(crate) struct Generators {
+    pub(crate) requests: SchemaGenerator,
+    pub(crate) responses: SchemaGenerator,
+}
+
+impl Generators {
+    pub(crate) fn new() -> Self {
+        Generators {
+            requests: generator(SchemaSettings::draft2020_12().for_deserialize()),
+            responses: generator(SchemaSettings::draft2020_12().for_serialize()),
+        }
     }
 }
 
 /// The whole document.
 pub(crate) fn document() -> Value {
-    let mut paths = serde_json::Map::new();
+    let mut generators = Generators::new();
+    let mut paths = Map::new();
     for operation in OPERATIONS {
         let entry = paths
             .entry(operation.path.to_string())
             .or_insert_with(|| json!({}));
-        entry[operation.method] = describe(operation);
+        entry[operation.method] = describe(operation, &mut generators);
     }
     json!({
         "openapi": "3.1.0",
@@ -159,13 +250,23 @@ pub(crate) fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": schemas(),
+            "schemas": component_schemas(generators),
         },
         "security": [{ "bearer": [] }],
     })
 }
 
-fn describe(operation: &Operation) -> Value {
+/// Every schema the operations referred to, plus the error body. A name
+/// both directions define keeps the request's schema; a test checks the
+/// two agree wherever they share a name.
+pub(crate) fn component_schemas(mut generators: Generators) -> Map<String, Value> {
+    let mut schemas = generators.responses.take_definitions(true);
+    schemas.extend(generators.requests.take_definitions(true));
+    schemas.insert("Error".to_string(), error_schema());
+    schemas
+}
+
+fn describe(operation: &Operation, generators: &mut Generators) -> Value {
     let mut parameters = Vec::new();
     for name in ["id", "n"] {
         if operation.path.contains(&format!("{{{name}}}")) {
@@ -178,25 +279,36 @@ fn describe(operation: &Operation) -> Value {
                 .push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
         }
     }
-    let (status, content_type) = operation.success;
+    if let Some(query) = operation.query {
+        parameters.extend(query_parameters(query(&mut generators.requests)));
+    }
+    let success = match &operation.success {
+        Success::Opaque(content_type) => json!({ *content_type: {} }),
+        Success::Json(schema) => {
+            json!({ "application/json": { "schema": schema(&mut generators.responses) } })
+        }
+        Success::ListOf(key, item) => json!({ "application/json": { "schema": {
+            "type": "object",
+            "required": [key],
+            "properties": { *key: { "type": "array", "items": item(&mut generators.responses) } },
+        }}}),
+        Success::Literal(schema) => json!({ "application/json": { "schema": schema() } }),
+    };
     let mut described = json!({
         "summary": operation.summary,
         "parameters": parameters,
         "responses": {
-            status.to_string(): {
-                "description": "success",
-                "content": { content_type: {} },
-            },
+            operation.status.to_string(): { "description": "success", "content": success },
             "4XX": {
                 "description": "the request is refused; the body names the problem",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
             },
         },
     });
-    if let Some(schema) = operation.body {
+    if let Some(body) = operation.body {
         described["requestBody"] = json!({
             "required": true,
-            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } },
+            "content": { "application/json": { "schema": body(&mut generators.requests) } },
         });
     }
     if !operation.path.starts_with("/api/") || operation.path == "/api/openapi.json" {
@@ -205,56 +317,29 @@ fn describe(operation: &Operation) -> Value {
     described
 }
 
-fn schemas() -> Value {
-    let string_map = json!({"type": "object", "additionalProperties": {"type": "string"}});
-    json!({
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": { "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": { "code": {"type": "string"}, "message": {"type": "string"} },
-            }},
-        },
-        "NewEnvironment": {
-            "type": "object",
-            "required": ["name", "repo"],
-            "properties": {
-                "name": {"type": "string"},
-                "repo": {"type": "string", "description": "a local path or a git URL"},
-                "base_branch": {"type": "string"},
-                "setup_script": {"type": "string"},
-                "env": string_map,
-                "secrets": string_map,
-                "network": {"type": "boolean", "default": false},
-                "image": {"type": "string"},
-            },
-        },
-        "NewTask": {
-            "type": "object",
-            "required": ["environment", "prompt"],
-            "properties": {
-                "environment": {"type": "string", "description": "id, or name among your own"},
-                "prompt": {"type": "string"},
-                "mode": {"enum": ["code", "ask"], "default": "code"},
-                "attempts": {"type": "integer", "minimum": 1, "maximum": 8, "default": 1},
-                "model": {"type": "string"},
-                "base_ref": {"type": "string"},
-            },
-        },
-        "Message": {
-            "type": "object",
-            "required": ["text"],
-            "properties": {
-                "text": {"type": "string"},
-                "attempt": {"type": "integer", "minimum": 1, "description": "every attempt when absent"},
-            },
-        },
-        "NewToken": {
-            "type": "object",
-            "required": ["name"],
-            "properties": { "name": {"type": "string"}, "admin": {"type": "boolean", "default": false} },
-        },
-    })
+/// One query parameter per property of the query type's object schema.
+fn query_parameters(schema: Schema) -> Vec<Value> {
+    let object = schema.to_value();
+    let required: Vec<&Value> = object["required"]
+        .as_array()
+        .map(|names| names.iter().collect())
+        .unwrap_or_default();
+    let Some(properties) = object["properties"].as_object() else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, schema)| {
+            json!({
+                "name": name,
+                "in": "query",
+                "required": required.contains(&&Value::String(name.clone())),
+                "schema": schema,
+            })
+        })
+        .collect()
 }
+
+#[cfg(test)]
+#[path = "openapi_tests.rs"]
+mod tests;

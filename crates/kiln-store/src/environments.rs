@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::from_millis;
@@ -14,7 +15,7 @@ use crate::Store;
 
 /// What a user asks for when creating an environment. Deserializes from the
 /// API's `{name, repo, base_branch?, setup_script?, env?, secrets?, network?, image?}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NewEnvironment {
     pub name: String,
     /// A local path or a git URL.
@@ -40,7 +41,7 @@ pub struct NewEnvironment {
 }
 
 /// An environment as the API shows it: secret names, never their values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
     pub id: String,
     pub owner_token_id: String,

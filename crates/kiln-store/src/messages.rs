@@ -1,6 +1,7 @@
 //! Follow-up and steering messages from users to attempts.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -17,7 +18,7 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// A message for one attempt. A message sent to "all attempts" is stored
 /// once per attempt, so each attempt takes its own copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     /// Increasing in the order messages were sent.
     pub id: i64,

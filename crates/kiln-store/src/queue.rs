@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_protocol::{AttemptStatus, EventKind, Usage};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -91,7 +92,7 @@ impl AttemptOutcome {
 }
 
 /// What [`Store::cancel_task`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
 pub struct CancelOutcome {
     /// Attempts that had not started (or waited to re-run) and are now cancelled.
     pub cancelled: Vec<u32>,

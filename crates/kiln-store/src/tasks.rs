@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use kiln_protocol::{Mode, Usage};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -25,7 +26,7 @@ pub(crate) const TASK_ID_PREFIX: &str = "t_";
 ///   least one has left the queue);
 /// - once every attempt is finished: `succeeded` if any attempt succeeded,
 ///   else `cancelled` if any was cancelled, else `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -76,7 +77,7 @@ impl std::str::FromStr for TaskStatus {
 }
 
 /// Where an attempt is in its life (see docs/store.md for the transitions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptState {
     /// Waiting for a worker.
@@ -124,7 +125,7 @@ impl AttemptState {
 
 /// What a user asks for when creating a task. Deserializes from the API's
 /// `{environment, prompt, mode?, attempts?, model?, base_ref?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NewTask {
     /// The environment's id or, among the caller's own, its name.
     pub environment: String,
@@ -133,6 +134,7 @@ pub struct NewTask {
     pub mode: Mode,
     /// How many attempts run in parallel (best-of-N), 1 to [`MAX_ATTEMPTS`].
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
     pub attempts: u32,
     #[serde(default)]
     pub model: Option<String>,
@@ -158,7 +160,7 @@ impl NewTask {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub id: String,
     pub owner_token_id: String,
@@ -174,7 +176,7 @@ pub struct Task {
 }
 
 /// Files changed, lines added and removed by an attempt's diff.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DiffStat {
     pub files_changed: u64,
     pub insertions: u64,
@@ -182,7 +184,7 @@ pub struct DiffStat {
 }
 
 /// One attempt of a task, without its diff text (see [`Store::attempt_diff`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {
     pub task_id: String,
     /// From 1.
@@ -212,7 +214,7 @@ pub struct TaskDetail {
 
 /// A page request of [`Store::list_tasks`]; deserializes from the query
 /// string `?status=&limit=&cursor=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct TaskQuery {
     pub status: Option<TaskStatus>,
@@ -223,7 +225,7 @@ pub struct TaskQuery {
 }
 
 /// Tasks newest first, and the cursor of the next page if there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskPage {
     pub tasks: Vec<Task>,
     pub next_cursor: Option<String>,

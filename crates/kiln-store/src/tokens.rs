@@ -2,6 +2,7 @@
 //! shown once, when the token is created.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::from_millis;
@@ -23,7 +24,7 @@ pub struct Principal {
 }
 
 /// A token as listed (never with its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,

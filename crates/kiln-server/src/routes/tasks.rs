@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use kiln_store::{Attempt, AttemptRef, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -14,7 +15,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A task with its attempts, as `POST /api/tasks` and `GET /api/tasks/{id}` return it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct TaskView {
     #[serde(flatten)]
     pub task: Task,
@@ -91,10 +92,13 @@ pub(super) async fn diff(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct MessageBody {
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "NewMessage")]
+pub(crate) struct MessageBody {
     text: String,
+    /// Every attempt when absent.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     attempt: Option<u32>,
 }
 
