@@ -81,48 +81,80 @@ pub(crate) async fn attach(
         // bubblewrap failed before starting the sandbox; it reports why.
         _ => return,
     };
+    let deadline = Instant::now() + ATTACH_LIMIT;
     // slirp4netns can only enter the namespace once bubblewrap has written
-    // the user namespace's uid map.
+    // the user namespace's uid map and moved the child into its own network
+    // namespace.
     let uid_map = PathBuf::from(format!("/proc/{pid}/uid_map"));
-    let start = Instant::now();
-    while std::fs::read_to_string(&uid_map).map_or(true, |m| m.trim().is_empty())
-        && start.elapsed() < ATTACH_LIMIT
+    let child_net = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let own_net = std::fs::read_link("/proc/self/ns/net").ok();
+    while (std::fs::read_to_string(&uid_map).map_or(true, |m| m.trim().is_empty())
+        || std::fs::read_link(&child_net).ok() == own_net)
+        && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut child = match tokio::process::Command::new(&slirp)
-        .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-        .arg(pid.to_string())
-        .arg("tap0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => Some(child),
-        Err(err) => {
-            tracing::warn!(%err, "could not start slirp4netns; the setup script runs without network");
-            None
-        }
-    };
-    if child.is_some() {
-        let route = PathBuf::from(format!("/proc/{pid}/net/route"));
-        let start = Instant::now();
-        while !has_default_route(&route) && start.elapsed() < ATTACH_LIMIT {
+    let route = PathBuf::from(format!("/proc/{pid}/net/route"));
+    let mut running = None;
+    let mut last_words = String::new();
+    // Even then, setns may still be refused while bubblewrap finishes setting
+    // up the child (seen as `setns(CLONE_NEWNET): Operation not permitted`):
+    // a slirp4netns that exits early is started again until the deadline.
+    while Instant::now() < deadline {
+        let mut child = match tokio::process::Command::new(&slirp)
+            // Addressed by pid, slirp4netns was refused setns (EPERM) for
+            // good in about one start in ten while bubblewrap set the child
+            // up; addressed by the namespace file it attached every time
+            // (0 of 40). The wait above guarantees the file is already the
+            // child's own namespace, never the host's.
+            .args([
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                "--netns-type=path",
+            ])
+            .arg(&child_net)
+            .arg("tap0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(err) => {
+                last_words = format!("could not start {}: {err}", slirp.display());
+                break;
+            }
+        };
+        while !has_default_route(&route)
+            && Instant::now() < deadline
+            && matches!(child.try_wait(), Ok(None))
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        if !has_default_route(&route) {
-            tracing::warn!(
-                "slirp4netns did not bring the network up; the setup script runs without it"
-            );
+        if has_default_route(&route) {
+            running = Some(child);
+            break;
         }
+        let _ = child.start_kill();
+        last_words = match child.wait_with_output().await {
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(err) => err.to_string(),
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if running.is_none() {
+        tracing::warn!(
+            slirp4netns = %last_words,
+            "slirp4netns did not bring the network up; the setup script runs without it"
+        );
     }
     let mut block = std::fs::File::from(block_write);
     let _ = block.write_all(b"1");
     drop(block);
     done.cancelled().await;
-    if let Some(child) = child.as_mut() {
+    if let Some(child) = running.as_mut() {
         let _ = child.kill().await;
     }
 }
