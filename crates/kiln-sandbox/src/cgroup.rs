@@ -178,9 +178,18 @@ impl LimitPlan {
     /// Create the cgroups for one command, limits written, ready to join.
     pub fn create_for_command(&self) -> Result<CommandCgroups, SandboxError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            for home in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+                remove_stale_cgroups(&home.parent);
+            }
+        });
+        // The pid alone is not unique: a kiln process that died (kill -9)
+        // leaves its cgroups behind, and a later process may get its pid.
         let name = format!(
-            "kiln-{}-{}",
+            "kiln-{}-{:x}-{}",
             std::process::id(),
+            process_nonce(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut groups = CommandCgroups {
@@ -575,6 +584,44 @@ fn probe_writable(dir: &Path) -> bool {
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::remove_dir(&probe).is_ok(),
         Err(_) => false,
+    }
+}
+
+/// A value fixed for this process's lifetime and different for the next
+/// process that reuses its pid: the time it was first asked for.
+fn process_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Remove `kiln-PID-…` cgroups under `parent` whose kiln process is gone and
+/// that hold no process: what a killed kiln left behind. Best effort; a
+/// cgroup still in use is left alone (rmdir refuses it anyway).
+fn remove_stale_cgroups(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("kiln-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owner_alive = Path::new(&format!("/proc/{pid}")).exists();
+        let empty = fs::read_to_string(entry.path().join("cgroup.procs"))
+            .map(|procs| procs.trim().is_empty())
+            .unwrap_or(false);
+        if !owner_alive && empty {
+            let _ = fs::remove_dir(entry.path());
+        }
     }
 }
 
