@@ -40,6 +40,7 @@
 
 mod chat_sse;
 pub mod fixtures;
+pub mod postgres;
 mod render;
 mod responses_sse;
 pub mod scenarios;
