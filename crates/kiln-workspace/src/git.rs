@@ -16,6 +16,22 @@ pub enum GitError {
         dir: PathBuf,
         stderr: String,
     },
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("copy-on-write checkout: {0}")]
+    Overlay(String),
+}
+
+impl GitError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        GitError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// A git repository on disk, addressed by its top-level directory.

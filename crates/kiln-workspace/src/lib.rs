@@ -17,8 +17,12 @@
 //! # Ok(()) }
 //! ```
 
+mod bases;
+mod cow;
 mod git;
+pub mod overlay;
 mod worktree;
 
+pub use bases::BaseCheckouts;
 pub use git::{GitError, Repo};
 pub use worktree::Worktree;

@@ -1,14 +1,19 @@
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::cow::Layers;
 use crate::git::{run_git, GitError, Repo};
 
-/// A private checkout on its own branch, sharing the repository's objects.
+/// A private checkout on its own branch, sharing the repository's objects:
+/// either a full git worktree or a copy-on-write overlay over a shared base
+/// checkout (see [`Repo::add_checkout`]).
 #[derive(Debug, Clone)]
 pub struct Worktree {
     repo: Repo,
     path: PathBuf,
     branch: String,
     base_commit: String,
+    layers: Option<Arc<Layers>>,
 }
 
 impl Worktree {
@@ -18,7 +23,19 @@ impl Worktree {
             path,
             branch,
             base_commit,
+            layers: None,
         }
+    }
+
+    pub(crate) fn with_layers(mut self, layers: Layers) -> Self {
+        self.layers = Some(Arc::new(layers));
+        self
+    }
+
+    /// Whether the checkout is a copy-on-write overlay (mounted only in
+    /// this process's mount namespace, and only until it is parked or removed).
+    pub fn is_copy_on_write(&self) -> bool {
+        self.layers.is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -90,8 +107,21 @@ impl Worktree {
 
     /// Remove the checkout; the branch and its commit stay in the repository.
     pub fn remove(self) -> Result<(), GitError> {
+        if let Some(layers) = &self.layers {
+            return layers.remove(&self.path);
+        }
         let path = self.path.to_string_lossy().into_owned();
         run_git(self.repo.root(), ["worktree", "remove", "--force", &path]).map(|_| ())
+    }
+
+    /// Unmount a copy-on-write checkout but keep its changes, so that
+    /// [`Repo::reattach_checkout`] can mount it again later; a full worktree
+    /// simply stays on disk.
+    pub fn park(&self) -> Result<(), GitError> {
+        match &self.layers {
+            Some(layers) => layers.park(&self.path),
+            None => Ok(()),
+        }
     }
 
     fn stage_all(&self) -> Result<(), GitError> {

@@ -1,33 +1,7 @@
-use std::path::Path;
-use std::process::Command;
+mod support;
 
-use kiln_workspace::{GitError, Repo};
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
-fn repo_with_one_commit() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "-q"]);
-    std::fs::write(dir.path().join("a.txt"), "one\n").unwrap();
-    git(dir.path(), &["add", "."]);
-    git(dir.path(), &["commit", "-qm", "init"]);
-    dir
-}
+use kiln_workspace::{BaseCheckouts, GitError, Repo};
+use support::repo_with_one_commit;
 
 #[test]
 fn worktree_changes_are_committed_on_their_own_branch() {
@@ -76,4 +50,25 @@ fn a_plain_directory_is_not_a_repository() {
     let err = Repo::discover(dir.path()).unwrap_err();
     assert!(matches!(err, GitError::NotARepository { .. }), "{err}");
     assert!(err.to_string().contains("git init"));
+}
+
+#[test]
+fn without_copy_on_write_a_checkout_is_a_full_worktree_and_says_why() {
+    // This test binary never called `overlay::enable`, as a process that
+    // cannot mount would not.
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (wt, reason) = repo
+        .add_checkout(&bases, "HEAD", "kiln/test/3", &place.path().join("wt"))
+        .unwrap();
+    assert!(!wt.is_copy_on_write());
+    let reason = reason.expect("a reason for the full checkout");
+    assert!(reason.contains("not enabled"), "{reason}");
+    assert_eq!(
+        std::fs::read_to_string(wt.path().join("a.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!place.path().join("bases").exists(), "no base was built");
 }

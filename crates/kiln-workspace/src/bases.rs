@@ -1,0 +1,199 @@
+//! Clean checkouts of base commits, kept between attempts as the shared,
+//! read-only lower layer of copy-on-write checkouts.
+//!
+//! Layout under the cache root: `<repo-key>/<commit>/` is a detached git
+//! worktree of the commit, `<commit>.ready` marks it complete, and
+//! `<commit>.lock` is held shared by every checkout mounted over it and
+//! exclusively while it is created or deleted. A checkout interrupted half-way
+//! has no `.ready` and is rebuilt by the next lease.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::git::{run_git, GitError, Repo};
+
+/// Base checkouts a repository keeps beyond those in use.
+const KEPT_IDLE_BASES: usize = 2;
+
+/// The cache of base checkouts under one directory (e.g. `$KILN_HOME/bases`).
+#[derive(Debug, Clone)]
+pub struct BaseCheckouts {
+    root: PathBuf,
+}
+
+/// A base checkout held for the life of the checkouts mounted over it.
+#[derive(Debug)]
+pub(crate) struct BaseLease {
+    pub(crate) path: PathBuf,
+    /// The index git wrote when it checked the base out: its stat data match
+    /// the files seen through the overlay, so git need not re-read them.
+    pub(crate) index: PathBuf,
+    /// Held shared; a base is deleted only under an exclusive lock.
+    _lock: File,
+}
+
+impl BaseCheckouts {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        BaseCheckouts { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The base checkout of `commit` in `repo`, checked out first if no
+    /// earlier attempt left one (the only slow path: one full checkout per
+    /// base commit).
+    pub(crate) fn lease(&self, repo: &Repo, commit: &str) -> Result<BaseLease, GitError> {
+        let dir = self.root.join(repo_key(repo));
+        std::fs::create_dir_all(&dir).map_err(|e| GitError::io(&dir, e))?;
+        let path = dir.join(commit);
+        let ready = dir.join(format!("{commit}.ready"));
+        let lock_path = dir.join(format!("{commit}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| GitError::io(&lock_path, e))?;
+
+        lock.lock_shared()
+            .map_err(|e| GitError::io(&lock_path, e))?;
+        if !ready.exists() {
+            lock.unlock().map_err(|e| GitError::io(&lock_path, e))?;
+            lock.lock().map_err(|e| GitError::io(&lock_path, e))?;
+            // Another process may have built it while we waited.
+            if !ready.exists() {
+                create_base(repo, &path, commit)?;
+                std::fs::write(&ready, commit).map_err(|e| GitError::io(&ready, e))?;
+            }
+            lock.unlock().map_err(|e| GitError::io(&lock_path, e))?;
+            lock.lock_shared()
+                .map_err(|e| GitError::io(&lock_path, e))?;
+            if !ready.exists() {
+                return Err(GitError::Overlay(format!(
+                    "the base checkout {} was deleted while it was being leased; retry",
+                    path.display()
+                )));
+            }
+        }
+        // Recency for the clean-up below; failure only makes it less precise.
+        let _ = File::options()
+            .write(true)
+            .open(&ready)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        let index = worktree_git_dir(&path)?.join("index");
+        self.remove_idle_bases(repo, &dir, commit);
+        Ok(BaseLease {
+            path,
+            index,
+            _lock: lock,
+        })
+    }
+
+    /// Delete base checkouts beyond the newest few that no checkout uses.
+    /// Files go to a trash directory and are deleted on a background thread,
+    /// so an attempt does not wait for 100k unlinks.
+    fn remove_idle_bases(&self, repo: &Repo, dir: &Path, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut bases: Vec<(SystemTime, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let commit = name.strip_suffix(".ready")?.to_string();
+                let modified = entry.metadata().ok()?.modified().ok()?;
+                (commit != keep).then_some((modified, commit))
+            })
+            .collect();
+        bases.sort_by(|a, b| b.0.cmp(&a.0));
+        let trash = dir.join(".trash");
+        for (_, commit) in bases.into_iter().skip(KEPT_IDLE_BASES) {
+            let Ok(lock) = File::options()
+                .write(true)
+                .open(dir.join(format!("{commit}.lock")))
+            else {
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue; // in use
+            }
+            let path = dir.join(&commit);
+            let git_dir = worktree_git_dir(&path).ok();
+            let _ = std::fs::remove_file(dir.join(format!("{commit}.ready")));
+            let _ = std::fs::create_dir_all(&trash);
+            let _ = std::fs::rename(&path, trash.join(&commit));
+            if let Some(git_dir) = git_dir {
+                let _ = std::fs::remove_dir_all(git_dir);
+            }
+            let _ = run_git(repo.root(), ["worktree", "prune"]);
+        }
+        if trash.exists() {
+            std::thread::spawn(move || {
+                let _ = std::fs::remove_dir_all(trash);
+            });
+        }
+    }
+}
+
+/// A detached worktree of `commit` at `path`, locked so that `git worktree
+/// prune` never drops it.
+fn create_base(repo: &Repo, path: &Path, commit: &str) -> Result<(), GitError> {
+    if path.exists() {
+        // Left by an interrupted build.
+        if let Ok(git_dir) = worktree_git_dir(path) {
+            let _ = std::fs::remove_dir_all(git_dir);
+        }
+        std::fs::remove_dir_all(path).map_err(|e| GitError::io(path, e))?;
+    }
+    let _ = run_git(repo.root(), ["worktree", "prune"]);
+    let path_str = path.to_string_lossy().into_owned();
+    run_git(
+        repo.root(),
+        ["worktree", "add", "--detach", "--quiet", &path_str, commit],
+    )?;
+    let git_dir = worktree_git_dir(path)?;
+    let locked = git_dir.join("locked");
+    std::fs::write(
+        &locked,
+        "kiln base checkout (lower layer of copy-on-write checkouts)",
+    )
+    .map_err(|e| GitError::io(&locked, e))
+}
+
+/// The `.git/worktrees/<name>` directory a worktree's `.git` file points to.
+pub(crate) fn worktree_git_dir(worktree: &Path) -> Result<PathBuf, GitError> {
+    let dot_git = worktree.join(".git");
+    let text = std::fs::read_to_string(&dot_git).map_err(|e| GitError::io(&dot_git, e))?;
+    let target = text
+        .trim()
+        .strip_prefix("gitdir:")
+        .map(str::trim)
+        .ok_or_else(|| {
+            GitError::Overlay(format!("{} is not a `gitdir:` file", dot_git.display()))
+        })?;
+    Ok(worktree.join(target))
+}
+
+/// A directory name per repository: its last path component and a hash of
+/// its full path, stable across runs.
+fn repo_key(repo: &Repo) -> String {
+    // FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in repo.root().as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let name: String = repo
+        .root()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(40)
+        .collect();
+    format!("{name}-{hash:016x}")
+}

@@ -1,0 +1,252 @@
+//! Copy-on-write checkouts: git metadata of a worktree of its own (branch,
+//! HEAD, index), files from an overlay over a shared base checkout.
+//!
+//! Beside a checkout at `DEST` lives `DEST.layers/` with `upper/` (what the
+//! attempt changed, plus the worktree's `.git` file), overlay's `work/`, and
+//! `lower` naming the base commit. The worktree's index starts as a copy of
+//! the base checkout's: the files seen through the overlay keep their inode,
+//! size and times, so git trusts the copied stat data and `git status` does
+//! not re-read 100k files.
+
+use std::path::{Path, PathBuf};
+
+use crate::bases::{worktree_git_dir, BaseCheckouts, BaseLease};
+use crate::git::{run_git, GitError, Repo};
+use crate::overlay;
+use crate::Worktree;
+
+/// What a copy-on-write checkout holds on to while it exists.
+#[derive(Debug)]
+pub(crate) struct Layers {
+    dir: PathBuf,
+    /// `.git/worktrees/<name>` of the checkout.
+    git_dir: PathBuf,
+    _base: BaseLease,
+}
+
+impl Layers {
+    pub(crate) fn park(&self, target: &Path) -> Result<(), GitError> {
+        overlay::unmount(target).map_err(GitError::Overlay)
+    }
+
+    pub(crate) fn remove(&self, target: &Path) -> Result<(), GitError> {
+        overlay::unmount(target).map_err(GitError::Overlay)?;
+        discard_layers(&self.dir, Some(&self.git_dir), target)
+    }
+}
+
+impl Repo {
+    /// A checkout of `base` at `dest` on a new `branch`: copy-on-write when
+    /// this process can mount overlays (see [`crate::overlay::enable`]),
+    /// otherwise a full git worktree. The second value says why the checkout
+    /// is not copy-on-write, for a warning.
+    pub fn add_checkout(
+        &self,
+        bases: &BaseCheckouts,
+        base: &str,
+        branch: &str,
+        dest: &Path,
+    ) -> Result<(Worktree, Option<String>), GitError> {
+        let reason = match overlay::unavailable_reason() {
+            Some(reason) => reason,
+            None => match self.add_overlay_worktree(bases, base, branch, dest) {
+                Ok(worktree) => return Ok((worktree, None)),
+                Err(err) => err.to_string(),
+            },
+        };
+        let worktree = self.add_worktree(base, branch, dest)?;
+        Ok((worktree, Some(reason)))
+    }
+
+    /// A copy-on-write checkout of `base` at `dest` on a new `branch`.
+    pub fn add_overlay_worktree(
+        &self,
+        bases: &BaseCheckouts,
+        base: &str,
+        branch: &str,
+        dest: &Path,
+    ) -> Result<Worktree, GitError> {
+        if let Some(reason) = overlay::unavailable_reason() {
+            return Err(GitError::Overlay(reason));
+        }
+        let commit = self.resolve(base)?;
+        let lease = bases.lease(self, &commit)?;
+        let dir = layers_dir(dest);
+        if dir.exists() || dest.exists() {
+            return Err(GitError::Overlay(format!(
+                "{} already exists; remove it first",
+                if dest.exists() { dest } else { &dir }.display()
+            )));
+        }
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        for path in [&upper, &work] {
+            std::fs::create_dir_all(path).map_err(|e| GitError::io(path, e))?;
+        }
+        let dest_str = dest.to_string_lossy().into_owned();
+        if let Err(err) = run_git(
+            self.root(),
+            [
+                "worktree",
+                "add",
+                "--no-checkout",
+                "--quiet",
+                "-b",
+                branch,
+                &dest_str,
+                &commit,
+            ],
+        ) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        let attached = worktree_git_dir(dest).and_then(|git_dir| {
+            let result = self.attach_layers(&lease, &dir, &git_dir, &commit, dest);
+            result.map(|()| git_dir)
+        });
+        match attached {
+            Ok(git_dir) => {
+                Ok(
+                    Worktree::new(self.clone(), dest.to_path_buf(), branch.to_string(), commit)
+                        .with_layers(Layers {
+                            dir,
+                            git_dir,
+                            _base: lease,
+                        }),
+                )
+            }
+            Err(err) => {
+                let _ = overlay::unmount(dest);
+                let git_dir = worktree_git_dir(dest)
+                    .or_else(|_| worktree_git_dir_in(&dir.join("upper"), dest))
+                    .ok();
+                let _ = discard_layers(&dir, git_dir.as_deref(), dest);
+                let _ = std::fs::remove_dir_all(dest);
+                let _ = run_git(self.root(), ["branch", "-D", branch]);
+                Err(err)
+            }
+        }
+    }
+
+    /// Mount again a copy-on-write checkout that was parked at `dest`, with
+    /// everything it held (committed or not). `None` when there is none to
+    /// mount (it was removed, or the checkout at `dest` is a full worktree).
+    pub fn reattach_checkout(
+        &self,
+        bases: &BaseCheckouts,
+        dest: &Path,
+        branch: &str,
+    ) -> Result<Option<Worktree>, GitError> {
+        if overlay::unavailable_reason().is_some() {
+            return Ok(None);
+        }
+        let dir = layers_dir(dest);
+        let Ok(lower) = std::fs::read_to_string(dir.join("lower")) else {
+            return Ok(None);
+        };
+        let commit = lower.trim().to_string();
+        let Ok(git_dir) = worktree_git_dir_in(&dir.join("upper"), dest) else {
+            return Ok(None);
+        };
+        if !git_dir.join("HEAD").exists() || self.resolve(branch).is_err() {
+            return Ok(None);
+        }
+        let lease = bases.lease(self, &commit)?;
+        overlay::unmount(dest).map_err(GitError::Overlay)?;
+        std::fs::create_dir_all(dest).map_err(|e| GitError::io(dest, e))?;
+        overlay::mount_overlay(&lease.path, &dir.join("upper"), &dir.join("work"), dest)
+            .map_err(GitError::Overlay)?;
+        Ok(Some(
+            Worktree::new(self.clone(), dest.to_path_buf(), branch.to_string(), commit)
+                .with_layers(Layers {
+                    dir,
+                    git_dir,
+                    _base: lease,
+                }),
+        ))
+    }
+
+    /// Remove whatever checkout an earlier run left at `dest`, full or
+    /// copy-on-write (mounted or parked). The branch is left alone.
+    pub fn discard_checkout(&self, dest: &Path) -> Result<(), GitError> {
+        overlay::unmount(dest).map_err(GitError::Overlay)?;
+        let dir = layers_dir(dest);
+        if dir.exists() {
+            let git_dir = worktree_git_dir_in(&dir.join("upper"), dest).ok();
+            discard_layers(&dir, git_dir.as_deref(), dest)?;
+        }
+        if dest.exists() {
+            let dest_str = dest.to_string_lossy().into_owned();
+            let _ = run_git(self.root(), ["worktree", "remove", "--force", &dest_str]);
+            remove_dir_all_if_present(dest)?;
+        }
+        let _ = run_git(self.root(), ["worktree", "prune"]);
+        Ok(())
+    }
+
+    /// Put the worktree's `.git` file into the upper layer, give it the base's
+    /// index, lock it against `git worktree prune` (its directory is empty
+    /// while parked) and mount the overlay.
+    fn attach_layers(
+        &self,
+        lease: &BaseLease,
+        dir: &Path,
+        git_dir: &Path,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<(), GitError> {
+        let upper = dir.join("upper");
+        let dot_git = upper.join(".git");
+        std::fs::rename(dest.join(".git"), &dot_git).map_err(|e| GitError::io(&dot_git, e))?;
+        let index = git_dir.join("index");
+        std::fs::copy(&lease.index, &index).map_err(|e| GitError::io(&lease.index, e))?;
+        let locked = git_dir.join("locked");
+        std::fs::write(
+            &locked,
+            "kiln copy-on-write checkout (its files are mounted only while an attempt runs)",
+        )
+        .map_err(|e| GitError::io(&locked, e))?;
+        let lower = dir.join("lower");
+        std::fs::write(&lower, commit).map_err(|e| GitError::io(&lower, e))?;
+        overlay::mount_overlay(&lease.path, &upper, &dir.join("work"), dest)
+            .map_err(GitError::Overlay)
+    }
+}
+
+/// `DEST.layers`, beside the checkout.
+fn layers_dir(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".layers");
+    dest.with_file_name(name)
+}
+
+/// The git dir named by the `.git` file kept in `upper`, read as if it were
+/// in `dest` (a relative `gitdir:` is relative to the checkout).
+fn worktree_git_dir_in(upper: &Path, dest: &Path) -> Result<PathBuf, GitError> {
+    let resolved = worktree_git_dir(upper)?;
+    match resolved.strip_prefix(upper) {
+        Ok(relative) => Ok(dest.join(relative)),
+        Err(_) => Ok(resolved),
+    }
+}
+
+fn discard_layers(dir: &Path, git_dir: Option<&Path>, dest: &Path) -> Result<(), GitError> {
+    if let Some(git_dir) = git_dir {
+        remove_dir_all_if_present(git_dir)?;
+    }
+    remove_dir_all_if_present(dir)?;
+    // Only an empty mount point is left; never delete through a mount.
+    match std::fs::remove_dir(dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GitError::io(dest, e)),
+    }
+}
+
+fn remove_dir_all_if_present(path: &Path) -> Result<(), GitError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GitError::io(path, e)),
+    }
+}

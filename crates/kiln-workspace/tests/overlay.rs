@@ -1,0 +1,285 @@
+//! Copy-on-write checkouts, in a process that entered its private mount
+//! namespace before any thread started (as `kiln exec` and `kiln serve` do).
+
+mod support;
+
+use std::path::Path;
+
+use kiln_workspace::{overlay, BaseCheckouts, Repo};
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{git, repo_with_one_commit};
+
+fn main() {
+    let enabled = overlay::enable();
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::test("overlay_is_enabled_in_this_process", move || {
+            enabled.clone().map_err(|reason| Failed::from(reason))
+        }),
+        trial(
+            "changes_are_committed_on_their_own_branch",
+            changes_are_committed_on_their_own_branch,
+        ),
+        trial(
+            "a_fresh_checkout_is_clean_to_git",
+            a_fresh_checkout_is_clean_to_git,
+        ),
+        trial(
+            "checkouts_of_one_commit_share_a_base_but_not_their_files",
+            checkouts_of_one_commit_share_a_base_but_not_their_files,
+        ),
+        trial(
+            "removing_leaves_the_branch_and_no_worktree_behind",
+            removing_leaves_the_branch_and_no_worktree_behind,
+        ),
+        trial(
+            "a_parked_checkout_comes_back_with_uncommitted_and_ignored_files",
+            a_parked_checkout_comes_back_with_uncommitted_and_ignored_files,
+        ),
+        trial(
+            "discard_clears_a_parked_checkout_for_a_fresh_one",
+            discard_clears_a_parked_checkout_for_a_fresh_one,
+        ),
+        trial(
+            "idle_bases_beyond_the_newest_two_are_deleted",
+            idle_bases_beyond_the_newest_two_are_deleted,
+        ),
+        trial(
+            "add_checkout_prefers_copy_on_write",
+            add_checkout_prefers_copy_on_write,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn trial(name: &'static str, test: fn()) -> Trial {
+    Trial::test(name, move || {
+        test();
+        Ok(())
+    })
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn changes_are_committed_on_their_own_branch() {
+    let origin = repo_with_one_commit();
+    std::fs::write(origin.path().join("b.txt"), "bee\n").unwrap();
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["commit", "-qm", "b"]);
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/1", &place.path().join("wt"))
+        .unwrap();
+    assert!(wt.is_copy_on_write());
+    std::fs::write(wt.path().join("a.txt"), "two\n").unwrap();
+    std::fs::write(wt.path().join("new.txt"), "fresh\n").unwrap();
+    std::fs::remove_file(wt.path().join("b.txt")).unwrap();
+
+    let diff = wt.diff().unwrap();
+    assert!(diff.contains("-one") && diff.contains("+two"), "{diff}");
+    assert!(diff.contains("+++ b/new.txt"), "{diff}");
+    assert!(diff.contains("deleted file mode"), "{diff}");
+
+    let commit = wt.commit_all("kiln: change").unwrap().expect("a commit");
+    assert_eq!(repo.resolve("kiln/t/1").unwrap(), commit);
+    let files = git(origin.path(), &["ls-tree", "--name-only", &commit]);
+    assert_eq!(files.lines().collect::<Vec<_>>(), ["a.txt", "new.txt"]);
+    // Neither the user's checkout nor the shared base saw any of it.
+    assert_eq!(read(&origin.path().join("a.txt")), "one\n");
+    let base_files = base_dirs(&bases);
+    assert_eq!(base_files.len(), 1);
+    assert_eq!(read(&base_files[0].join("a.txt")), "one\n");
+    assert!(base_files[0].join("b.txt").exists());
+    assert!(!base_files[0].join("new.txt").exists());
+    wt.remove().unwrap();
+}
+
+fn a_fresh_checkout_is_clean_to_git() {
+    let origin = repo_with_one_commit();
+    for i in 0..50 {
+        std::fs::write(origin.path().join(format!("f{i}.txt")), format!("{i}\n")).unwrap();
+    }
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["commit", "-qm", "many"]);
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/2", &place.path().join("wt"))
+        .unwrap();
+    assert_eq!(git(wt.path(), &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(wt.path(), &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        "kiln/t/2"
+    );
+    assert_eq!(wt.commit_all("nothing").unwrap(), None);
+    wt.remove().unwrap();
+}
+
+fn checkouts_of_one_commit_share_a_base_but_not_their_files() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let first = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/a", &place.path().join("a"))
+        .unwrap();
+    let second = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/b", &place.path().join("b"))
+        .unwrap();
+    assert_eq!(base_dirs(&bases).len(), 1, "one base for one commit");
+    std::fs::write(first.path().join("a.txt"), "first\n").unwrap();
+    assert_eq!(read(&second.path().join("a.txt")), "one\n");
+    std::fs::write(second.path().join("only-b.txt"), "b\n").unwrap();
+    assert!(!first.path().join("only-b.txt").exists());
+    let first_diff = first.diff().unwrap();
+    assert!(first_diff.contains("+first") && !first_diff.contains("only-b"));
+    first.remove().unwrap();
+    second.remove().unwrap();
+}
+
+fn removing_leaves_the_branch_and_no_worktree_behind() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/3", &dest)
+        .unwrap();
+    std::fs::write(wt.path().join("a.txt"), "three\n").unwrap();
+    wt.commit_all("three").unwrap().expect("a commit");
+    wt.remove().unwrap();
+
+    assert!(!dest.exists());
+    assert!(!place.path().join("wt.layers").exists());
+    let listed = git(origin.path(), &["worktree", "list", "--porcelain"]);
+    assert!(!listed.contains(dest.to_str().unwrap()), "{listed}");
+    // The branch is free to check out in the user's own worktree.
+    git(origin.path(), &["checkout", "-q", "kiln/t/3"]);
+    assert_eq!(read(&origin.path().join("a.txt")), "three\n");
+}
+
+fn a_parked_checkout_comes_back_with_uncommitted_and_ignored_files() {
+    let origin = repo_with_one_commit();
+    std::fs::write(origin.path().join(".gitignore"), "build/\n").unwrap();
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["commit", "-qm", "ignore build"]);
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/4", &dest)
+        .unwrap();
+    std::fs::write(dest.join("a.txt"), "committed\n").unwrap();
+    wt.commit_all("first turn").unwrap().expect("a commit");
+    std::fs::create_dir(dest.join("build")).unwrap();
+    std::fs::write(dest.join("build/out.o"), "object\n").unwrap();
+    std::fs::write(dest.join("notes.txt"), "uncommitted\n").unwrap();
+    wt.park().unwrap();
+    drop(wt);
+    assert!(!dest.join("a.txt").exists(), "parked means unmounted");
+
+    let wt = repo
+        .reattach_checkout(&bases, &dest, "kiln/t/4")
+        .unwrap()
+        .expect("the parked checkout");
+    assert_eq!(read(&dest.join("a.txt")), "committed\n");
+    assert_eq!(read(&dest.join("build/out.o")), "object\n");
+    assert_eq!(read(&dest.join("notes.txt")), "uncommitted\n");
+    assert_eq!(git(&dest, &["status", "--porcelain"]), "?? notes.txt\n");
+    wt.remove().unwrap();
+    assert!(repo
+        .reattach_checkout(&bases, &dest, "kiln/t/4")
+        .unwrap()
+        .is_none());
+}
+
+fn discard_clears_a_parked_checkout_for_a_fresh_one() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/5", &dest)
+        .unwrap();
+    std::fs::write(dest.join("a.txt"), "half done\n").unwrap();
+    wt.park().unwrap();
+    drop(wt);
+
+    repo.discard_checkout(&dest).unwrap();
+    git(origin.path(), &["branch", "-D", "kiln/t/5"]);
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/5", &dest)
+        .unwrap();
+    assert_eq!(read(&dest.join("a.txt")), "one\n");
+    wt.remove().unwrap();
+}
+
+fn idle_bases_beyond_the_newest_two_are_deleted() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let in_use = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/in-use", &place.path().join("u"))
+        .unwrap();
+    let first_commit = repo.resolve("HEAD").unwrap();
+    let mut commits = vec![first_commit.clone()];
+    for n in 1..=4 {
+        std::fs::write(origin.path().join("a.txt"), format!("{n}\n")).unwrap();
+        git(origin.path(), &["commit", "-qam", &n.to_string()]);
+        commits.push(repo.resolve("HEAD").unwrap());
+        let dest = place.path().join(format!("wt{n}"));
+        let wt = repo
+            .add_overlay_worktree(&bases, "HEAD", &format!("kiln/t/{n}"), &dest)
+            .unwrap();
+        wt.remove().unwrap();
+    }
+    let kept: Vec<String> = base_dirs(&bases)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // In use: the first; newest: 4, then the two idle before it (3 and 2).
+    // Commit 1 was idle and older: deleted.
+    for commit in [&commits[0], &commits[2], &commits[3], &commits[4]] {
+        assert!(kept.contains(commit), "{commit} kept: {kept:?}");
+    }
+    assert!(!kept.contains(&commits[1]), "{kept:?}");
+    assert_eq!(read(&in_use.path().join("a.txt")), "one\n");
+    in_use.remove().unwrap();
+}
+
+fn add_checkout_prefers_copy_on_write() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (wt, fallback) = repo
+        .add_checkout(&bases, "HEAD", "kiln/t/6", &place.path().join("wt"))
+        .unwrap();
+    assert_eq!(fallback, None);
+    assert!(wt.is_copy_on_write());
+    wt.remove().unwrap();
+}
+
+/// The complete base checkouts in the cache.
+fn base_dirs(bases: &BaseCheckouts) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for repo_dir in std::fs::read_dir(bases.root()).unwrap() {
+        let repo_dir = repo_dir.unwrap().path();
+        for entry in std::fs::read_dir(&repo_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "ready") {
+                found.push(path.with_extension(""));
+            }
+        }
+    }
+    found
+}
