@@ -108,7 +108,7 @@ impl BaseCheckouts {
                 (commit != keep).then_some((modified, commit))
             })
             .collect();
-        bases.sort_by(|a, b| b.0.cmp(&a.0));
+        bases.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         let trash = dir.join(".trash");
         for (_, commit) in bases.into_iter().skip(KEPT_IDLE_BASES) {
             let Ok(lock) = File::options()
