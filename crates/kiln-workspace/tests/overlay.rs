@@ -14,7 +14,7 @@ fn main() {
     let args = Arguments::from_args();
     let trials = vec![
         Trial::test("overlay_is_enabled_in_this_process", move || {
-            enabled.clone().map_err(|reason| Failed::from(reason))
+            enabled.clone().map_err(Failed::from)
         }),
         trial(
             "changes_are_committed_on_their_own_branch",
