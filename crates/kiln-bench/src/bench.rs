@@ -61,7 +61,7 @@ impl Bench {
 /// kiln first on even runs, Codex first on odd ones, so slow drift in the
 /// machine's load hits both equally.
 pub fn interleaved(run: usize) -> [Tool; 2] {
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         [Tool::Kiln, Tool::Codex]
     } else {
         [Tool::Codex, Tool::Kiln]

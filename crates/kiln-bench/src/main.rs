@@ -5,8 +5,8 @@
 //! each in its own tool dialect, so the model costs nothing and what is left
 //! is the agent: start-up, request building, stream parsing, sandboxing,
 //! patching, logging. Sections: the calc-py task end to end, per-turn
-//! overhead, sandbox start, a large repository, the patch engine, and (once
-//! `kiln serve` exists) parallel attempts. Results print as a table and are
+//! overhead, sandbox start, a large repository, the patch engine, and
+//! parallel attempts through `kiln serve` (kiln only). Results print as a table and are
 //! saved as JSON. `scripts/bench` builds everything and runs it:
 //!
 //! ```text
@@ -18,6 +18,7 @@
 mod bench;
 mod end_to_end;
 mod large_repo;
+mod parallel;
 mod patch_cli;
 mod patch_engine;
 mod per_turn;
@@ -52,6 +53,9 @@ struct Args {
     /// Runs per variant on the large repository.
     #[arg(long)]
     large_runs: Option<usize>,
+    /// Tasks posted at once to `kiln serve` (default 50; 10 with --quick).
+    #[arg(long)]
+    parallel_tasks: Option<usize>,
     /// Files in the generated large repository.
     #[arg(long)]
     large_files: Option<usize>,
@@ -142,6 +146,10 @@ fn run(args: Args) -> Result<()> {
     } else {
         (10, 100, 3, 100_000, 1_000)
     };
+    let parallel_tasks = args
+        .parallel_tasks
+        .unwrap_or(if args.quick { 10 } else { 50 })
+        .max(1);
     let tools = find_tools(&workspace, &bench_dir, &args)?;
     let codex_version = version_of(&tools.codex);
     let mut bench = Bench {
@@ -178,7 +186,8 @@ fn run(args: Args) -> Result<()> {
                 });
                 patch_cli::run(&mut bench).map(|cli| library.into_iter().chain(cli).collect())
             }
-            _ => Ok(vec![parallel_row(&bench.tools.kiln)]),
+            "parallel" => parallel::run(&mut bench, parallel_tasks),
+            other => Err(anyhow::anyhow!("no section named {other}")),
         };
         match result {
             Ok(section_rows) => rows.extend(section_rows),
@@ -220,34 +229,19 @@ fn run(args: Args) -> Result<()> {
     let history = bench_dir.join(format!("results-{stamp}.json"));
     report::write_json(&history, &results)?;
     println!("results: {}", history.display());
-    if let Some(latest) = &args.latest {
-        report::write_json(latest, &results)?;
-        println!("results: {}", latest.display());
+    match &args.latest {
+        // The latest file is the full table: some sections alone would replace it.
+        Some(latest) if !args.only.is_empty() => println!(
+            "not written: {} (--only ran some sections; the history file above has them)",
+            latest.display()
+        ),
+        Some(latest) => {
+            report::write_json(latest, &results)?;
+            println!("results: {}", latest.display());
+        }
+        None => {}
     }
     Ok(())
-}
-
-/// The parallel benchmark needs `kiln serve` and a scripted model that many
-/// attempts can share; until both exist the row says which one is missing.
-fn parallel_row(kiln: &Path) -> Row {
-    let serve_exists = Command::new(kiln)
-        .args(["serve", "--help"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    let note = if serve_exists {
-        "not measured yet: kiln serve exists, but kiln-testkit-server replays one \
-         script in request order, so 50 parallel attempts would take each other's turns"
-    } else {
-        "not available: kiln serve not built yet"
-    };
-    Row::new(
-        "parallel (50 attempts via kiln serve)",
-        "attempts/min, p50/p99 start, server RSS",
-        "-",
-    )
-    .note(note)
 }
 
 /// The workspace this crate was built in (crates/kiln-bench/../..).

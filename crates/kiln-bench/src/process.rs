@@ -176,7 +176,7 @@ pub fn run_measured_with_stdin(
 }
 
 /// Resident bytes of `root` and every descendant right now (0 once it is gone).
-fn tree_rss_bytes(root: libc::pid_t) -> u64 {
+pub fn tree_rss_bytes(root: libc::pid_t) -> u64 {
     let page = page_size();
     let mut total = 0;
     let mut pending = vec![root];

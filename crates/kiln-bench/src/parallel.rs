@@ -1,0 +1,689 @@
+//! Parallel attempts: N tasks posted at once to a real `kiln serve` (the
+//! release binary, bubblewrap sandboxes, SQLite in its data directory) with N
+//! workers and an instant scripted model.
+//!
+//! Every task's prompt carries its own marker (`[parallel-task-007]`), and the
+//! model server's script has one route per marker, so each attempt gets its
+//! own two-turn conversation however the requests interleave: turn 1 runs
+//! `sleep 2` through the shell (so that the attempts really overlap), turn 2
+//! is a final message naming the task. An attempt counts as done only when it
+//! succeeded with exactly that message after its command exited 0.
+//!
+//! Measured: attempts per minute (N over the time from the first POST until
+//! every task's event stream ended), the time from sending a task's POST to
+//! its first `exec.begin` arriving over SSE (p50, p99), the server's peak
+//! memory (VmHWM of the `kiln serve` process; the sampled sum over its process
+//! tree), and its CPU time per attempt.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use kiln_protocol::{AttemptStatus, Event, EventKind};
+use kiln_testkit::{Script, Turn};
+use serde_json::{json, Value};
+
+use crate::bench::Bench;
+use crate::process::tree_rss_bytes;
+use crate::report::{median, Row, Target};
+use crate::repos::fresh_git_copy;
+use crate::session::{mb, ms, RunDir};
+use crate::tools::Tool;
+
+/// What every attempt's first command runs: long enough that all attempts
+/// are in flight together, so the server holds N sandboxes at once.
+const COMMAND: &str = "sleep 2";
+/// The admin token registered through `KILN_ADMIN_TOKEN` (24+ characters).
+const ADMIN_TOKEN: &str = "kiln-bench-admin-token-0123456789";
+/// How long `kiln serve` may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one task may take from its POST to the end of its event stream.
+const TASK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the memory sampler walks the server's process tree.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// The issue's target: this many attempts at once without failures.
+const TARGET_TASKS: usize = 50;
+
+/// Post `tasks` tasks at once to a fresh `kiln serve` with as many workers and
+/// measure them; failed attempts go to `bench.failures` and out of the timings.
+pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
+    let name = format!("parallel ({tasks} attempts via kiln serve)");
+    let dir = RunDir::fresh(&bench.work, "parallel")?;
+    let repo = dir.root.join("repo");
+    fresh_git_copy(
+        &bench.workspace.join("crates/kiln-testkit/fixtures/calc-py"),
+        &repo,
+    )?;
+    let script_path = dir.root.join("script.json");
+    std::fs::write(&script_path, serde_json::to_string(&task_script(tasks))?)?;
+    let model = bench.tools.start_server(&script_path)?;
+    let mut server = ServeProcess::start(&bench.tools.kiln, &dir, &model.base_url, tasks)?;
+
+    let measured = measure(&server, &repo, tasks);
+    let memory = server.stop_sampling();
+    let exited_early = server.has_exited();
+    let status = server.stop();
+    drop(model);
+    let measured = match (measured, exited_early) {
+        (Ok(measured), false) => measured,
+        (result, true) => bail!(
+            "kiln serve exited during the run ({}){}; stderr: {}",
+            status.map_or("status unknown".into(), |s| s.to_string()),
+            result
+                .err()
+                .map_or(String::new(), |err| format!(": {err:#}")),
+            dir.stderr_tail()
+        ),
+        (Err(err), false) => {
+            return Err(err.context(format!("kiln serve stderr: {}", dir.stderr_tail())))
+        }
+    };
+    for outcome in &measured.outcomes {
+        if let Some(reason) = &outcome.failure {
+            bench.fail(&name, Tool::Kiln, outcome.index, reason.clone());
+        }
+    }
+    if !bench.keep {
+        dir.remove();
+    }
+    Ok(rows(&name, tasks, &measured, memory))
+}
+
+/// Everything one burst produced.
+struct Burst {
+    outcomes: Vec<TaskOutcome>,
+    /// From the first POST until every task's event stream had ended.
+    wall: Duration,
+    /// CPU time of the server and its reaped children during the burst.
+    cpu: Option<Duration>,
+}
+
+/// What one task did, as the harness saw it.
+#[derive(Debug, Default)]
+struct TaskOutcome {
+    index: usize,
+    /// POST sent → first `exec.begin` read from the event stream.
+    first_command: Option<Duration>,
+    /// POST sent → the `ts` the server stamped on that `exec.begin`.
+    first_command_stamped: Option<Duration>,
+    /// `attempt.started` to `attempt.finished`, as the server stamped them.
+    running: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    failure: Option<String>,
+}
+
+fn measure(server: &ServeProcess, repo: &Path, tasks: usize) -> Result<Burst> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = reqwest::Client::builder()
+        // The server is on loopback: a proxy from the environment must not
+        // carry (or refuse) these requests.
+        .no_proxy()
+        .build()
+        .context("cannot build the HTTP client")?;
+    let url = server.url.clone();
+    runtime.block_on(async move {
+        let environment = json!({"name": "calc", "repo": repo.display().to_string()});
+        let (status, body) = post(&client, &url, "/api/environments", &environment).await?;
+        if status != 201 {
+            bail!("POST /api/environments answered {status}: {body}");
+        }
+        // One task alone first: it clones the mirror, and a setup that cannot
+        // work stops here with its reason instead of as N identical failures.
+        let warmup = follow_task(client.clone(), url.clone(), WARMUP).await;
+        if let Some(reason) = warmup.failure {
+            bail!("the warm-up task failed, so the burst would too: {reason}");
+        }
+
+        let cpu_before = server.cpu_time();
+        let started = Instant::now();
+        let mut running = tokio::task::JoinSet::new();
+        for index in 0..tasks {
+            running.spawn(follow_task(client.clone(), url.clone(), index));
+        }
+        let mut outcomes = Vec::with_capacity(tasks);
+        while let Some(joined) = running.join_next().await {
+            outcomes.push(joined.context("a task's client panicked")?);
+        }
+        let wall = started.elapsed();
+        let cpu = match (cpu_before, server.cpu_time()) {
+            (Some(before), Some(after)) => after.checked_sub(before),
+            _ => None,
+        };
+        outcomes.sort_by_key(|outcome| outcome.index);
+        Ok(Burst {
+            outcomes,
+            wall,
+            cpu,
+        })
+    })
+}
+
+/// The index of the warm-up task, outside the burst's 0..N.
+const WARMUP: usize = usize::MAX;
+
+/// The marker that routes task `index`'s model requests to its conversation.
+/// Brackets keep one marker from containing another (`-001]` vs `-0010]`).
+pub(crate) fn marker(index: usize) -> String {
+    if index == WARMUP {
+        "[parallel-warmup]".to_string()
+    } else {
+        format!("[parallel-task-{index:03}]")
+    }
+}
+
+/// The final message task `index`'s conversation ends with.
+pub(crate) fn final_message(index: usize) -> String {
+    format!("{} ran its command", marker(index))
+}
+
+/// One route per task (and one for the warm-up): the command, then the answer.
+pub(crate) fn task_script(tasks: usize) -> Script {
+    std::iter::once(WARMUP)
+        .chain(0..tasks)
+        .fold(Script::new(Vec::new()), |script, index| {
+            script.with_route(
+                marker(index),
+                vec![Turn::shell(COMMAND), Turn::message(final_message(index))],
+            )
+        })
+}
+
+/// Post task `index`, read its event stream to the end and judge it.
+async fn follow_task(client: reqwest::Client, url: String, index: usize) -> TaskOutcome {
+    let mut outcome = TaskOutcome {
+        index,
+        ..TaskOutcome::default()
+    };
+    let mut seen = SeenEvents::default();
+    let followed = tokio::time::timeout(
+        TASK_TIMEOUT,
+        follow_events(&client, &url, index, &mut outcome, &mut seen),
+    )
+    .await;
+    let reason = match followed {
+        Err(_) => Some(format!(
+            "not finished {TASK_TIMEOUT:?} after its POST; last event: {}",
+            seen.last.as_deref().unwrap_or("none")
+        )),
+        Ok(Err(err)) => Some(format!("{err:#}")),
+        Ok(Ok(())) => judge(index, &seen),
+    };
+    outcome.failure = reason;
+    outcome.running = seen.started.zip(seen.finished_at);
+    outcome
+}
+
+/// The events of one task that decide whether it did its job.
+#[derive(Debug, Default)]
+pub(crate) struct SeenEvents {
+    pub last: Option<String>,
+    pub started: Option<DateTime<Utc>>,
+    pub first_command: Option<DateTime<Utc>>,
+    pub command_exit: Option<Option<i32>>,
+    pub finished: Option<(AttemptStatus, Option<String>, Option<String>)>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl SeenEvents {
+    /// Records `event`; true when it is the task's first `exec.begin`.
+    pub(crate) fn record(&mut self, event: &Event) -> bool {
+        let mut first_command = false;
+        match &event.kind {
+            EventKind::AttemptStarted { .. } => self.started = self.started.or(Some(event.ts)),
+            EventKind::ExecBegin { .. } if self.first_command.is_none() => {
+                self.first_command = Some(event.ts);
+                first_command = true;
+            }
+            EventKind::ExecEnd { exit_code, .. } => {
+                self.command_exit.get_or_insert(*exit_code);
+            }
+            EventKind::AttemptFinished {
+                status,
+                reason,
+                final_message,
+                ..
+            } => {
+                self.finished = Some((*status, reason.clone(), final_message.clone()));
+                self.finished_at = Some(event.ts);
+            }
+            _ => {}
+        }
+        first_command
+    }
+}
+
+/// Why task `index` did not do its job, or `None` when it did.
+pub(crate) fn judge(index: usize, seen: &SeenEvents) -> Option<String> {
+    let expected = final_message(index);
+    match (&seen.finished, seen.command_exit) {
+        (None, _) => Some(format!(
+            "the event stream ended without attempt.finished; last event: {}",
+            seen.last.as_deref().unwrap_or("none")
+        )),
+        (Some((status, reason, _)), _) if *status != AttemptStatus::Succeeded => Some(format!(
+            "attempt {status:?}: {}",
+            reason.as_deref().unwrap_or("no reason given")
+        )),
+        (Some(_), None) => Some(format!("succeeded without running `{COMMAND}`")),
+        (Some(_), Some(code)) if code != Some(0) => {
+            Some(format!("`{COMMAND}` exited with {code:?}"))
+        }
+        (Some((_, _, message)), _) if message.as_deref() != Some(expected.as_str()) => Some(
+            format!("final message {message:?}, expected {expected:?} (another task's turns?)"),
+        ),
+        _ => None,
+    }
+}
+
+async fn follow_events(
+    client: &reqwest::Client,
+    url: &str,
+    index: usize,
+    outcome: &mut TaskOutcome,
+    seen: &mut SeenEvents,
+) -> Result<()> {
+    let posted = Instant::now();
+    let posted_at = Utc::now();
+    let body = json!({
+        "environment": "calc",
+        "prompt": format!("{} run the command you are given", marker(index)),
+    });
+    let (status, task) = post(client, url, "/api/tasks", &body).await?;
+    if status != 201 {
+        bail!("POST /api/tasks answered {status}: {task}");
+    }
+    let id = task["id"]
+        .as_str()
+        .with_context(|| format!("POST /api/tasks answered without an id: {task}"))?;
+    let mut response = client
+        .get(format!("{url}/api/tasks/{id}/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .with_context(|| format!("GET the events of task {id}"))?;
+    if response.status() != 200 {
+        bail!("GET /api/tasks/{id}/events answered {}", response.status());
+    }
+    let mut parser = SseParser::default();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .with_context(|| format!("reading the events of task {id}"))?
+    {
+        for message in parser.push(&chunk) {
+            seen.last = Some(message.event.clone());
+            let event: Event = serde_json::from_str(&message.data).with_context(|| {
+                format!("task {id} sent an event that is not an Event: {message:?}")
+            })?;
+            if seen.record(&event) {
+                outcome.first_command = Some(posted.elapsed());
+                outcome.first_command_stamped = (event.ts - posted_at).to_std().ok();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    let response = client
+        .post(format!("{url}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {path}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .with_context(|| format!("POST {path}"))?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseMessage {
+    pub event: String,
+    pub data: String,
+}
+
+/// Splits an SSE byte stream, delivered in arbitrary pieces, into events:
+/// `event:` and `data:` lines up to a blank line; comments (`:`) and `id:`
+/// lines are skipped. Lines may end in `\n` or `\r\n`.
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    pending: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    /// Feeds `bytes`; returns the events they completed.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
+        self.pending.extend_from_slice(bytes);
+        let mut messages = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    messages.push(SseMessage {
+                        event: std::mem::take(&mut self.event),
+                        data: std::mem::take(&mut self.data).join("\n"),
+                    });
+                }
+                self.event.clear();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                self.data
+                    .push(value.strip_prefix(' ').unwrap_or(value).to_string());
+            } else if let Some(value) = line.strip_prefix("event:") {
+                self.event = value.trim().to_string();
+            }
+        }
+        messages
+    }
+}
+
+/// The value at quantile `q` (0..=1) by nearest rank: the smallest sample
+/// with at least `q` of all samples at or below it.
+pub(crate) fn percentile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The most intervals `[start, end)` that hold at one instant.
+pub(crate) fn max_overlap<T: Ord + Copy>(intervals: &[(T, T)]) -> usize {
+    // Ends sort before starts at the same instant: touching intervals do not overlap.
+    let mut edges: Vec<(T, i32)> = intervals
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        open += step;
+        most = most.max(open);
+    }
+    most.max(0) as usize
+}
+
+fn rows(name: &str, tasks: usize, burst: &Burst, memory: Memory) -> Vec<Row> {
+    let ok: Vec<&TaskOutcome> = burst
+        .outcomes
+        .iter()
+        .filter(|outcome| outcome.failure.is_none())
+        .collect();
+    let failed = tasks - ok.len();
+    let arrival: Vec<f64> = ok.iter().filter_map(|o| o.first_command).map(ms).collect();
+    let stamped: Vec<f64> = ok
+        .iter()
+        .filter_map(|o| o.first_command_stamped)
+        .map(ms)
+        .collect();
+    let running: Vec<_> = burst.outcomes.iter().filter_map(|o| o.running).collect();
+    let per_minute = ok.len() as f64 / burst.wall.as_secs_f64().max(1e-9) * 60.0;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stamped_note = |value: Option<f64>| {
+        value.map_or(String::new(), |v| {
+            format!("; {v:.0} ms by the ts the server stamped on it")
+        })
+    };
+    let mut throughput = Row::new(name, "attempts per minute", "attempts/min")
+        .kiln(Some(per_minute))
+        .note(format!(
+            "{tasks} tasks posted at once, {tasks} workers, {cpus} cores; each runs `{COMMAND}` then answers; \
+             all done in {:.1} s; failed: {failed}; at most {} running at once",
+            burst.wall.as_secs_f64(),
+            max_overlap(&running)
+        ));
+    throughput.target = Some(Target {
+        text: format!("{TARGET_TASKS} at once on 2 cores, none failed"),
+        met: (tasks >= TARGET_TASKS).then_some(failed == 0),
+    });
+    vec![
+        throughput,
+        Row::new(name, "task to first command, p50", "ms")
+            .kiln(median(&arrival))
+            .note(format!(
+                "POST sent to the first exec.begin read from the task's SSE stream{}",
+                stamped_note(median(&stamped))
+            )),
+        Row::new(name, "task to first command, p99", "ms")
+            .kiln(percentile(&arrival, 0.99))
+            .note(format!(
+                "nearest rank of {} samples{}",
+                arrival.len(),
+                stamped_note(percentile(&stamped, 0.99))
+            )),
+        Row::new(name, "peak RSS, kiln serve process", "MB")
+            .kiln(memory.server_hwm_bytes.map(mb))
+            .note("VmHWM of the server process over its life (start-up, warm-up task, burst)"),
+        Row::new(name, "peak RSS, server process tree", "MB")
+            .kiln(Some(mb(memory.tree_peak_bytes)))
+            .note("kiln serve + its git, bwrap and command processes, summed every 10 ms; model server excluded"),
+        Row::new(name, "CPU time per attempt", "ms")
+            .kiln(burst.cpu.map(|cpu| ms(cpu) / tasks as f64))
+            .note("user + system of kiln serve and its reaped children (git, bwrap, commands) over the burst / tasks"),
+    ]
+}
+
+/// The server's memory over the run.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    server_hwm_bytes: Option<u64>,
+    tree_peak_bytes: u64,
+}
+
+/// A running `kiln serve` on a free port, with its own home and data
+/// directory, and a sampler summing its process tree's memory.
+struct ServeProcess {
+    child: Child,
+    url: String,
+    sampling: Arc<AtomicBool>,
+    tree_peak: Arc<AtomicU64>,
+    sampler: Option<thread::JoinHandle<()>>,
+    /// Set by [`ServeProcess::stop`], which reaps the child: Drop must then
+    /// leave its (possibly reused) pid alone.
+    stopped: bool,
+}
+
+impl ServeProcess {
+    fn start(kiln: &Path, dir: &RunDir, model_url: &str, workers: usize) -> Result<Self> {
+        let home = dir.home();
+        let data: PathBuf = dir.root.join("data");
+        std::fs::create_dir_all(&home)?;
+        let stderr = std::fs::File::create(dir.stderr())?;
+        let mut child = Command::new(kiln)
+            .args(["serve", "--addr", "127.0.0.1:0", "--max-parallel"])
+            .arg(workers.to_string())
+            .arg("--data-dir")
+            .arg(&data)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("KILN_HOME", &home)
+            .env("OPENAI_BASE_URL", model_url)
+            .env("OPENAI_API_KEY", "bench-dummy-key")
+            .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            // Its own process group, so stopping it reaches every sandbox it started.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", kiln.display()))?;
+        let stdout = child.stdout.take().context("stdout was piped")?;
+        let (url_tx, url_rx) = mpsc::channel();
+        // Reads the address, then keeps draining so the server never blocks on stdout.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = url_tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match url_rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => url,
+            Err(err) => {
+                kill_group(&mut child);
+                let why = match err {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not listen within {START_TIMEOUT:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => "exited before listening".to_string(),
+                };
+                bail!("kiln serve {why}; stderr: {}", dir.stderr_tail());
+            }
+        };
+        let pid = child.id() as libc::pid_t;
+        let sampling = Arc::new(AtomicBool::new(true));
+        let tree_peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let sampling = sampling.clone();
+            let tree_peak = tree_peak.clone();
+            thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    tree_peak.fetch_max(tree_rss_bytes(pid), Ordering::Relaxed);
+                    thread::sleep(SAMPLE_EVERY);
+                }
+            })
+        };
+        Ok(ServeProcess {
+            child,
+            url,
+            sampling,
+            tree_peak,
+            sampler: Some(sampler),
+            stopped: false,
+        })
+    }
+
+    fn proc_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).ok()
+    }
+
+    /// User + system time of the server and its reaped children so far.
+    fn cpu_time(&self) -> Option<Duration> {
+        let ticks = cpu_ticks_from_stat(&self.proc_file("stat")?)?;
+        // SAFETY: sysconf has no memory effects.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
+
+    /// Stops the sampler; the server's own peak and the tree's sampled peak.
+    fn stop_sampling(&mut self) -> Memory {
+        self.sampling.store(false, Ordering::Relaxed);
+        if let Some(sampler) = self.sampler.take() {
+            let _ = sampler.join();
+        }
+        Memory {
+            server_hwm_bytes: self
+                .proc_file("status")
+                .and_then(|status| status_kib(&status, "VmHWM"))
+                .map(|kib| kib * 1024),
+            tree_peak_bytes: self.tree_peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the server has exited. It is not reaped, so its pid (and
+    /// process group id) stay reserved until [`ServeProcess::stop`].
+    fn has_exited(&self) -> bool {
+        has_exited_unreaped(&self.child)
+    }
+
+    /// SIGTERM, up to 30 s for a clean exit, then SIGKILL to the group
+    /// (whatever the server left running); its exit status.
+    fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.stopped = true;
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own unreaped child; no memory involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !has_exited_unreaped(&self.child) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        kill_group(&mut self.child)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.sampling.store(false, Ordering::Relaxed);
+        if !self.stopped {
+            kill_group(&mut self.child);
+        }
+    }
+}
+
+/// Whether `child` has exited, without reaping it (`waitid` with `WNOWAIT`).
+fn has_exited_unreaped(child: &Child) -> bool {
+    // SAFETY: siginfo_t is plain old data; waitid fills it or leaves it zeroed.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with a valid siginfo_t to write into.
+    let waited = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            child.id(),
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read for a SIGCHLD siginfo, and 0 when none was filled.
+    waited == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// SIGKILL to the child's process group, then reap the child. The child must
+/// not have been reaped yet: its unreaped pid keeps the group id from reuse.
+fn kill_group(child: &mut Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on our own (unreaped) child's process group.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    child.wait().ok()
+}
+
+/// utime + stime + cutime + cstime (clock ticks) from `/proc/PID/stat`.
+pub(crate) fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces;
+    // fields 14-17 are the 12th to 15th after its closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = fields.get(11..15)?;
+    ticks.iter().map(|field| field.parse::<u64>().ok()).sum()
+}
+
+/// The kB value of `key` in `/proc/PID/status` (`VmHWM:   12345 kB`).
+pub(crate) fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[cfg(test)]
+#[path = "parallel_tests.rs"]
+mod tests;
