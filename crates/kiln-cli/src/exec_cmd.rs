@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kiln_agent::{AgentConfig, AttemptInput, EventLog, InstructionsConfig};
 use kiln_protocol::{AttemptStatus, EventKind, EventSink, Mode};
-use kiln_workspace::{Repo, Worktree};
+use kiln_workspace::{BaseCheckouts, Repo, Worktree};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
@@ -45,6 +45,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, mode: Mode) -> ExitCode {
+    // Copy-on-write checkouts need the process's own mount namespace,
+    // entered before the runtime starts its threads. A failure only means
+    // full checkouts; `create_worktree` says why.
+    if args.worktree || args.resume.is_some() {
+        let _ = kiln_workspace::overlay::enable();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +84,14 @@ async fn run_async(args: Args, mode: Mode) -> Result<ExitCode> {
         (None, Some(resumed)) if args.dir.is_none() => resumed.cwd.clone(),
         _ => std::env::current_dir().context("cannot read the current directory")?,
     };
+    // A `--worktree` run's copy-on-write checkout is unmounted when kiln
+    // exits; resuming it mounts it again, with everything it held.
+    let reattached = match &resumed {
+        Some(_) if args.dir.is_none() && !args.worktree => {
+            reattach_worktree(&home, &requested_dir)?
+        }
+        _ => None,
+    };
     let cwd = requested_dir.canonicalize().with_context(|| {
         format!(
             "cannot use {} as the working directory",
@@ -94,10 +108,13 @@ async fn run_async(args: Args, mode: Mode) -> Result<ExitCode> {
     }
     let config = config::load(&home, &cwd, &overrides)?;
 
+    let mut full_checkout_reason = None;
     let worktree = if args.worktree {
-        Some(create_worktree(&home, &cwd)?)
+        let (worktree, relative, reason) = create_worktree(&home, &cwd)?;
+        full_checkout_reason = reason;
+        Some((worktree, relative))
     } else {
-        None
+        reattached
     };
     let run_dir = match &worktree {
         Some((wt, relative)) => wt.path().join(relative),
@@ -128,6 +145,11 @@ async fn run_async(args: Args, mode: Mode) -> Result<ExitCode> {
         None => (AttemptInput::new(prompt), 1),
     };
     let events = EventLog::new(next_seq, sinks);
+    if let Some(reason) = full_checkout_reason {
+        events.emit(EventKind::Warning {
+            message: format!("the worktree is a full checkout, not copy-on-write: {reason}"),
+        });
+    }
 
     let agent_config = agent_config(&config, &provider.name, mode, run_dir, &home);
     let cancel = CancellationToken::new();
@@ -218,12 +240,17 @@ impl Resumed {
     }
 }
 
-fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf)> {
+/// A checkout of HEAD on a new branch under `$KILN_HOME/worktrees`, with
+/// the directory to run in inside it, and why it is not copy-on-write when
+/// it is not.
+fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf, Option<String>)> {
     let repo = Repo::discover(cwd)?;
     let id = chrono::Utc::now().format("%Y%m%d-%H%M%S-%f").to_string();
     let dest = home.join("worktrees").join(&id);
     std::fs::create_dir_all(dest.parent().unwrap_or(home))?;
-    let worktree = repo.add_worktree("HEAD", &format!("kiln/exec/{id}"), &dest)?;
+    let bases = BaseCheckouts::new(home.join("bases"));
+    let (worktree, reason) =
+        repo.add_checkout(&bases, "HEAD", &format!("kiln/exec/{id}"), &dest)?;
     let root = repo
         .root()
         .canonicalize()
@@ -232,12 +259,41 @@ fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf)> {
         .strip_prefix(&root)
         .unwrap_or(Path::new(""))
         .to_path_buf();
-    Ok((worktree, relative))
+    Ok((worktree, relative, reason))
+}
+
+/// The parked copy-on-write checkout `dir` lies in, mounted again, when `dir`
+/// is under `$KILN_HOME/worktrees/<id>`.
+fn reattach_worktree(home: &Path, dir: &Path) -> Result<Option<(Worktree, PathBuf)>> {
+    let Ok(inside) = dir.strip_prefix(home.join("worktrees")) else {
+        return Ok(None);
+    };
+    let mut parts = inside.components();
+    let Some(id) = parts.next() else {
+        return Ok(None);
+    };
+    let dest = home.join("worktrees").join(id);
+    let bases = BaseCheckouts::new(home.join("bases"));
+    let worktree = Worktree::reattach(&bases, &dest)
+        .with_context(|| format!("cannot mount the checkout {} again", dest.display()))?;
+    Ok(worktree.map(|wt| (wt, parts.as_path().to_path_buf())))
 }
 
 fn report_worktree(worktree: &Worktree, events: &EventLog) -> Result<()> {
     let stat = worktree.diff_stat()?;
-    match worktree.commit_all("kiln exec")? {
+    let committed = worktree.commit_all("kiln exec");
+    // Unmounted either way; `kiln exec --resume LOG` mounts it again.
+    worktree.park()?;
+    match committed? {
+        Some(commit) if worktree.is_copy_on_write() => {
+            eprintln!("{}", stat.trim_end());
+            eprintln!(
+                "committed {} on branch {}; bring it in with: git merge {}",
+                &commit[..commit.len().min(12)],
+                worktree.branch(),
+                worktree.branch()
+            );
+        }
         Some(commit) => {
             eprintln!("{}", stat.trim_end());
             eprintln!(

@@ -526,3 +526,134 @@ async fn worktree_leaves_the_checkout_alone_and_commits_on_a_branch() {
         "the branch is named to the user"
     );
 }
+
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn warnings(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worktree_is_copy_on_write_over_a_cached_base() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let output = kiln
+        .run(&["exec", "--worktree", "Make the test suite pass."])
+        .await;
+    assert_success(&output);
+    let warned = warnings(&log_events(&log_path(&output)));
+    assert!(
+        !warned.iter().any(|w| w.contains("full checkout")),
+        "{warned:?}"
+    );
+    let head = git_in(kiln.repo.path(), &["rev-parse", "HEAD"]);
+    let bases = std::fs::read_dir(kiln.home.path().join("bases"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect::<Vec<_>>();
+    assert_eq!(bases.len(), 1, "one repository: {bases:?}");
+    assert!(
+        bases[0].join(format!("{head}.ready")).exists(),
+        "a base checkout of HEAD is cached"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bases[0].join(&head).join("calc.py")).unwrap(),
+        kiln.read("calc.py"),
+        "the base stays as HEAD had it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_copy_on_write_the_worktree_is_a_full_checkout_and_a_warning_says_why() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns)
+        .await
+        .env("KILN_OVERLAY", "off");
+    let output = kiln
+        .run(&["exec", "--worktree", "Make the test suite pass."])
+        .await;
+    assert_success(&output);
+    let warned = warnings(&log_events(&log_path(&output)));
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("full checkout") && w.contains("KILN_OVERLAY=off")),
+        "{warned:?}"
+    );
+    let branch = git_in(
+        kiln.repo.path(),
+        &[
+            "branch",
+            "--list",
+            "kiln/exec/*",
+            "--format=%(refname:short)",
+        ],
+    );
+    let fixed = git_in(kiln.repo.path(), &["show", &format!("{branch}:calc.py")]);
+    assert!(fixed.contains("ordered[middle - 1]"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_a_worktree_run_continues_in_its_checkout_and_commits_again() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let first = kiln
+        .run(&["exec", "--worktree", "Make the test suite pass."])
+        .await;
+    assert_success(&first);
+    let log = log_path(&first);
+
+    // The follow-up relies on the first run's uncommitted-to-main state:
+    // it reads the fixed file, then records a note.
+    kiln.server
+        .push_turn(Turn::tool_calls(vec![ScriptedToolCall::new(
+            "shell",
+            json!({"command": ["bash", "-lc", "grep -c 'middle - 1' calc.py && echo 'median fixed' > NOTES.md"]}),
+        )]));
+    kiln.server.push_turn(Turn::message("Wrote NOTES.md."));
+    let log_arg = log.to_string_lossy().into_owned();
+    let second = kiln
+        .run(&["exec", "--resume", &log_arg, "Write a note about the fix."])
+        .await;
+    assert_success(&second);
+    let outputs: Vec<String> = log_events(&log)
+        .iter()
+        .filter(|e| e["type"] == "exec.end")
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        outputs
+            .last()
+            .is_some_and(|end| end.contains("\"exit_code\":0")),
+        "the follow-up's command found the fixed file: {outputs:?}"
+    );
+
+    let branch = git_in(
+        kiln.repo.path(),
+        &[
+            "branch",
+            "--list",
+            "kiln/exec/*",
+            "--format=%(refname:short)",
+        ],
+    );
+    assert_eq!(
+        git_in(kiln.repo.path(), &["show", &format!("{branch}:NOTES.md")]),
+        "median fixed"
+    );
+    let commits = git_in(
+        kiln.repo.path(),
+        &["rev-list", "--count", &format!("HEAD..{branch}")],
+    );
+    assert_eq!(commits, "2", "one commit per run");
+    assert!(!kiln.repo.path().join("NOTES.md").exists());
+}
