@@ -15,9 +15,13 @@ use crate::git::{run_git, GitError, Repo};
 use crate::overlay;
 use crate::Worktree;
 
-/// What a copy-on-write checkout holds on to while it exists.
+/// What a copy-on-write checkout holds on to while it exists. Dropping the
+/// last handle parks the checkout (unmounts it, keeping its changes), so an
+/// attempt that ends early never leaves a mount behind.
 #[derive(Debug)]
 pub(crate) struct Layers {
+    /// Where the overlay is mounted.
+    target: PathBuf,
     dir: PathBuf,
     /// `.git/worktrees/<name>` of the checkout.
     git_dir: PathBuf,
@@ -25,13 +29,21 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
-    pub(crate) fn park(&self, target: &Path) -> Result<(), GitError> {
-        overlay::unmount(target).map_err(GitError::Overlay)
+    pub(crate) fn park(&self) -> Result<(), GitError> {
+        overlay::unmount(&self.target).map_err(GitError::Overlay)
     }
 
-    pub(crate) fn remove(&self, target: &Path) -> Result<(), GitError> {
-        overlay::unmount(target).map_err(GitError::Overlay)?;
-        discard_layers(&self.dir, Some(&self.git_dir), target)
+    pub(crate) fn remove(&self) -> Result<(), GitError> {
+        self.park()?;
+        discard_layers(&self.dir, Some(&self.git_dir), &self.target)
+    }
+}
+
+impl Drop for Layers {
+    fn drop(&mut self) {
+        if let Err(err) = self.park() {
+            tracing::warn!("{err}");
+        }
     }
 }
 
@@ -109,6 +121,7 @@ impl Repo {
                 Ok(
                     Worktree::new(self.clone(), dest.to_path_buf(), branch.to_string(), commit)
                         .with_layers(Layers {
+                            target: dest.to_path_buf(),
                             dir,
                             git_dir,
                             _base: lease,
@@ -126,44 +139,6 @@ impl Repo {
                 Err(err)
             }
         }
-    }
-
-    /// Mount again a copy-on-write checkout that was parked at `dest`, with
-    /// everything it held (committed or not). `None` when there is none to
-    /// mount (it was removed, or the checkout at `dest` is a full worktree).
-    pub fn reattach_checkout(
-        &self,
-        bases: &BaseCheckouts,
-        dest: &Path,
-        branch: &str,
-    ) -> Result<Option<Worktree>, GitError> {
-        if overlay::unavailable_reason().is_some() {
-            return Ok(None);
-        }
-        let dir = layers_dir(dest);
-        let Ok(lower) = std::fs::read_to_string(dir.join("lower")) else {
-            return Ok(None);
-        };
-        let commit = lower.trim().to_string();
-        let Ok(git_dir) = worktree_git_dir_in(&dir.join("upper"), dest) else {
-            return Ok(None);
-        };
-        if !git_dir.join("HEAD").exists() || self.resolve(branch).is_err() {
-            return Ok(None);
-        }
-        let lease = bases.lease(self, &commit)?;
-        overlay::unmount(dest).map_err(GitError::Overlay)?;
-        std::fs::create_dir_all(dest).map_err(|e| GitError::io(dest, e))?;
-        overlay::mount_overlay(&lease.path, &dir.join("upper"), &dir.join("work"), dest)
-            .map_err(GitError::Overlay)?;
-        Ok(Some(
-            Worktree::new(self.clone(), dest.to_path_buf(), branch.to_string(), commit)
-                .with_layers(Layers {
-                    dir,
-                    git_dir,
-                    _base: lease,
-                }),
-        ))
     }
 
     /// Remove whatever checkout an earlier run left at `dest`, full or
@@ -210,6 +185,55 @@ impl Repo {
         std::fs::write(&lower, commit).map_err(|e| GitError::io(&lower, e))?;
         overlay::mount_overlay(&lease.path, &upper, &dir.join("work"), dest)
             .map_err(GitError::Overlay)
+    }
+}
+
+impl Worktree {
+    /// Mount again the copy-on-write checkout parked at `dest`, with
+    /// everything it held (committed or not), on the branch it was on. `None`
+    /// when there is none to mount: it was removed, or `dest` is a full
+    /// worktree, or this process cannot mount overlays.
+    pub fn reattach(bases: &BaseCheckouts, dest: &Path) -> Result<Option<Worktree>, GitError> {
+        if overlay::unavailable_reason().is_some() {
+            return Ok(None);
+        }
+        let dir = layers_dir(dest);
+        let Ok(lower) = std::fs::read_to_string(dir.join("lower")) else {
+            return Ok(None);
+        };
+        let commit = lower.trim().to_string();
+        let Ok(git_dir) = worktree_git_dir_in(&dir.join("upper"), dest) else {
+            return Ok(None);
+        };
+        let Some(branch) = std::fs::read_to_string(git_dir.join("HEAD"))
+            .ok()
+            .and_then(|head| Some(head.trim().strip_prefix("ref: refs/heads/")?.to_string()))
+        else {
+            return Ok(None);
+        };
+        let common = std::fs::read_to_string(git_dir.join("commondir"))
+            .map(|relative| git_dir.join(relative.trim()))
+            .unwrap_or_else(|_| git_dir.join("../.."));
+        let common = common
+            .canonicalize()
+            .map_err(|e| GitError::io(&common, e))?;
+        let repo = Repo::discover(common.parent().unwrap_or(&common))?;
+        if repo.resolve(&branch).is_err() {
+            return Ok(None);
+        }
+        let lease = bases.lease(&repo, &commit)?;
+        overlay::unmount(dest).map_err(GitError::Overlay)?;
+        std::fs::create_dir_all(dest).map_err(|e| GitError::io(dest, e))?;
+        overlay::mount_overlay(&lease.path, &dir.join("upper"), &dir.join("work"), dest)
+            .map_err(GitError::Overlay)?;
+        Ok(Some(
+            Worktree::new(repo, dest.to_path_buf(), branch, commit).with_layers(Layers {
+                target: dest.to_path_buf(),
+                dir,
+                git_dir,
+                _base: lease,
+            }),
+        ))
     }
 }
 

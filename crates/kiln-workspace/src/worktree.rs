@@ -108,18 +108,18 @@ impl Worktree {
     /// Remove the checkout; the branch and its commit stay in the repository.
     pub fn remove(self) -> Result<(), GitError> {
         if let Some(layers) = &self.layers {
-            return layers.remove(&self.path);
+            return layers.remove();
         }
         let path = self.path.to_string_lossy().into_owned();
         run_git(self.repo.root(), ["worktree", "remove", "--force", &path]).map(|_| ())
     }
 
     /// Unmount a copy-on-write checkout but keep its changes, so that
-    /// [`Repo::reattach_checkout`] can mount it again later; a full worktree
+    /// [`Worktree::reattach`] can mount it again later; a full worktree
     /// simply stays on disk.
     pub fn park(&self) -> Result<(), GitError> {
         match &self.layers {
-            Some(layers) => layers.park(&self.path),
+            Some(layers) => layers.park(),
             None => Ok(()),
         }
     }

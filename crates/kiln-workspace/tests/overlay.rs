@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use kiln_workspace::{overlay, BaseCheckouts, Repo};
+use kiln_workspace::{overlay, BaseCheckouts, Repo, Worktree};
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{git, repo_with_one_commit};
 
@@ -43,6 +43,10 @@ fn main() {
         trial(
             "idle_bases_beyond_the_newest_two_are_deleted",
             idle_bases_beyond_the_newest_two_are_deleted,
+        ),
+        trial(
+            "dropping_the_last_handle_unmounts_but_keeps_the_changes",
+            dropping_the_last_handle_unmounts_but_keeps_the_changes,
         ),
         trial(
             "add_checkout_prefers_copy_on_write",
@@ -185,19 +189,20 @@ fn a_parked_checkout_comes_back_with_uncommitted_and_ignored_files() {
     drop(wt);
     assert!(!dest.join("a.txt").exists(), "parked means unmounted");
 
-    let wt = repo
-        .reattach_checkout(&bases, &dest, "kiln/t/4")
+    let wt = Worktree::reattach(&bases, &dest)
         .unwrap()
         .expect("the parked checkout");
+    assert_eq!(wt.branch(), "kiln/t/4");
+    assert_eq!(
+        wt.path().canonicalize().unwrap(),
+        dest.canonicalize().unwrap()
+    );
     assert_eq!(read(&dest.join("a.txt")), "committed\n");
     assert_eq!(read(&dest.join("build/out.o")), "object\n");
     assert_eq!(read(&dest.join("notes.txt")), "uncommitted\n");
     assert_eq!(git(&dest, &["status", "--porcelain"]), "?? notes.txt\n");
     wt.remove().unwrap();
-    assert!(repo
-        .reattach_checkout(&bases, &dest, "kiln/t/4")
-        .unwrap()
-        .is_none());
+    assert!(Worktree::reattach(&bases, &dest).unwrap().is_none());
 }
 
 fn discard_clears_a_parked_checkout_for_a_fresh_one() {
@@ -254,6 +259,26 @@ fn idle_bases_beyond_the_newest_two_are_deleted() {
     assert!(!kept.contains(&commits[1]), "{kept:?}");
     assert_eq!(read(&in_use.path().join("a.txt")), "one\n");
     in_use.remove().unwrap();
+}
+
+fn dropping_the_last_handle_unmounts_but_keeps_the_changes() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/7", &dest)
+        .unwrap();
+    let handle = wt.clone();
+    std::fs::write(dest.join("a.txt"), "kept\n").unwrap();
+    drop(wt);
+    assert_eq!(read(&dest.join("a.txt")), "kept\n", "a clone still holds it");
+    drop(handle);
+    assert!(!dest.join("a.txt").exists(), "unmounted with the last handle");
+    let wt = Worktree::reattach(&bases, &dest).unwrap().expect("parked");
+    assert_eq!(read(&dest.join("a.txt")), "kept\n");
+    wt.remove().unwrap();
 }
 
 fn add_checkout_prefers_copy_on_write() {
