@@ -44,6 +44,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    // Copy-on-write checkouts need the process's own mount namespace,
+    // entered before the runtime starts its threads.
+    if let Err(reason) = kiln_workspace::overlay::enable() {
+        tracing::warn!("checkouts will be full copies, not copy-on-write: {reason}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

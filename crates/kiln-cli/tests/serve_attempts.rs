@@ -99,12 +99,20 @@ async fn parallel_attempts_each_get_their_own_checkout_and_all_finish() {
         for attempt in task["attempts"].as_array().unwrap() {
             assert_eq!(attempt["final_message"], "Nothing to change.");
             assert_eq!(attempt["diff_stat"]["files_changed"], 0);
-            let checkout = install
+            // A finished attempt's copy-on-write checkout is parked: only
+            // its own upper layer (and git metadata) stays on disk.
+            let n = attempt["n"].as_u64().unwrap();
+            let layers = install
                 .data_dir()
                 .join("checkouts")
                 .join(id)
-                .join(attempt["n"].as_u64().unwrap().to_string());
-            assert!(checkout.join("calc.py").exists(), "{}", checkout.display());
+                .join(format!("{n}.layers"));
+            assert!(
+                layers.join("upper/.git").is_file(),
+                "{}",
+                layers.display()
+            );
+            assert!(!layers.join("upper/calc.py").exists(), "nothing copied up");
         }
     }
     let (_, metrics) = server

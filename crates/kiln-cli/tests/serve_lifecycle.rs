@@ -235,3 +235,67 @@ async fn a_second_server_on_the_same_data_dir_is_refused_until_the_first_is_gone
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_finds_what_setup_and_the_first_turn_left_in_the_checkout() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("echo draft > scratch.txt"),
+        Turn::message("Left a draft."),
+        // Setup does not run again for a follow-up: its product is only
+        // there if the attempt's own checkout came back.
+        Turn::shell("cat .setup-done scratch.txt"),
+        Turn::message("Both are still there."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                "setup_script": "echo installed > .setup-done",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "draft something"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    let (status, body) = server
+        .post(
+            &format!("/api/tasks/{id}/messages"),
+            ADMIN_TOKEN,
+            json!({"text": "are the setup and the draft still there?"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    server
+        .wait_task(ADMIN_TOKEN, &id, LONG, |t| {
+            t["attempts"][0]["final_message"] == "Both are still there."
+                && t["status"] == "succeeded"
+        })
+        .await;
+    let events = server.events(ADMIN_TOKEN, &id, None).await.all(LONG).await;
+    let outputs: String = events
+        .iter()
+        .filter(|e| e.kind == "exec.output")
+        .map(|e| e.data["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        outputs.contains("installed\ndraft"),
+        "the follow-up read both files: {outputs:?}"
+    );
+    let warned: Vec<_> = events.iter().filter(|e| e.kind == "warning").collect();
+    assert!(warned.is_empty(), "copy-on-write, no warnings: {warned:?}");
+}

@@ -1,10 +1,15 @@
 //! Per-repository mirrors and per-attempt checkouts.
 //!
 //! Each environment's repository is cloned once into `DATA/mirrors/<hash>`
-//! (fetched again before each checkout); each attempt works in its own git
-//! worktree of that mirror at `DATA/checkouts/<task>/<n>`, on branch
-//! `kiln/<task>/<n>`, so attempts share objects but never files. The commit
-//! an attempt ends with stays on its branch in the mirror.
+//! (fetched again before each checkout); each attempt works in its own
+//! checkout of that mirror at `DATA/checkouts/<task>/<n>`, on branch
+//! `kiln/<task>/<n>`, so attempts share objects but never files. Checkouts
+//! are copy-on-write over a clean checkout of the base commit cached in
+//! `DATA/bases` (a full git worktree where the process cannot mount
+//! overlays). The commit an attempt ends with stays on its branch in the
+//! mirror; a copy-on-write checkout is parked when the attempt ends, and a
+//! follow-up mounts it again with everything the attempt left (setup
+//! products included).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_store::DiffStat;
-use kiln_workspace::{GitError, Repo, Worktree};
+use kiln_workspace::{BaseCheckouts, GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
 
 /// How long a fetch serves later checkouts of the same mirror.
@@ -43,12 +48,15 @@ pub(crate) struct Checkout {
     pub(crate) base_commit: String,
     /// The mirror's `.git` directory, which the worktree's git metadata lives in.
     pub(crate) git_dir: PathBuf,
+    /// Why the checkout is a full worktree rather than copy-on-write.
+    pub(crate) full_checkout_reason: Option<String>,
 }
 
 /// The mirrors under one data directory, with one lock per mirror so that
 /// fetches and worktree changes of one repository take turns.
 pub(crate) struct Mirrors {
     root: PathBuf,
+    bases: BaseCheckouts,
     /// Per mirror: its lock, holding when it was last fetched.
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
@@ -57,6 +65,7 @@ impl Mirrors {
     pub(crate) fn new(data_dir: &Path) -> Self {
         Mirrors {
             root: data_dir.to_path_buf(),
+            bases: BaseCheckouts::new(data_dir.join("bases")),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -93,6 +102,7 @@ impl Mirrors {
             branch: format!("kiln/{task_id}/{n}"),
             dest: self.checkout_dir(task_id, n),
             mirror,
+            bases: self.bases.clone(),
             resume,
             fresh,
         };
@@ -112,6 +122,7 @@ struct Request {
     branch: String,
     dest: PathBuf,
     mirror: PathBuf,
+    bases: BaseCheckouts,
     resume: bool,
     /// The mirror was fetched moments ago.
     fresh: bool,
@@ -132,6 +143,11 @@ impl Request {
         }
         let repo = Repo::discover(&self.mirror)?;
         let base_file = self.dest.with_extension("base");
+        if self.resume {
+            if let Some(checkout) = self.reattach(&base_file)? {
+                return Ok(checkout);
+            }
+        }
         let previous = if self.resume {
             let base = std::fs::read_to_string(&base_file).ok();
             let head = repo.resolve(&self.branch).ok();
@@ -140,17 +156,7 @@ impl Request {
             None
         };
         // A rerun starts from a fresh checkout: drop what an earlier try left.
-        if self.dest.exists() {
-            let dest = self.dest.to_string_lossy().into_owned();
-            let _ = git(&self.mirror, &["worktree", "remove", "--force", &dest]);
-            std::fs::remove_dir_all(&self.dest)
-                .or_else(ignore_missing)
-                .map_err(|source| CheckoutError::Io {
-                    path: self.dest.clone(),
-                    source,
-                })?;
-        }
-        let _ = git(&self.mirror, &["worktree", "prune"]);
+        repo.discard_checkout(&self.dest)?;
         let _ = git(&self.mirror, &["branch", "-D", &self.branch]);
         if let Some(parent) = self.dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
@@ -177,12 +183,33 @@ impl Request {
             path: base_file.clone(),
             source,
         })?;
-        let worktree = repo.add_worktree(&start, &self.branch, &self.dest)?;
+        let (worktree, full_checkout_reason) =
+            repo.add_checkout(&self.bases, &start, &self.branch, &self.dest)?;
         Ok(Checkout {
             worktree,
             base_commit,
             git_dir: self.mirror.join(".git"),
+            full_checkout_reason,
         })
+    }
+
+    /// The parked copy-on-write checkout of this attempt, mounted again.
+    fn reattach(&self, base_file: &Path) -> Result<Option<Checkout>, CheckoutError> {
+        let Ok(base) = std::fs::read_to_string(base_file) else {
+            return Ok(None);
+        };
+        let Some(worktree) = Worktree::reattach(&self.bases, &self.dest)? else {
+            return Ok(None);
+        };
+        if worktree.branch() != self.branch {
+            return Ok(None);
+        }
+        Ok(Some(Checkout {
+            worktree,
+            base_commit: base.trim().to_string(),
+            git_dir: self.mirror.join(".git"),
+            full_checkout_reason: None,
+        }))
     }
 
     fn sync_mirror(&self) -> Result<(), CheckoutError> {
@@ -271,14 +298,6 @@ fn parse_numstat(text: &str) -> DiffStat {
         stat.deletions += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     }
     stat
-}
-
-fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
-    if err.kind() == std::io::ErrorKind::NotFound {
-        Ok(())
-    } else {
-        Err(err)
-    }
 }
 
 /// A stable directory name for a repository location.

@@ -226,6 +226,11 @@ async fn run(
         )
         .await
         .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
+    if let Some(reason) = &checkout.full_checkout_reason {
+        events.emit(EventKind::Warning {
+            message: format!("the checkout is a full copy, not copy-on-write: {reason}"),
+        });
+    }
     let sandbox = build_sandbox(shared, &environment, &checkout, task.mode)?;
 
     if !claimed.resume {
