@@ -148,7 +148,8 @@ fn create_base(repo: &Repo, path: &Path, commit: &str) -> Result<(), GitError> {
         }
         std::fs::remove_dir_all(path).map_err(|e| GitError::io(path, e))?;
     }
-    let _ = run_git(repo.root(), ["worktree", "prune"]);
+    // A base deleted by hand leaves git's locked record of it behind.
+    repo.forget_worktree_at(path)?;
     let path_str = path.to_string_lossy().into_owned();
     run_git(
         repo.root(),

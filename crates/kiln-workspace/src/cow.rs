@@ -155,6 +155,7 @@ impl Repo {
             let _ = run_git(self.root(), ["worktree", "remove", "--force", &dest_str]);
             remove_dir_all_if_present(dest)?;
         }
+        self.forget_worktree_at(dest)?;
         let _ = run_git(self.root(), ["worktree", "prune"]);
         Ok(())
     }

@@ -65,6 +65,41 @@ impl Repo {
         run_git(&self.root, ["rev-parse", "--verify", &spec]).map(|s| s.trim().to_string())
     }
 
+    /// The directory shared by all of the repository's worktrees (`.git`).
+    pub fn common_dir(&self) -> Result<PathBuf, GitError> {
+        let dir = run_git(&self.root, ["rev-parse", "--git-common-dir"])?;
+        Ok(self.root.join(dir.trim()))
+    }
+
+    /// Drop git's record of any worktree at `path` whose directory is gone,
+    /// locked or not (kiln locks its copy-on-write checkouts, and a locked,
+    /// missing worktree would block a new one at the same path).
+    pub(crate) fn forget_worktree_at(&self, path: &Path) -> Result<(), GitError> {
+        let worktrees = self.common_dir()?.join("worktrees");
+        let Ok(entries) = std::fs::read_dir(&worktrees) else {
+            return Ok(());
+        };
+        let dot_git = path.join(".git");
+        if dot_git.exists() {
+            return Ok(());
+        }
+        // git records the real path; `path` may go through a symlink.
+        let real = path
+            .parent()
+            .and_then(|parent| parent.canonicalize().ok())
+            .zip(path.file_name())
+            .map(|(parent, name)| parent.join(name).join(".git"));
+        for entry in entries.filter_map(Result::ok) {
+            let recorded = std::fs::read_to_string(entry.path().join("gitdir")).unwrap_or_default();
+            let recorded = Path::new(recorded.trim());
+            if recorded == dot_git || Some(recorded) == real.as_deref() {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| GitError::io(&entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Check out `base` into a new worktree at `dest` on a new branch.
     pub fn add_worktree(
         &self,

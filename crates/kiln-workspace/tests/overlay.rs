@@ -49,6 +49,10 @@ fn main() {
             dropping_the_last_handle_unmounts_but_keeps_the_changes,
         ),
         trial(
+            "bases_deleted_by_hand_are_rebuilt",
+            bases_deleted_by_hand_are_rebuilt,
+        ),
+        trial(
             "add_checkout_prefers_copy_on_write",
             add_checkout_prefers_copy_on_write,
         ),
@@ -273,12 +277,36 @@ fn dropping_the_last_handle_unmounts_but_keeps_the_changes() {
     let handle = wt.clone();
     std::fs::write(dest.join("a.txt"), "kept\n").unwrap();
     drop(wt);
-    assert_eq!(read(&dest.join("a.txt")), "kept\n", "a clone still holds it");
+    assert_eq!(
+        read(&dest.join("a.txt")),
+        "kept\n",
+        "a clone still holds it"
+    );
     drop(handle);
-    assert!(!dest.join("a.txt").exists(), "unmounted with the last handle");
+    assert!(
+        !dest.join("a.txt").exists(),
+        "unmounted with the last handle"
+    );
     let wt = Worktree::reattach(&bases, &dest).unwrap().expect("parked");
     assert_eq!(read(&dest.join("a.txt")), "kept\n");
     wt.remove().unwrap();
+}
+
+fn bases_deleted_by_hand_are_rebuilt() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let first = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/8", &place.path().join("a"))
+        .unwrap();
+    first.remove().unwrap();
+    std::fs::remove_dir_all(bases.root()).unwrap();
+    let second = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/9", &place.path().join("b"))
+        .unwrap();
+    assert_eq!(read(&second.path().join("a.txt")), "one\n");
+    second.remove().unwrap();
 }
 
 fn add_checkout_prefers_copy_on_write() {
