@@ -1,26 +1,31 @@
 //! `kiln serve --database-url postgres://…`: the same server on PostgreSQL,
-//! started by the test itself.
+//! started by the test itself (`kiln_testkit::postgres`).
 
 mod serve_support;
 
 use std::time::Duration;
 
+use kiln_testkit::postgres::PostgresServer;
 use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, Turn};
 use serde_json::json;
-use serve_support::postgres::Postgres;
 use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
 
 const LONG: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_tasks_run_and_an_attempt_survives_a_kill_9() {
-    let postgres = Postgres::start();
+    // Its own server (stopped on drop) unless KILN_TEST_DATABASE_URL names one.
+    let postgres = PostgresServer::from_env_or_start().unwrap_or_else(|e| panic!("{e}"));
+    let database_url = postgres
+        .fresh_database()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let repo = fixtures::repo("calc-py");
     let mut turns = vec![Turn::shell("sleep 30"), Turn::message("Rerun done.")];
     turns.extend(scenarios::fix_calc_py().turns);
     let model = ScriptedServer::start(Script::new(turns)).await;
     let install = Installation::new();
-    let args = ["--database-url", postgres.url.as_str()];
+    let args = ["--database-url", database_url.as_str()];
     let server = KilnServer::start_with(&install, &model, 1, &args).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
 

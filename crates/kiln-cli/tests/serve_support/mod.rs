@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod postgres;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
