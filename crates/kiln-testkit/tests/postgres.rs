@@ -1,6 +1,9 @@
 //! Throwaway PostgreSQL servers: real `initdb` and `postgres` processes.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use kiln_testkit::postgres::PostgresServer;
 use sqlx::Connection;
@@ -110,4 +113,71 @@ fn the_shared_server_is_started_once_per_process() {
     let first = PostgresServer::shared().unwrap_or_else(|e| panic!("{e}"));
     let second = PostgresServer::shared().unwrap_or_else(|e| panic!("{e}"));
     assert!(std::ptr::eq(first, second));
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (an orphan
+/// stays one until init reaps it).
+fn runs(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Set in the child process of the kill -9 test.
+const CRASHING_CHILD: &str = "KILN_TESTKIT_PG_CRASHING_CHILD";
+
+#[test]
+fn a_killed_test_process_takes_its_server_along_and_the_next_start_cleans_up() {
+    if std::env::var_os(CRASHING_CHILD).is_some() {
+        let server = started();
+        let dir = socket_dir(&server);
+        let pid_file = std::fs::read_to_string(dir.join("data").join("postmaster.pid")).unwrap();
+        let pid = pid_file.lines().next().unwrap().trim();
+        println!("\nKILN-PG {pid} {}", dir.display());
+        // SAFETY: SIGKILL to ourselves; nothing runs after it, not even Drop.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_test_process_takes_its_server_along_and_the_next_start_cleans_up",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASHING_CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("KILN-PG "))
+        .unwrap_or_else(|| panic!("the child started no server: {stdout}"));
+    let (pid, dir) = line.split_once(' ').unwrap();
+    let dir = PathBuf::from(dir);
+    assert_eq!(child.status.signal(), Some(libc::SIGKILL));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "postgres {pid} outlived its test process by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        dir.exists(),
+        "a killed process cannot clean up after itself"
+    );
+
+    let _next = started();
+    assert!(!dir.exists(), "{} is left behind", dir.display());
 }
