@@ -414,6 +414,17 @@ pub(crate) fn percentile(values: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// The median time between consecutive instants (in any order), in ms.
+pub(crate) fn median_gap_ms(instants: impl Iterator<Item = DateTime<Utc>>) -> Option<f64> {
+    let mut sorted: Vec<DateTime<Utc>> = instants.collect();
+    sorted.sort();
+    let gaps: Vec<f64> = sorted
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3)
+        .collect();
+    median(&gaps)
+}
+
 /// The most intervals `[start, end)` that hold at one instant.
 pub(crate) fn max_overlap<T: Ord + Copy>(intervals: &[(T, T)]) -> usize {
     // Ends sort before starts at the same instant: touching intervals do not overlap.
@@ -474,9 +485,11 @@ fn rows(name: &str, tasks: usize, burst: &Burst, memory: Memory) -> Vec<Row> {
         Row::new(name, "task to first command, p99", "ms")
             .kiln(percentile(&arrival, 0.99))
             .note(format!(
-                "nearest rank of {} samples{}",
+                "nearest rank of {} samples{}; attempts started {} apart (median gap between consecutive attempt.started)",
                 arrival.len(),
-                stamped_note(percentile(&stamped, 0.99))
+                stamped_note(percentile(&stamped, 0.99)),
+                median_gap_ms(running.iter().map(|(start, _)| *start))
+                    .map_or("-".to_string(), |gap| format!("{gap:.0} ms"))
             )),
         Row::new(name, "peak RSS, kiln serve process", "MB")
             .kiln(memory.server_hwm_bytes.map(mb))

@@ -62,6 +62,15 @@ fn overlap_counts_intervals_open_at_one_instant() {
 }
 
 #[test]
+fn median_gap_is_between_neighbours_in_time() {
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(1_795_000_000_000 + ms).unwrap();
+    // Given out of order: sorted 0, 60, 130, 200, 1000 → gaps 60, 70, 70, 800.
+    let instants = [130, 0, 1000, 60, 200].map(at);
+    assert_eq!(median_gap_ms(instants.into_iter()), Some(70.0));
+    assert_eq!(median_gap_ms([at(5)].into_iter()), None);
+}
+
+#[test]
 fn every_task_has_its_own_route_with_a_command_then_its_answer() {
     let script = task_script(12);
     assert!(script.turns.is_empty());
