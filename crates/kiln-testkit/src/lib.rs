@@ -10,7 +10,8 @@
 //! streams cut mid-way, stalls, garbage). [`fixtures::repo`] makes a real git
 //! repository from a fixture project such as `calc-py`, and [`scenarios`]
 //! holds ready-made scripts for them. The `kiln-testkit-server` binary serves
-//! a JSON script for benchmarks.
+//! a JSON script for benchmarks. With the `postgres` feature, `postgres`
+//! starts a throwaway PostgreSQL server for store and server tests.
 //!
 //! ```
 //! use kiln_testkit::{Script, ScriptedServer, Turn};
