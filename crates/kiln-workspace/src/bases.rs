@@ -65,7 +65,15 @@ impl BaseCheckouts {
             lock.lock().map_err(|e| GitError::io(&lock_path, e))?;
             // Another process may have built it while we waited.
             if !ready.exists() {
-                create_base(repo, &path, commit)?;
+                let recycled = match self.take_idle_base(&dir, commit) {
+                    Some(idle) => recycle_base(repo, &idle, &path, commit)
+                        .map_err(|err| tracing::warn!("cannot reuse {}: {err}", idle.display()))
+                        .is_ok(),
+                    None => false,
+                };
+                if !recycled {
+                    create_base(repo, &path, commit)?;
+                }
                 std::fs::write(&ready, commit).map_err(|e| GitError::io(&ready, e))?;
             }
             lock.unlock().map_err(|e| GitError::io(&lock_path, e))?;
@@ -92,22 +100,33 @@ impl BaseCheckouts {
         })
     }
 
+    /// The most recently used base that no checkout uses, withdrawn from
+    /// the cache (its `.ready` removed) so that it can become another commit's.
+    fn take_idle_base(&self, dir: &Path, wanted: &str) -> Option<PathBuf> {
+        let mut idle = ready_bases(dir, wanted);
+        idle.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+        for (_, commit) in idle {
+            let Ok(lock) = File::options()
+                .write(true)
+                .open(dir.join(format!("{commit}.lock")))
+            else {
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue; // in use
+            }
+            if std::fs::remove_file(dir.join(format!("{commit}.ready"))).is_ok() {
+                return Some(dir.join(commit));
+            }
+        }
+        None
+    }
+
     /// Delete base checkouts beyond the newest few that no checkout uses.
     /// Files go to a trash directory and are deleted on a background thread,
     /// so an attempt does not wait for 100k unlinks.
     fn remove_idle_bases(&self, repo: &Repo, dir: &Path, keep: &str) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut bases: Vec<(SystemTime, String)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let commit = name.strip_suffix(".ready")?.to_string();
-                let modified = entry.metadata().ok()?.modified().ok()?;
-                (commit != keep).then_some((modified, commit))
-            })
-            .collect();
+        let mut bases = ready_bases(dir, keep);
         bases.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         let trash = dir.join(".trash");
         for (_, commit) in bases.into_iter().skip(KEPT_IDLE_BASES) {
@@ -137,6 +156,56 @@ impl BaseCheckouts {
         }
     }
 }
+
+/// The complete bases in `dir` other than `except`'s, with when each was last leased.
+fn ready_bases(dir: &Path, except: &str) -> Vec<(SystemTime, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let commit = name.strip_suffix(".ready")?.to_string();
+            let modified = entry.metadata().ok()?.modified().ok()?;
+            (commit != except).then_some((modified, commit))
+        })
+        .collect()
+}
+
+/// Turn the idle base at `idle` into the base of `commit` at `path`: move
+/// it, then check out `commit` in it, which rewrites only the files that
+/// differ. Commits near each other (a branch that moved on) share most files,
+/// so this takes a fraction of a full checkout.
+fn recycle_base(repo: &Repo, idle: &Path, path: &Path, commit: &str) -> Result<(), GitError> {
+    let result = (|| {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| GitError::io(path, e))?;
+        }
+        repo.forget_worktree_at(path)?;
+        let git_dir = worktree_git_dir(idle)?;
+        let _ = std::fs::remove_file(git_dir.join("locked"));
+        let from = idle.to_string_lossy().into_owned();
+        let to = path.to_string_lossy().into_owned();
+        run_git(repo.root(), ["worktree", "move", &from, &to])?;
+        run_git(path, ["checkout", "--force", "--quiet", "--detach", commit])?;
+        let git_dir = worktree_git_dir(path)?;
+        let locked = git_dir.join("locked");
+        std::fs::write(&locked, BASE_LOCK_REASON).map_err(|e| GitError::io(&locked, e))
+    })();
+    if result.is_err() {
+        // Half moved or half checked out: neither base is trustworthy.
+        for dir in [idle, path] {
+            if let Ok(git_dir) = worktree_git_dir(dir) {
+                let _ = std::fs::remove_dir_all(git_dir);
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
+}
+
+const BASE_LOCK_REASON: &str = "kiln base checkout (lower layer of copy-on-write checkouts)";
 
 /// A detached worktree of `commit` at `path`, locked so that `git worktree
 /// prune` never drops it.

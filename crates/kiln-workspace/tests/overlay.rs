@@ -53,6 +53,10 @@ fn main() {
             bases_deleted_by_hand_are_rebuilt,
         ),
         trial(
+            "a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed",
+            a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed,
+        ),
+        trial(
             "add_checkout_prefers_copy_on_write",
             add_checkout_prefers_copy_on_write,
         ),
@@ -239,30 +243,83 @@ fn idle_bases_beyond_the_newest_two_are_deleted() {
     let in_use = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/in-use", &place.path().join("u"))
         .unwrap();
-    let first_commit = repo.resolve("HEAD").unwrap();
-    let mut commits = vec![first_commit.clone()];
+    let mut commits = vec![repo.resolve("HEAD").unwrap()];
+    // Four checkouts alive at once need four bases.
+    let mut alive = Vec::new();
     for n in 1..=4 {
         std::fs::write(origin.path().join("a.txt"), format!("{n}\n")).unwrap();
         git(origin.path(), &["commit", "-qam", &n.to_string()]);
         commits.push(repo.resolve("HEAD").unwrap());
         let dest = place.path().join(format!("wt{n}"));
-        let wt = repo
-            .add_overlay_worktree(&bases, "HEAD", &format!("kiln/t/{n}"), &dest)
-            .unwrap();
+        alive.push(
+            repo.add_overlay_worktree(&bases, "HEAD", &format!("kiln/t/{n}"), &dest)
+                .unwrap(),
+        );
+    }
+    assert_eq!(base_dirs(&bases).len(), 5);
+    for wt in alive {
         wt.remove().unwrap();
     }
+    // A fifth commit takes over the newest idle base (4's); of the idle
+    // ones left (1, 2, 3) the two newest stay and 1 goes. 0 is in use.
+    std::fs::write(origin.path().join("a.txt"), "5\n").unwrap();
+    git(origin.path(), &["commit", "-qam", "5"]);
+    commits.push(repo.resolve("HEAD").unwrap());
+    let fifth = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/5", &place.path().join("wt5"))
+        .unwrap();
     let kept: Vec<String> = base_dirs(&bases)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    // In use: the first; newest: 4, then the two idle before it (3 and 2).
-    // Commit 1 was idle and older: deleted.
-    for commit in [&commits[0], &commits[2], &commits[3], &commits[4]] {
+    for commit in [&commits[0], &commits[2], &commits[3], &commits[5]] {
         assert!(kept.contains(commit), "{commit} kept: {kept:?}");
     }
-    assert!(!kept.contains(&commits[1]), "{kept:?}");
+    assert_eq!(kept.len(), 4, "{kept:?}");
     assert_eq!(read(&in_use.path().join("a.txt")), "one\n");
+    assert_eq!(read(&fifth.path().join("a.txt")), "5\n");
+    fifth.remove().unwrap();
     in_use.remove().unwrap();
+}
+
+fn a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let origin = repo_with_one_commit();
+    std::fs::write(origin.path().join("same.txt"), "unchanged\n").unwrap();
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["commit", "-qm", "same"]);
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let first = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/r1", &place.path().join("a"))
+        .unwrap();
+    let old_base = base_dirs(&bases).remove(0);
+    let inode = std::fs::metadata(old_base.join("same.txt")).unwrap().ino();
+    first.remove().unwrap();
+
+    std::fs::write(origin.path().join("a.txt"), "moved on\n").unwrap();
+    git(origin.path(), &["commit", "-qam", "next"]);
+    let head = repo.resolve("HEAD").unwrap();
+    let second = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/r2", &place.path().join("b"))
+        .unwrap();
+    let now = base_dirs(&bases);
+    assert_eq!(now.len(), 1, "the idle base was reused: {now:?}");
+    assert!(now[0].ends_with(&head));
+    assert_eq!(
+        std::fs::metadata(now[0].join("same.txt")).unwrap().ino(),
+        inode,
+        "an unchanged file was not rewritten"
+    );
+    assert_eq!(read(&second.path().join("a.txt")), "moved on\n");
+    assert_eq!(git(second.path(), &["status", "--porcelain"]), "");
+    let listed = git(origin.path(), &["worktree", "list", "--porcelain"]);
+    assert!(
+        !listed.contains(old_base.to_str().unwrap()),
+        "no record of the old path: {listed}"
+    );
+    second.remove().unwrap();
 }
 
 fn dropping_the_last_handle_unmounts_but_keeps_the_changes() {
