@@ -126,6 +126,7 @@ pub fn run(bench: &mut Bench) -> Result<Vec<Row>> {
             }
         }
     }
+    let next = next_commit_worktree_start(bench, &repo, &bases, &name)?;
     let note = format!("median of {} runs", bench.large_runs);
     let [in_place, worktree, codex] = &samples;
     Ok(vec![
@@ -145,6 +146,10 @@ pub fn run(bench: &mut Bench) -> Result<Vec<Row>> {
         Row::new(&name, "start to first command, --worktree at a new commit", "ms")
             .kiln(cold)
             .note("one run; builds the commit's base checkout (a full git checkout), once per commit"),
+        Row::new(&name, "start to first command, --worktree at the next commit", "ms")
+            .kiln(next)
+            .target_below(200.0)
+            .note("one run; one file changed since the cached base, which the new commit takes over"),
         Row::new(&name, "search turn: grep -rl over the repo", "ms")
             .kiln(median(&in_place.search))
             .codex(median(&codex.search))
@@ -243,6 +248,67 @@ fn cold_worktree_start(
         Ok(first) => Ok(Some(first)),
         Err(reason) => {
             let reason = format!("--worktree at a new commit: {reason}");
+            bench.fail(name, Tool::Kiln, 0, reason);
+            Ok(None)
+        }
+    }
+}
+
+/// First command of a `--worktree` run one commit after the cached base
+/// (a branch that moved on): the idle base is taken over, not rebuilt. The
+/// commit is dropped again afterwards.
+fn next_commit_worktree_start(
+    bench: &mut Bench,
+    repo: &Path,
+    bases: &Path,
+    name: &str,
+) -> Result<Option<f64>> {
+    eprintln!("  large repo kiln --worktree at the next commit (takes over the idle base)");
+    let git = |args: &[&str]| -> Result<String> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args([
+                "-c",
+                "user.name=kiln-bench",
+                "-c",
+                "user.email=bench@localhost",
+            ])
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!("git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let original = git(&["rev-parse", "HEAD"])?;
+    std::fs::write(
+        repo.join("NEXT-COMMIT.md"),
+        "A commit after the cached base.\n",
+    )?;
+    git(&["add", "NEXT-COMMIT.md"])?;
+    git(&["commit", "-q", "-m", "kiln-bench: the next commit"])?;
+    let dir = RunDir::fresh(&bench.work, "large-next-worktree")?;
+    share_bases(&dir, bases)?;
+    let measured = run_session(
+        &bench.tools,
+        Tool::Kiln,
+        &bench.script(SCRIPT, Tool::Kiln),
+        repo,
+        &dir,
+        &["--worktree"],
+        "find where the needle is",
+    );
+    drop_worktrees(repo, &dir.home())?;
+    git(&["reset", "-q", "--hard", &original])?;
+    let first = spans_if_ok(Tool::Kiln, &measured?).map(|[first, _, _]| first);
+    if !bench.keep {
+        dir.remove();
+    }
+    match first {
+        Ok(first) => Ok(Some(first)),
+        Err(reason) => {
+            let reason = format!("--worktree at the next commit: {reason}");
             bench.fail(name, Tool::Kiln, 0, reason);
             Ok(None)
         }
