@@ -1,6 +1,7 @@
 //! Parallel attempts: N tasks posted at once to a real `kiln serve` (the
 //! release binary, bubblewrap sandboxes, SQLite in its data directory) with N
-//! workers and an instant scripted model.
+//! workers and an instant scripted model; repeated `--runs` times, each burst
+//! on a fresh server after one warm-up task.
 //!
 //! Every task's prompt carries its own marker (`[parallel-task-007]`), and the
 //! model server's script has one route per marker, so each attempt gets its
@@ -13,7 +14,8 @@
 //! every task's event stream ended), the time from sending a task's POST to
 //! its first `exec.begin` arriving over SSE (p50, p99), the server's peak
 //! memory (VmHWM of the `kiln serve` process; the sampled sum over its process
-//! tree), and its CPU time per attempt.
+//! tree), and its CPU time per attempt. Timings pool every burst's attempts;
+//! per-burst figures are medians over the bursts.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -51,10 +53,32 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// The issue's target: this many attempts at once without failures.
 const TARGET_TASKS: usize = 50;
 
-/// Post `tasks` tasks at once to a fresh `kiln serve` with as many workers and
-/// measure them; failed attempts go to `bench.failures` and out of the timings.
+/// `bench.runs` times: post `tasks` tasks at once to a fresh `kiln serve`
+/// with as many workers and measure them. Failed attempts go to
+/// `bench.failures` and out of the timings.
 pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
     let name = format!("parallel ({tasks} attempts via kiln serve)");
+    let mut bursts = Vec::with_capacity(bench.runs);
+    for round in 0..bench.runs {
+        eprintln!(
+            "  parallel burst {}/{}: {tasks} tasks",
+            round + 1,
+            bench.runs
+        );
+        let burst = one_burst(bench, tasks)?;
+        for outcome in &burst.outcomes {
+            if let Some(reason) = &outcome.failure {
+                let reason = format!("{}: {reason}", marker(outcome.index));
+                bench.fail(&name, Tool::Kiln, round, reason);
+            }
+        }
+        bursts.push(burst);
+    }
+    Ok(rows(&name, tasks, &bursts))
+}
+
+/// One fresh server (data directory, mirror, model server) and one burst.
+fn one_burst(bench: &Bench, tasks: usize) -> Result<Burst> {
     let dir = RunDir::fresh(&bench.work, "parallel")?;
     let repo = dir.root.join("repo");
     fresh_git_copy(
@@ -71,8 +95,8 @@ pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
     let exited_early = server.has_exited();
     let status = server.stop();
     drop(model);
-    let measured = match (measured, exited_early) {
-        (Ok(measured), false) => measured,
+    let mut burst = match (measured, exited_early) {
+        (Ok(burst), false) => burst,
         (result, true) => bail!(
             "kiln serve exited during the run ({}){}; stderr: {}",
             status.map_or("status unknown".into(), |s| s.to_string()),
@@ -85,15 +109,11 @@ pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
             return Err(err.context(format!("kiln serve stderr: {}", dir.stderr_tail())))
         }
     };
-    for outcome in &measured.outcomes {
-        if let Some(reason) = &outcome.failure {
-            bench.fail(&name, Tool::Kiln, outcome.index, reason.clone());
-        }
-    }
+    burst.memory = Some(memory);
     if !bench.keep {
         dir.remove();
     }
-    Ok(rows(&name, tasks, &measured, memory))
+    Ok(burst)
 }
 
 /// Everything one burst produced.
@@ -103,6 +123,8 @@ struct Burst {
     wall: Duration,
     /// CPU time of the server and its reaped children during the burst.
     cpu: Option<Duration>,
+    /// Filled in once the server has stopped.
+    memory: Option<Memory>,
 }
 
 /// What one task did, as the harness saw it.
@@ -163,6 +185,7 @@ fn measure(server: &ServeProcess, repo: &Path, tasks: usize) -> Result<Burst> {
             outcomes,
             wall,
             cpu,
+            memory: None,
         })
     })
 }
@@ -441,34 +464,56 @@ pub(crate) fn max_overlap<T: Ord + Copy>(intervals: &[(T, T)]) -> usize {
     most.max(0) as usize
 }
 
-fn rows(name: &str, tasks: usize, burst: &Burst, memory: Memory) -> Vec<Row> {
-    let ok: Vec<&TaskOutcome> = burst
-        .outcomes
-        .iter()
-        .filter(|outcome| outcome.failure.is_none())
-        .collect();
-    let failed = tasks - ok.len();
-    let arrival: Vec<f64> = ok.iter().filter_map(|o| o.first_command).map(ms).collect();
-    let stamped: Vec<f64> = ok
-        .iter()
+fn rows(name: &str, tasks: usize, bursts: &[Burst]) -> Vec<Row> {
+    let ok = || {
+        bursts
+            .iter()
+            .flat_map(|burst| &burst.outcomes)
+            .filter(|outcome| outcome.failure.is_none())
+    };
+    let failed = bursts.len() * tasks - ok().count();
+    // Every burst's samples together: the p99 of R x N attempts.
+    let arrival: Vec<f64> = ok().filter_map(|o| o.first_command).map(ms).collect();
+    let stamped: Vec<f64> = ok()
         .filter_map(|o| o.first_command_stamped)
         .map(ms)
         .collect();
-    let running: Vec<_> = burst.outcomes.iter().filter_map(|o| o.running).collect();
-    let per_minute = ok.len() as f64 / burst.wall.as_secs_f64().max(1e-9) * 60.0;
+    // One figure per burst, then their median.
+    let per_burst = |figure: &dyn Fn(&Burst) -> Option<f64>| -> Option<f64> {
+        median(&bursts.iter().filter_map(figure).collect::<Vec<_>>())
+    };
+    let running = |burst: &Burst| -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        burst.outcomes.iter().filter_map(|o| o.running).collect()
+    };
+    let per_minute = per_burst(&|burst| {
+        let done = burst
+            .outcomes
+            .iter()
+            .filter(|o| o.failure.is_none())
+            .count();
+        Some(done as f64 / burst.wall.as_secs_f64().max(1e-9) * 60.0)
+    });
+    let wall = per_burst(&|burst| Some(burst.wall.as_secs_f64()));
+    let overlap = per_burst(&|burst| Some(max_overlap(&running(burst)) as f64));
+    let gap = per_burst(&|burst| median_gap_ms(running(burst).into_iter().map(|(start, _)| start)));
+    let memory = |pick: fn(&Memory) -> Option<u64>| {
+        per_burst(&|burst| burst.memory.as_ref().and_then(pick).map(mb))
+    };
+    let cpu = per_burst(&|burst| burst.cpu.map(|cpu| ms(cpu) / tasks as f64));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runs = bursts.len();
     let stamped_note = |value: Option<f64>| {
         value.map_or(String::new(), |v| {
             format!("; {v:.0} ms by the ts the server stamped on it")
         })
     };
     let mut throughput = Row::new(name, "attempts per minute", "attempts/min")
-        .kiln(Some(per_minute))
+        .kiln(per_minute)
         .note(format!(
-            "{tasks} tasks posted at once, {tasks} workers, {cpus} cores; each runs `{COMMAND}` then answers; \
-             all done in {:.1} s; failed: {failed}; at most {} running at once",
-            burst.wall.as_secs_f64(),
-            max_overlap(&running)
+            "median of {runs} bursts; each: {tasks} tasks posted at once to a fresh server with {tasks} workers, {cpus} cores, \
+             every attempt runs `{COMMAND}` then answers; all done in {} s; at most {} running at once; failed: {failed}",
+            wall.map_or("-".into(), |w| format!("{w:.1}")),
+            overlap.map_or("-".into(), |o| format!("{o:.0}")),
         ));
     throughput.target = Some(Target {
         text: format!("{TARGET_TASKS} at once on 2 cores, none failed"),
@@ -485,21 +530,20 @@ fn rows(name: &str, tasks: usize, burst: &Burst, memory: Memory) -> Vec<Row> {
         Row::new(name, "task to first command, p99", "ms")
             .kiln(percentile(&arrival, 0.99))
             .note(format!(
-                "nearest rank of {} samples{}; attempts started {} apart (median gap between consecutive attempt.started)",
+                "nearest rank of {} samples from {runs} bursts{}; attempts started {} apart (median gap between consecutive attempt.started)",
                 arrival.len(),
                 stamped_note(percentile(&stamped, 0.99)),
-                median_gap_ms(running.iter().map(|(start, _)| *start))
-                    .map_or("-".to_string(), |gap| format!("{gap:.0} ms"))
+                gap.map_or("-".to_string(), |gap| format!("{gap:.0} ms"))
             )),
         Row::new(name, "peak RSS, kiln serve process", "MB")
-            .kiln(memory.server_hwm_bytes.map(mb))
-            .note("VmHWM of the server process over its life (start-up, warm-up task, burst)"),
+            .kiln(memory(|m| m.server_hwm_bytes))
+            .note("VmHWM of the server process over its life (start-up, warm-up task, burst); median of bursts"),
         Row::new(name, "peak RSS, server process tree", "MB")
-            .kiln(Some(mb(memory.tree_peak_bytes)))
-            .note("kiln serve + its git, bwrap and command processes, summed every 10 ms; model server excluded"),
+            .kiln(memory(|m| Some(m.tree_peak_bytes)))
+            .note("kiln serve + its git, bwrap and command processes, summed every 10 ms; model server excluded; median of bursts"),
         Row::new(name, "CPU time per attempt", "ms")
-            .kiln(burst.cpu.map(|cpu| ms(cpu) / tasks as f64))
-            .note("user + system of kiln serve and its reaped children (git, bwrap, commands) over the burst / tasks"),
+            .kiln(cpu)
+            .note("user + system of kiln serve and its reaped children (git, bwrap, commands) over a burst / tasks; median of bursts"),
     ]
 }
 
