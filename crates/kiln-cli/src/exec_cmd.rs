@@ -48,7 +48,7 @@ pub fn run(args: Args, mode: Mode) -> ExitCode {
     // Copy-on-write checkouts need the process's own mount namespace,
     // entered before the runtime starts its threads. A failure only means
     // full checkouts; `create_worktree` says why.
-    if args.worktree || args.resume.is_some() {
+    if args.worktree || args.resume.as_deref().is_some_and(resumes_a_worktree_run) {
         let _ = kiln_workspace::overlay::enable();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -260,6 +260,15 @@ fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf, Option
         .unwrap_or(Path::new(""))
         .to_path_buf();
     Ok((worktree, relative, reason))
+}
+
+/// Whether the run logged in `log` worked in a `--worktree` checkout (a
+/// log that cannot be read is reported later, by `Resumed::load`).
+fn resumes_a_worktree_run(log: &Path) -> bool {
+    let Ok(home) = config::kiln_home() else {
+        return false;
+    };
+    Resumed::load(log).is_ok_and(|resumed| resumed.cwd.starts_with(home.join("worktrees")))
 }
 
 /// The parked copy-on-write checkout `dir` lies in, mounted again, when `dir`
