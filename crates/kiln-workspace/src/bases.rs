@@ -66,7 +66,7 @@ impl BaseCheckouts {
             // Another process may have built it while we waited.
             if !ready.exists() {
                 let recycled = match self.take_idle_base(&dir, commit) {
-                    Some(idle) => recycle_base(repo, &idle, &path, commit)
+                    Some((idle, _idle_lock)) => recycle_base(repo, &idle, &path, commit)
                         .map_err(|err| tracing::warn!("cannot reuse {}: {err}", idle.display()))
                         .is_ok(),
                     None => false,
@@ -101,25 +101,15 @@ impl BaseCheckouts {
     }
 
     /// The most recently used base that no checkout uses, withdrawn from
-    /// the cache (its `.ready` removed) so that it can become another commit's.
-    fn take_idle_base(&self, dir: &Path, wanted: &str) -> Option<PathBuf> {
+    /// the cache (its `.ready` removed) so that it can become another
+    /// commit's, with its lock: hold it until the base is moved, or a lease
+    /// of its old commit could rebuild it in the middle of the move.
+    fn take_idle_base(&self, dir: &Path, wanted: &str) -> Option<(PathBuf, File)> {
         let mut idle = ready_bases(dir, wanted);
         idle.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
-        for (_, commit) in idle {
-            let Ok(lock) = File::options()
-                .write(true)
-                .open(dir.join(format!("{commit}.lock")))
-            else {
-                continue;
-            };
-            if lock.try_lock().is_err() {
-                continue; // in use
-            }
-            if std::fs::remove_file(dir.join(format!("{commit}.ready"))).is_ok() {
-                return Some(dir.join(commit));
-            }
-        }
-        None
+        idle.into_iter().find_map(|(_, commit)| {
+            withdraw_idle(dir, &commit).map(|lock| (dir.join(commit), lock))
+        })
     }
 
     /// Delete base checkouts beyond the newest few that no checkout uses.
@@ -130,18 +120,11 @@ impl BaseCheckouts {
         bases.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         let trash = dir.join(".trash");
         for (_, commit) in bases.into_iter().skip(KEPT_IDLE_BASES) {
-            let Ok(lock) = File::options()
-                .write(true)
-                .open(dir.join(format!("{commit}.lock")))
-            else {
+            let Some(_lock) = withdraw_idle(dir, &commit) else {
                 continue;
             };
-            if lock.try_lock().is_err() {
-                continue; // in use
-            }
             let path = dir.join(&commit);
             let git_dir = worktree_git_dir(&path).ok();
-            let _ = std::fs::remove_file(dir.join(format!("{commit}.ready")));
             let _ = std::fs::create_dir_all(&trash);
             let _ = std::fs::rename(&path, trash.join(&commit));
             if let Some(git_dir) = git_dir {
@@ -155,6 +138,18 @@ impl BaseCheckouts {
             });
         }
     }
+}
+
+/// Take `commit`'s base out of the cache if no checkout uses it: its lock,
+/// held exclusively, with `.ready` removed so that nobody leases it meanwhile.
+fn withdraw_idle(dir: &Path, commit: &str) -> Option<File> {
+    let lock = File::options()
+        .write(true)
+        .open(dir.join(format!("{commit}.lock")))
+        .ok()?;
+    lock.try_lock().ok()?; // fails while a checkout uses the base
+    std::fs::remove_file(dir.join(format!("{commit}.ready"))).ok()?;
+    Some(lock)
 }
 
 /// The complete bases in `dir` other than `except`'s, with when each was last leased.
