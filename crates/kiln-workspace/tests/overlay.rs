@@ -71,6 +71,35 @@ fn trial(name: &'static str, test: fn()) -> Trial {
     })
 }
 
+/// A repository with one commit, and a place for checkouts and their bases.
+struct Setup {
+    origin: tempfile::TempDir,
+    repo: Repo,
+    place: tempfile::TempDir,
+    bases: BaseCheckouts,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let origin = repo_with_one_commit();
+        let (repo, place, bases) = Setup::around(&origin);
+        Setup {
+            origin,
+            repo,
+            place,
+            bases,
+        }
+    }
+
+    /// The repository at `origin`, a place and a base cache beside it.
+    fn around(origin: &tempfile::TempDir) -> (Repo, tempfile::TempDir, BaseCheckouts) {
+        let repo = Repo::discover(origin.path()).unwrap();
+        let place = tempfile::tempdir().unwrap();
+        let bases = BaseCheckouts::new(place.path().join("bases"));
+        (repo, place, bases)
+    }
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
@@ -80,9 +109,7 @@ fn changes_are_committed_on_their_own_branch() {
     std::fs::write(origin.path().join("b.txt"), "bee\n").unwrap();
     git(origin.path(), &["add", "."]);
     git(origin.path(), &["commit", "-qm", "b"]);
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (repo, place, bases) = Setup::around(&origin);
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/1", &place.path().join("wt"))
         .unwrap();
@@ -117,9 +144,7 @@ fn a_fresh_checkout_is_clean_to_git() {
     }
     git(origin.path(), &["add", "."]);
     git(origin.path(), &["commit", "-qm", "many"]);
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (repo, place, bases) = Setup::around(&origin);
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/2", &place.path().join("wt"))
         .unwrap();
@@ -133,10 +158,12 @@ fn a_fresh_checkout_is_clean_to_git() {
 }
 
 fn checkouts_of_one_commit_share_a_base_but_not_their_files() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin: _origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let first = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/a", &place.path().join("a"))
         .unwrap();
@@ -155,10 +182,12 @@ fn checkouts_of_one_commit_share_a_base_but_not_their_files() {
 }
 
 fn removing_leaves_the_branch_and_no_worktree_behind() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let dest = place.path().join("wt");
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/3", &dest)
@@ -181,9 +210,7 @@ fn a_parked_checkout_comes_back_with_uncommitted_and_ignored_files() {
     std::fs::write(origin.path().join(".gitignore"), "build/\n").unwrap();
     git(origin.path(), &["add", "."]);
     git(origin.path(), &["commit", "-qm", "ignore build"]);
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (repo, place, bases) = Setup::around(&origin);
     let dest = place.path().join("wt");
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/4", &dest)
@@ -214,10 +241,12 @@ fn a_parked_checkout_comes_back_with_uncommitted_and_ignored_files() {
 }
 
 fn discard_clears_a_parked_checkout_for_a_fresh_one() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let dest = place.path().join("wt");
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/5", &dest)
@@ -236,10 +265,12 @@ fn discard_clears_a_parked_checkout_for_a_fresh_one() {
 }
 
 fn idle_bases_beyond_the_newest_two_are_deleted() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let in_use = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/in-use", &place.path().join("u"))
         .unwrap();
@@ -288,9 +319,7 @@ fn a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed() {
     std::fs::write(origin.path().join("same.txt"), "unchanged\n").unwrap();
     git(origin.path(), &["add", "."]);
     git(origin.path(), &["commit", "-qm", "same"]);
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let (repo, place, bases) = Setup::around(&origin);
     let first = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/r1", &place.path().join("a"))
         .unwrap();
@@ -323,10 +352,12 @@ fn a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed() {
 }
 
 fn dropping_the_last_handle_unmounts_but_keeps_the_changes() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin: _origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let dest = place.path().join("wt");
     let wt = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/7", &dest)
@@ -350,10 +381,12 @@ fn dropping_the_last_handle_unmounts_but_keeps_the_changes() {
 }
 
 fn bases_deleted_by_hand_are_rebuilt() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin: _origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let first = repo
         .add_overlay_worktree(&bases, "HEAD", "kiln/t/8", &place.path().join("a"))
         .unwrap();
@@ -367,10 +400,12 @@ fn bases_deleted_by_hand_are_rebuilt() {
 }
 
 fn add_checkout_prefers_copy_on_write() {
-    let origin = repo_with_one_commit();
-    let repo = Repo::discover(origin.path()).unwrap();
-    let place = tempfile::tempdir().unwrap();
-    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let Setup {
+        origin: _origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
     let (wt, fallback) = repo
         .add_checkout(&bases, "HEAD", "kiln/t/6", &place.path().join("wt"))
         .unwrap();
