@@ -50,6 +50,22 @@ impl Bench {
             .join(format!("{name}.{}.json", tool.dialect()))
     }
 
+    /// A single-run sample of kiln, or `None` with the failure recorded.
+    pub fn kiln_sample_or_failure(
+        &mut self,
+        benchmark: &str,
+        sample: std::result::Result<f64, String>,
+        what: &str,
+    ) -> Option<f64> {
+        match sample {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.fail(benchmark, Tool::Kiln, 0, format!("{what}: {reason}"));
+                None
+            }
+        }
+    }
+
     pub fn failed_count(&self, benchmark: &str, tool: Tool) -> usize {
         self.failures
             .iter()

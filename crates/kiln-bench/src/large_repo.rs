@@ -224,34 +224,12 @@ fn cold_worktree_start(
     name: &str,
 ) -> Result<Option<f64>> {
     eprintln!("  large repo kiln --worktree at a new commit (builds the base checkout)");
-    let dir = RunDir::fresh(&bench.work, "large-cold-worktree")?;
-    share_bases(&dir, bases)?;
-    let measured = run_session(
-        &bench.tools,
-        Tool::Kiln,
-        &bench.script(SCRIPT, Tool::Kiln),
-        repo,
-        &dir,
-        &["--worktree"],
-        "find where the needle is",
-    )?;
-    drop_worktrees(repo, &dir.home())?;
+    let first = single_worktree_run(bench, repo, bases, "large-cold-worktree")?;
     // The base checkout left a gigabyte of dirty pages; write them back now
     // rather than during the runs that follow.
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    let first = spans_if_ok(Tool::Kiln, &measured).map(|[first, _, _]| first);
-    if !bench.keep {
-        dir.remove();
-    }
-    match first {
-        Ok(first) => Ok(Some(first)),
-        Err(reason) => {
-            let reason = format!("--worktree at a new commit: {reason}");
-            bench.fail(name, Tool::Kiln, 0, reason);
-            Ok(None)
-        }
-    }
+    Ok(bench.kiln_sample_or_failure(name, first, "--worktree at a new commit"))
 }
 
 /// First command of a `--worktree` run one commit after the cached base
@@ -288,7 +266,20 @@ fn next_commit_worktree_start(
     )?;
     git(&["add", "NEXT-COMMIT.md"])?;
     git(&["commit", "-q", "-m", "kiln-bench: the next commit"])?;
-    let dir = RunDir::fresh(&bench.work, "large-next-worktree")?;
+    let first = single_worktree_run(bench, repo, bases, "large-next-worktree");
+    git(&["reset", "-q", "--hard", &original])?;
+    Ok(bench.kiln_sample_or_failure(name, first?, "--worktree at the next commit"))
+}
+
+/// One `--worktree` session over the shared bases, cleaned up after: its
+/// time to the first command, or why the run does not count.
+fn single_worktree_run(
+    bench: &Bench,
+    repo: &Path,
+    bases: &Path,
+    dir_name: &str,
+) -> Result<Result<f64, String>> {
+    let dir = RunDir::fresh(&bench.work, dir_name)?;
     share_bases(&dir, bases)?;
     let measured = run_session(
         &bench.tools,
@@ -300,19 +291,11 @@ fn next_commit_worktree_start(
         "find where the needle is",
     );
     drop_worktrees(repo, &dir.home())?;
-    git(&["reset", "-q", "--hard", &original])?;
     let first = spans_if_ok(Tool::Kiln, &measured?).map(|[first, _, _]| first);
     if !bench.keep {
         dir.remove();
     }
-    match first {
-        Ok(first) => Ok(Some(first)),
-        Err(reason) => {
-            let reason = format!("--worktree at the next commit: {reason}");
-            bench.fail(name, Tool::Kiln, 0, reason);
-            Ok(None)
-        }
-    }
+    Ok(first)
 }
 
 /// Point the run's `KILN_HOME/bases` at the shared base checkouts.
