@@ -103,8 +103,23 @@ impl TurnRunner<'_> {
     }
 
     async fn try_once(&self, request: &ModelRequest, live: bool) -> Result<TurnOutput, TryError> {
+        // Retries of a request that never streamed happen inside the client;
+        // they still belong in the log.
+        let report_retry = |retry: &kiln_model::RequestRetry| {
+            self.events.emit(EventKind::Warning {
+                message: format!(
+                    "model request failed ({}); sending it again in {:.1}s (retry {} of {})",
+                    retry.error,
+                    retry.delay.as_secs_f64(),
+                    retry.retry,
+                    retry.of
+                ),
+            });
+        };
         let mut stream = tokio::select! {
-            started = self.model.stream(request) => started.map_err(TryError::NotStarted)?,
+            started = self.model.stream_reporting_retries(request, &report_retry) => {
+                started.map_err(TryError::NotStarted)?
+            }
             () = self.stop.cancelled() => return Err(TryError::Stopped),
         };
         let mut items = Vec::new();

@@ -328,6 +328,13 @@ async fn a_500_then_200_is_retried_and_the_run_succeeds() {
     assert_success(&output);
     assert_eq!(kiln.server.turns_served(), 2);
     assert!(stdout(&output).contains("All good."));
+    let warned = warnings(&log_events(&log_path(&output)));
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("500") && w.contains("retry 1 of")),
+        "the retry is in the log: {warned:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -107,11 +107,7 @@ async fn parallel_attempts_each_get_their_own_checkout_and_all_finish() {
                 .join("checkouts")
                 .join(id)
                 .join(format!("{n}.layers"));
-            assert!(
-                layers.join("upper/.git").is_file(),
-                "{}",
-                layers.display()
-            );
+            assert!(layers.join("upper/.git").is_file(), "{}", layers.display());
             assert!(!layers.join("upper/calc.py").exists(), "nothing copied up");
         }
     }

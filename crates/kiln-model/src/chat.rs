@@ -8,7 +8,9 @@ use crate::responses::preview;
 use crate::sse::SseEvent;
 use crate::transport::Transport;
 use crate::turn_stream::{model_stream, StreamDecoder};
-use crate::{ModelClient, ModelError, ModelEvent, ModelRequest, ModelStream, TurnRetry};
+use crate::{
+    ModelClient, ModelError, ModelEvent, ModelRequest, ModelStream, RetryNotices, TurnRetry,
+};
 
 pub(crate) struct ChatClient {
     transport: Transport,
@@ -23,9 +25,17 @@ impl ChatClient {
 #[async_trait::async_trait]
 impl ModelClient for ChatClient {
     async fn stream(&self, request: &ModelRequest) -> Result<ModelStream, ModelError> {
+        self.stream_reporting_retries(request, &|_| {}).await
+    }
+
+    async fn stream_reporting_retries(
+        &self,
+        request: &ModelRequest,
+        on_retry: &RetryNotices<'_>,
+    ) -> Result<ModelStream, ModelError> {
         let events = self
             .transport
-            .open("chat/completions", &request_body(request))
+            .open("chat/completions", &request_body(request), on_retry)
             .await?;
         let decoder = ChatDecoder::new(events.provider().to_string());
         Ok(model_stream(events, decoder))

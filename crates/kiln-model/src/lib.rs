@@ -85,6 +85,22 @@ pub enum ReasoningEffort {
     High,
 }
 
+/// A request that failed before its answer began streaming, about to be
+/// sent again after `delay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRetry {
+    /// 1 for the first retry.
+    pub retry: u32,
+    /// `request_max_retries`.
+    pub of: u32,
+    pub delay: std::time::Duration,
+    /// Why the request failed, as [`ModelError`]'s message.
+    pub error: String,
+}
+
+/// Who hears about request retries (see [`ModelClient::stream_reporting_retries`]).
+pub type RetryNotices<'a> = dyn Fn(&RequestRetry) + Send + Sync + 'a;
+
 /// One model turn's input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRequest {
@@ -134,6 +150,17 @@ pub trait ModelClient: Send + Sync {
     /// Start one turn. Transient HTTP failures before the stream starts are
     /// retried inside; a stream that breaks mid-way yields a retryable error.
     async fn stream(&self, request: &ModelRequest) -> Result<ModelStream, ModelError>;
+
+    /// [`ModelClient::stream`], telling `on_retry` about each failed request
+    /// it is about to send again, so that the retries reach the event log.
+    async fn stream_reporting_retries(
+        &self,
+        request: &ModelRequest,
+        on_retry: &RetryNotices<'_>,
+    ) -> Result<ModelStream, ModelError> {
+        let _ = on_retry;
+        self.stream(request).await
+    }
 
     /// How the caller should retry a turn whose stream failed with a
     /// retryable error: the provider's `stream_max_retries` and backoff.

@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use crate::sse::SseEvent;
 use crate::transport::Transport;
 use crate::turn_stream::{model_stream, StreamDecoder};
-use crate::{ModelClient, ModelError, ModelEvent, ModelRequest, ModelStream, TurnRetry};
+use crate::{
+    ModelClient, ModelError, ModelEvent, ModelRequest, ModelStream, RetryNotices, TurnRetry,
+};
 
 pub(crate) struct ResponsesClient {
     transport: Transport,
@@ -21,9 +23,17 @@ impl ResponsesClient {
 #[async_trait::async_trait]
 impl ModelClient for ResponsesClient {
     async fn stream(&self, request: &ModelRequest) -> Result<ModelStream, ModelError> {
+        self.stream_reporting_retries(request, &|_| {}).await
+    }
+
+    async fn stream_reporting_retries(
+        &self,
+        request: &ModelRequest,
+        on_retry: &RetryNotices<'_>,
+    ) -> Result<ModelStream, ModelError> {
         let events = self
             .transport
-            .open("responses", &request_body(request))
+            .open("responses", &request_body(request), on_retry)
             .await?;
         let decoder = ResponsesDecoder::new(events.provider().to_string());
         Ok(model_stream(events, decoder))

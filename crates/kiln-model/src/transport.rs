@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::retry::parse_retry_after;
 use crate::sse::{SseEvent, SseParser};
-use crate::{ModelError, ProviderConfig};
+use crate::{ModelError, ProviderConfig, RequestRetry, RetryNotices};
 
 /// Bound on connection setup, so an unroutable address fails instead of hanging.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -107,7 +107,12 @@ impl Transport {
     /// POSTs `body` to `{base_url}/{endpoint}` and returns the event stream,
     /// retrying connection failures, idle waits for the answer and retryable
     /// statuses up to `request_max_retries` times.
-    pub async fn open(&self, endpoint: &str, body: &Value) -> Result<SseEvents, ModelError> {
+    pub async fn open(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        on_retry: &RetryNotices<'_>,
+    ) -> Result<SseEvents, ModelError> {
         let url = format!("{}/{endpoint}", self.base_url);
         let mut retry = 0;
         loop {
@@ -132,6 +137,12 @@ impl Transport {
                 delay_ms = delay.as_millis() as u64,
                 "model request failed, retrying: {error}"
             );
+            on_retry(&RequestRetry {
+                retry: retry + 1,
+                of: self.config.request_max_retries,
+                delay,
+                error: error.to_string(),
+            });
             tokio::time::sleep(delay).await;
             retry += 1;
         }

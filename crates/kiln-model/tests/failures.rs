@@ -33,6 +33,36 @@ async fn server_error_then_success_is_retried_transparently() {
 }
 
 #[tokio::test]
+async fn each_retry_is_reported_with_its_reason_and_wait() {
+    for wire in BOTH {
+        let server = ScriptedServer::start(Script::new(vec![
+            Turn::http_error_message(500, "upstream hiccup"),
+            Turn::http_error(502, "<html>Bad Gateway</html>"),
+            Turn::message("recovered"),
+        ]))
+        .await;
+        let heard = std::sync::Mutex::new(Vec::new());
+        let client = client(&server, wire);
+        let stream = client
+            .stream_reporting_retries(&request(), &|retry| {
+                heard.lock().unwrap().push(retry.clone());
+            })
+            .await;
+        assert!(stream.is_ok(), "{wire}");
+        let heard = heard.into_inner().unwrap();
+        assert_eq!(
+            heard.iter().map(|r| r.retry).collect::<Vec<_>>(),
+            [1, 2],
+            "{wire}"
+        );
+        assert!(heard[0].error.contains("500"), "{wire}: {heard:?}");
+        assert!(heard[0].error.contains("upstream hiccup"), "{heard:?}");
+        assert!(heard[1].error.contains("502"), "{wire}: {heard:?}");
+        assert!(heard.iter().all(|r| r.of >= 2), "{heard:?}");
+    }
+}
+
+#[tokio::test]
 async fn rate_limit_waits_as_long_as_retry_after_says() {
     let wait = Duration::from_millis(400);
     let server = ScriptedServer::start(Script::new(vec![
