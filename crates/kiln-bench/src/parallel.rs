@@ -6,7 +6,7 @@
 //! Every task's prompt carries its own marker (`[parallel-task-007]`), and the
 //! model server's script has one route per marker, so each attempt gets its
 //! own two-turn conversation however the requests interleave: turn 1 runs
-//! `sleep 2` through the shell (so that the attempts really overlap), turn 2
+//! `sleep 5` through the shell (so that all attempts overlap), turn 2
 //! is a final message naming the task. An attempt counts as done only when it
 //! succeeded with exactly that message after its command exited 0.
 //!
@@ -39,9 +39,11 @@ use crate::repos::fresh_git_copy;
 use crate::session::{mb, ms, RunDir};
 use crate::tools::Tool;
 
-/// What every attempt's first command runs: long enough that all attempts
-/// are in flight together, so the server holds N sandboxes at once.
-const COMMAND: &str = "sleep 2";
+/// What every attempt's first command runs: long enough that the first
+/// attempt is still in its command when the last one starts, so the server
+/// holds N sandboxes at once. Attempts start one after another (50 took
+/// 3.2 s here, load 3), so 2 s left only about 34 of 50 running together.
+const COMMAND: &str = "sleep 5";
 /// The admin token registered through `KILN_ADMIN_TOKEN` (24+ characters).
 const ADMIN_TOKEN: &str = "kiln-bench-admin-token-0123456789";
 /// How long `kiln serve` may take to print its address.
