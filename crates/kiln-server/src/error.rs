@@ -5,6 +5,23 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kiln_store::StoreError;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Error")]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
+}
+
+/// What failed: a stable machine-readable `code` (`not_found`,
+/// `invalid_field`, …) and a message for people that names the problem.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct ErrorDetail {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
 
 /// What went wrong with a request, as the client is told.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +82,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!("request failed: {self}");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         (status, axum::Json(body)).into_response()
     }
 }

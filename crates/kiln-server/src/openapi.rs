@@ -14,7 +14,8 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
-use crate::routes::{MessageBody, NewTokenBody, TaskView};
+use crate::error::ErrorBody;
+use crate::routes::{CreatedToken, MessageBody, NewTokenBody, TaskView};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -32,7 +33,8 @@ pub(crate) enum Success {
     Json(SchemaOf),
     /// `{"<key>": [T, …]}`, as the list handlers build it.
     ListOf(&'static str, SchemaOf),
-    /// Built field by field in the handler, so there is no type to derive from.
+    /// A schema with no Rust type behind it (an empty object, the
+    /// OpenAPI document itself).
     Literal(fn() -> Value),
 }
 
@@ -117,7 +119,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     Operation {
         body: Some(of::<NewTokenBody>),
         status: 201,
-        success: Success::Literal(created_token),
+        success: Success::Json(of::<CreatedToken>),
         ..op("post", "/api/tokens", "Create a token (admin)")
     },
     Operation {
@@ -174,36 +176,6 @@ fn openapi_document() -> Value {
     json!({"type": "object", "description": "an OpenAPI 3.1 document"})
 }
 
-/// `POST /api/tokens` answers with the token's fields and its secret,
-/// which is shown this once.
-fn created_token() -> Value {
-    json!({
-        "type": "object",
-        "required": ["id", "name", "admin", "created_at", "secret"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "admin": {"type": "boolean"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "secret": {"type": "string", "description": "the bearer token; not stored, shown once"},
-        },
-    })
-}
-
-/// The error body every handler's `ApiError` renders (built in
-/// `error.rs`, not a type).
-fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["error"],
-        "properties": { "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": { "code": {"type": "string"}, "message": {"type": "string"} },
-        }},
-    })
-}
-
 /// JSON Schema 2020-12 (the dialect of OpenAPI 3.1) with definitions kept
 /// where OpenAPI looks for them.
 fn generator(settings: SchemaSettings) -> SchemaGenerator {
@@ -256,13 +228,14 @@ pub(crate) fn document() -> Value {
     })
 }
 
-/// Every schema the operations referred to, plus the error body. A name
-/// both directions define keeps the request's schema; a test checks the
-/// two agree wherever they share a name.
+/// Every schema the operations referred to, plus the error body (`Error`,
+/// which every operation's 4XX response refers to). A name both directions
+/// define keeps the request's schema; a test checks the two agree wherever
+/// they share a name.
 pub(crate) fn component_schemas(mut generators: Generators) -> Map<String, Value> {
+    generators.responses.subschema_for::<ErrorBody>();
     let mut schemas = generators.responses.take_definitions(true);
     schemas.extend(generators.requests.take_definitions(true));
-    schemas.insert("Error".to_string(), error_schema());
     schemas
 }
 

@@ -207,3 +207,87 @@ fn request_and_response_schemas_agree_on_shared_names() {
         }
     }
 }
+
+/// The names of an object schema's properties and of its required fields.
+fn properties_and_required(schema: &Value) -> (Vec<String>, Vec<String>) {
+    let mut properties: Vec<String> = schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties: {schema}"))
+        .keys()
+        .cloned()
+        .collect();
+    let mut required: Vec<String> = schema["required"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no required: {schema}"))
+        .iter()
+        .map(|name| name.as_str().unwrap().to_string())
+        .collect();
+    properties.sort();
+    required.sort();
+    (properties, required)
+}
+
+fn resolve<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.strip_prefix("#/components/schemas/").unwrap();
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn error_schema_is_generated_from_the_body_errors_render() {
+    use axum::response::IntoResponse;
+
+    let document = document();
+    let rendered = crate::error::ApiError::NotFound("task t_1".into()).into_response();
+    assert_eq!(rendered.status(), 404);
+    let bytes = axum::body::to_bytes(rendered.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {"code": "not_found", "message": "task t_1 not found"}})
+    );
+
+    let error = component(&document, "Error");
+    assert_eq!(
+        properties_and_required(&error),
+        (vec!["error".to_string()], vec!["error".to_string()])
+    );
+    let detail = resolve(&document, &error["properties"]["error"]);
+    let fields = vec!["code".to_string(), "message".to_string()];
+    assert_eq!(properties_and_required(detail), (fields.clone(), fields));
+    assert_eq!(detail["properties"]["code"]["type"], "string");
+}
+
+#[test]
+fn created_token_schema_lists_every_field_the_answer_carries() {
+    let document = document();
+    let post = &document["paths"]["/api/tokens"]["post"];
+    let schema = &post["responses"]["201"]["content"]["application/json"]["schema"];
+    assert_eq!(schema["$ref"], "#/components/schemas/CreatedToken");
+
+    let token = kiln_store::NewToken {
+        info: kiln_store::TokenInfo {
+            id: "tok_1".into(),
+            name: "ada".into(),
+            admin: true,
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        },
+        secret: "kiln_secret".into(),
+    };
+    let answer = serde_json::to_value(crate::routes::CreatedToken::from(token)).unwrap();
+    let mut fields: Vec<String> = answer.as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    assert_eq!(fields, ["admin", "created_at", "id", "name", "secret"]);
+    assert_eq!(answer["secret"], "kiln_secret");
+
+    let created = component(&document, "CreatedToken");
+    assert_eq!(properties_and_required(&created), (fields.clone(), fields));
+    assert_eq!(created["properties"]["created_at"]["format"], "date-time");
+}

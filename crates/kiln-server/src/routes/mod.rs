@@ -17,7 +17,7 @@ use crate::state::AppState;
 pub(crate) use json::ApiJson;
 // The request and response bodies the OpenAPI document derives schemas from.
 pub(crate) use tasks::{MessageBody, TaskView};
-pub(crate) use tokens::NewTokenBody;
+pub(crate) use tokens::{CreatedToken, NewTokenBody};
 
 /// Every route of the API; `/api/*` routes authenticate through [`crate::auth::Caller`].
 pub(crate) fn router(state: AppState) -> Router {

@@ -4,9 +4,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kiln_store::{Principal, TokenInfo};
+use chrono::{DateTime, Utc};
+use kiln_store::{NewToken, Principal, TokenInfo};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::ApiJson;
@@ -23,6 +24,30 @@ pub(crate) struct NewTokenBody {
     admin: bool,
 }
 
+/// `POST /api/tokens`' answer: the token and its secret, shown this once
+/// (only its SHA-256 is stored).
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct CreatedToken {
+    id: String,
+    name: String,
+    admin: bool,
+    created_at: DateTime<Utc>,
+    /// The bearer token; not stored, shown once.
+    secret: String,
+}
+
+impl From<NewToken> for CreatedToken {
+    fn from(token: NewToken) -> Self {
+        CreatedToken {
+            id: token.info.id,
+            name: token.info.name,
+            admin: token.info.admin,
+            created_at: token.info.created_at,
+            secret: token.secret,
+        }
+    }
+}
+
 fn require_admin(who: &Principal) -> Result<(), ApiError> {
     if who.admin {
         Ok(())
@@ -37,7 +62,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     Caller(who): Caller,
     ApiJson(body): ApiJson<NewTokenBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     require_admin(&who)?;
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -49,16 +74,7 @@ pub(super) async fn create(
         .store()
         .create_token(body.name.trim(), body.admin)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": token.info.id,
-            "name": token.info.name,
-            "admin": token.info.admin,
-            "created_at": token.info.created_at,
-            "secret": token.secret,
-        })),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedToken::from(token))))
 }
 
 pub(super) async fn list(
