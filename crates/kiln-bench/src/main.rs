@@ -26,6 +26,7 @@ mod process;
 mod report;
 mod repos;
 mod sandbox_start;
+mod serve_process;
 mod session;
 mod tools;
 

@@ -182,27 +182,3 @@ fn a_failed_attempt_a_failed_command_or_a_missing_finish_fails_the_task() {
     let reason = judge(0, &unfinished).unwrap();
     assert!(reason.contains("without attempt.finished") && reason.contains("exec.output"));
 }
-
-#[test]
-fn cpu_ticks_add_own_and_reaped_children_time() {
-    // A command name with spaces and a parenthesis must not shift the fields.
-    let stat = "4242 (kiln serve) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
-                120 30 7 3 20 0 9 0 100 1000 200";
-    assert_eq!(cpu_ticks_from_stat(stat), Some(120 + 30 + 7 + 3));
-    assert_eq!(cpu_ticks_from_stat("4242 (kiln) S 1 2"), None);
-}
-
-#[test]
-fn status_values_are_read_in_kib() {
-    let status = "Name:\tkiln\nVmPeak:\t  900 kB\nVmHWM:\t   28672 kB\nVmRSS:\t   20000 kB\n";
-    assert_eq!(status_kib(status, "VmHWM"), Some(28672));
-    assert_eq!(status_kib(status, "VmSwap"), None);
-}
-
-#[test]
-fn this_processs_own_peak_memory_is_readable() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    assert!(status_kib(&status, "VmHWM").unwrap() > 0);
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    assert!(cpu_ticks_from_stat(&stat).is_some());
-}
