@@ -81,7 +81,12 @@ impl Repo {
         if let Some(reason) = overlay::unavailable_reason() {
             return Err(GitError::Overlay(reason));
         }
-        let commit = self.resolve(base)?;
+        // A full commit id (what the server passes) needs no `rev-parse`.
+        let commit = if base.len() == 40 && base.bytes().all(|b| b.is_ascii_hexdigit()) {
+            base.to_ascii_lowercase()
+        } else {
+            self.resolve(base)?
+        };
         let lease = bases.lease(self, &commit)?;
         let dir = layers_dir(dest);
         if dir.exists() || dest.exists() {

@@ -55,6 +55,14 @@ impl Repo {
         })
     }
 
+    /// The repository whose top-level directory is `root`, without asking
+    /// git (for a repository kiln made itself, such as a server's mirror).
+    pub fn at(root: &Path) -> Self {
+        Repo {
+            root: root.to_path_buf(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

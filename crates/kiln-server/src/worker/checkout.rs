@@ -141,7 +141,7 @@ impl Request {
             self.sync_mirror()?;
             *fetched = Some(Instant::now());
         }
-        let repo = Repo::discover(&self.mirror)?;
+        let repo = Repo::at(&self.mirror);
         let base_file = self.dest.with_extension("base");
         if self.resume {
             if let Some(checkout) = self.reattach(&base_file)? {
@@ -155,9 +155,12 @@ impl Request {
         } else {
             None
         };
-        // A rerun starts from a fresh checkout: drop what an earlier try left.
-        repo.discard_checkout(&self.dest)?;
-        let _ = git(&self.mirror, &["branch", "-D", &self.branch]);
+        // A rerun starts from a fresh checkout: drop what an earlier try left
+        // (every try writes its base file before it makes anything else).
+        if base_file.exists() || self.dest.exists() {
+            repo.discard_checkout(&self.dest)?;
+            let _ = git(&self.mirror, &["branch", "-D", &self.branch]);
+        }
         if let Some(parent) = self.dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
                 path: parent.to_path_buf(),
