@@ -85,6 +85,8 @@ async fn main() -> ExitCode {
         }
     };
     let turns = script.turns.len();
+    let routes = script.routes.len();
+    let routed: usize = script.routes.iter().map(|route| route.turns.len()).sum();
     let server =
         match ScriptedServer::bind(SocketAddr::from(([127, 0, 0, 1], args.port)), script).await {
             Ok(server) => server,
@@ -97,7 +99,9 @@ async fn main() -> ExitCode {
             }
         };
     println!("{}", server.base_url());
-    eprintln!("kiln-testkit-server: serving {turns} scripted turns");
+    eprintln!(
+        "kiln-testkit-server: serving {turns} scripted turns, and {routed} more in {routes} routes"
+    );
     wait_for_stop(args.exit_on_stdin_eof).await;
     if let Some(path) = &args.requests_log {
         if let Err(error) = write_requests_log(path, &server) {
