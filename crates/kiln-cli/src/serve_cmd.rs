@@ -96,6 +96,7 @@ async fn serve(args: Args) -> Result<()> {
         Some(url) => StoreOptions::from_url(url)?,
         None => StoreOptions::sqlite_in_dir(&data_dir),
     };
+    let options = options.secret_key(secret_key(&data_dir)?);
     let store = Store::open(options).await?;
     let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
     server_config.max_parallel = args.max_parallel.max(1);
@@ -143,6 +144,27 @@ async fn serve(args: Args) -> Result<()> {
     });
     server.serve(listener, shutdown).await?;
     Ok(())
+}
+
+/// The key environment secrets are sealed with: `KILN_SECRET_KEY`, else
+/// `DATA/secret.key` (created on the first start, which is said once).
+fn secret_key(data_dir: &std::path::Path) -> Result<kiln_store::SecretKey> {
+    let from_env = match std::env::var(kiln_server::SECRET_KEY_VAR) {
+        Ok(value) => Some(value),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!(
+            "{} is not valid text: write the key as 64 hex digits or as base64",
+            kiln_server::SECRET_KEY_VAR
+        ),
+    };
+    let (key, origin) = kiln_server::load_or_create_secret_key(data_dir, from_env.as_deref())?;
+    if let kiln_server::KeyOrigin::CreatedFile(path) = origin {
+        eprintln!(
+            "created the secret key {} (environment secrets are encrypted with it: back it up; without it they cannot be read)",
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 async fn wait_for_signal() {

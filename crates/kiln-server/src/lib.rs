@@ -47,6 +47,7 @@ mod error;
 mod metrics;
 mod openapi;
 mod routes;
+mod secret_key;
 mod state;
 mod worker;
 
@@ -59,6 +60,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ServerConfig, DEFAULT_BODY_LIMIT};
 pub use data_dir::DataDirLock;
 pub use error::ApiError;
+pub use secret_key::{
+    load_or_create_secret_key, KeyOrigin, SecretKeyFileError, SECRET_KEY_FILE, SECRET_KEY_VAR,
+};
 
 /// The OpenAPI document `GET /api/openapi.json` serves.
 pub fn openapi_document() -> serde_json::Value {

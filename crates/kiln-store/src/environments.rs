@@ -1,5 +1,6 @@
 //! Environments: where and how attempts run. Secrets are stored with the
-//! environment but only [`Store::environment_secrets`] returns them.
+//! environment, sealed under the store's key (`secrets.rs`), and only
+//! [`Store::environment_secrets`] returns their values.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::from_millis;
 use crate::db::{query, DbRow};
 use crate::error::{OpError, Result, StoreError};
+use crate::secrets;
 use crate::tokens::Principal;
 use crate::Store;
 
@@ -66,7 +68,7 @@ macro_rules! select_environment {
 
 fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     let env = parse_map("environment variables", &row.text("env_json")?)?;
-    let secrets = parse_map("environment secrets", &row.text("secrets_json")?)?;
+    let secret_names = secrets::names(&row.text("secrets_json")?)?;
     Ok(Environment {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
@@ -75,7 +77,7 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
         base_branch: row.opt_text("base_branch")?,
         setup_script: row.opt_text("setup_script")?,
         env,
-        secret_names: secrets.into_keys().collect(),
+        secret_names,
         network: row.bool("network")?,
         image: row.opt_text("image")?,
         created_at: from_millis(row.int("created_at")?),
@@ -95,8 +97,10 @@ impl Store {
     ) -> Result<Environment> {
         validate(new)?;
         let env_json = to_json(&new.env)?;
-        let secrets_json = to_json(&new.secrets)?;
         self.run("create environment", || async {
+            let id = self.new_id("env_");
+            // Sealed per try: the id is the associated data.
+            let secrets_json = secrets::seal(self.inner.secret_key.as_ref(), &id, &new.secrets)?;
             let mut tx = self.begin().await?;
             let inserted = tx
                 .execute(
@@ -105,7 +109,7 @@ impl Store {
                             setup_script, env_json, secrets_json, network, image, created_at)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     )
-                    .bind(self.new_id("env_"))
+                    .bind(&id)
                     .bind(&owner.token_id)
                     .bind(new.name.trim())
                     .bind(new.repo.trim())
@@ -194,6 +198,11 @@ impl Store {
 
     /// The setup-only secrets of an environment, for the worker that runs
     /// its setup script. Never return these to an API client.
+    ///
+    /// Fails, naming the environment, when the secrets were sealed under
+    /// another key ([`StoreError::SecretKeyMismatch`]) or a sealed value was
+    /// altered or moved in the database ([`StoreError::SecretTampered`]);
+    /// never returns a partial or empty map in their place.
     pub async fn environment_secrets(
         &self,
         environment_id: &str,
@@ -208,13 +217,122 @@ impl Store {
                 )
                 .await?
                 .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
-            Ok(parse_map(
-                "environment secrets",
+            Ok(secrets::open(
+                self.inner.secret_key.as_ref(),
+                environment_id,
                 &row.text("secrets_json")?,
             )?)
         })
         .await
     }
+
+    /// Seals every environment's secrets still stored in plaintext (written
+    /// before secrets were encrypted, or by a store without a key) under this
+    /// store's key, and reports environments sealed under another key.
+    /// [`Store::open`] runs it when given a key; running it again is harmless.
+    pub async fn seal_plaintext_secrets(&self) -> Result<SealReport> {
+        let key = self
+            .inner
+            .secret_key
+            .as_ref()
+            .ok_or(StoreError::NoSecretKey)?;
+        let rows = self
+            .run("read environment secrets", || async {
+                let rows = self
+                    .inner
+                    .db
+                    .fetch_all(query(
+                        "SELECT id, secrets_json FROM environments ORDER BY id",
+                    ))
+                    .await?;
+                let mut pairs = Vec::with_capacity(rows.len());
+                for row in rows {
+                    pairs.push((row.text("id")?, row.text("secrets_json")?));
+                }
+                Ok(pairs)
+            })
+            .await?;
+        let mut report = SealReport::default();
+        for (id, stored) in rows {
+            let plaintext = match secrets::key_id(&stored) {
+                Ok(Some(stored_under)) => {
+                    if stored_under != key.id() {
+                        report.other_key.push(id);
+                    }
+                    continue;
+                }
+                Ok(None) => match secrets::open(None, &id, &stored) {
+                    Ok(plaintext) => plaintext,
+                    Err(_) => {
+                        report.unreadable.push(id);
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    report.unreadable.push(id);
+                    continue;
+                }
+            };
+            if plaintext.is_empty() {
+                continue;
+            }
+            let sealed = secrets::seal(Some(key), &id, &plaintext)?;
+            // Guarded by the old text: a concurrent writer (another server on
+            // the same PostgreSQL) wins, and nothing is sealed twice.
+            let updated = self
+                .run("seal environment secrets", || async {
+                    let mut tx = self.begin().await?;
+                    let updated = tx
+                        .execute(
+                            query(
+                                "UPDATE environments SET secrets_json = $1
+                                 WHERE id = $2 AND secrets_json = $3",
+                            )
+                            .bind(&sealed)
+                            .bind(&id)
+                            .bind(&stored),
+                        )
+                        .await?;
+                    self.commit(tx, Vec::new()).await?;
+                    Ok(updated)
+                })
+                .await?;
+            if updated == 1 {
+                report.sealed.push(id);
+            }
+        }
+        if !report.sealed.is_empty() {
+            tracing::info!(
+                environments = ?report.sealed,
+                "sealed environment secrets that were stored in plaintext"
+            );
+        }
+        if !report.other_key.is_empty() {
+            tracing::warn!(
+                environments = ?report.other_key,
+                "environment secrets were sealed under another secret key; their setup scripts will fail until it is back: {}",
+                key.recovery_hint()
+            );
+        }
+        if !report.unreadable.is_empty() {
+            tracing::warn!(
+                environments = ?report.unreadable,
+                "environment secrets are unreadable (edited by hand or written by an incompatible kiln)"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Store::seal_plaintext_secrets`] found, by environment id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealReport {
+    /// Plaintext secrets sealed by this call.
+    pub sealed: Vec<String>,
+    /// Sealed under another key: their setup scripts fail until it is back.
+    pub other_key: Vec<String>,
+    /// Neither plaintext JSON nor a sealed form this kiln reads.
+    pub unreadable: Vec<String>,
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> Result<String> {

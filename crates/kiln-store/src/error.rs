@@ -57,6 +57,26 @@ pub enum StoreError {
         worker_id: String,
     },
 
+    /// Secrets were given (or are stored sealed) but the store was opened
+    /// without a key.
+    #[error("the store was opened without a secret key, so it cannot store or read environment secrets; open it with StoreOptions::secret_key")]
+    NoSecretKey,
+
+    /// The environment's secrets were sealed under another key.
+    #[error("cannot read the secrets of environment {environment_id}: the secret key does not match the one the secrets were stored with; {hint}")]
+    SecretKeyMismatch {
+        environment_id: String,
+        hint: String,
+    },
+
+    /// A sealed value does not open under the key it names: it was altered
+    /// in the database, or copied there from another environment or name.
+    #[error("secret {name} of environment {environment_id} does not authenticate under the key it was stored with: the stored value was altered or copied from another environment; create the environment again with its secrets")]
+    SecretTampered {
+        environment_id: String,
+        name: String,
+    },
+
     #[error("the stored {what} is unreadable: {detail}; it was written by an incompatible kiln or edited by hand")]
     Corrupt { what: &'static str, detail: String },
 }

@@ -3,6 +3,9 @@
 //! follow-up messages, on SQLite (one file in the data directory, WAL mode:
 //! the embedded default) or PostgreSQL (many machines), with change
 //! notifications so that SSE streams and workers wake without polling.
+//! Environment secrets are encrypted at rest under a key the caller gives
+//! ([`StoreOptions::secret_key`]); only [`Store::environment_secrets`]
+//! decrypts them.
 //!
 //! **One SQL text, two native drivers.** Every query and the migrations in
 //! `migrations/` are written once in SQL that both databases accept (TEXT,
@@ -59,6 +62,7 @@ mod ids;
 mod messages;
 mod options;
 mod queue;
+mod secrets;
 mod store;
 mod tasks;
 mod tokens;
@@ -66,7 +70,7 @@ mod tokens;
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::Backend;
-pub use environments::{Environment, NewEnvironment};
+pub use environments::{Environment, NewEnvironment, SealReport};
 pub use error::{Result, StoreError};
 pub use events::{Appended, StoredEvent, MAX_EVENTS_PER_READ};
 pub use messages::{Message, MAX_MESSAGE_BYTES};
@@ -74,6 +78,7 @@ pub use options::{redact_url, DatabaseTarget, StoreOptions, SQLITE_FILE_NAME};
 pub use queue::{
     AttemptOutcome, CancelOutcome, ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport,
 };
+pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
 pub use tasks::{
     Attempt, AttemptRef, AttemptState, DiffStat, NewTask, Task, TaskDetail, TaskPage, TaskQuery,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
+use crate::secrets::SecretKey;
 
 /// The file name of the SQLite database inside a data directory.
 pub const SQLITE_FILE_NAME: &str = "kiln.db";
@@ -36,6 +37,7 @@ pub struct StoreOptions {
     pub(crate) busy_timeout: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) secret_key: Option<SecretKey>,
 }
 
 impl StoreOptions {
@@ -46,6 +48,7 @@ impl StoreOptions {
             busy_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            secret_key: None,
         }
     }
 
@@ -105,6 +108,15 @@ impl StoreOptions {
     /// [`crate::ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The key environment secrets are sealed with (see docs/store.md).
+    /// Without one, creating an environment with secrets fails with
+    /// [`StoreError::NoSecretKey`]; with one, [`crate::Store::open`] also
+    /// seals secrets still stored in plaintext.
+    pub fn secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(key);
         self
     }
 

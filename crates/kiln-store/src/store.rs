@@ -17,6 +17,7 @@ use crate::db::{migrator, query, Backend, Db, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::ids::IdGenerator;
 use crate::options::{DatabaseTarget, StoreOptions};
+use crate::secrets::SecretKey;
 
 /// How many times an operation runs when the database reports a transient
 /// conflict (deadlock, serialization failure, busy).
@@ -38,6 +39,7 @@ pub(crate) struct Inner {
     pub(crate) origin: String,
     pub(crate) poll_interval: Duration,
     pub(crate) display_url: String,
+    pub(crate) secret_key: Option<SecretKey>,
     _listener: Option<AbortOnDrop>,
 }
 
@@ -132,7 +134,7 @@ impl Store {
             }
             Db::Sqlite(_) => None,
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 clock: options.clock,
@@ -141,9 +143,14 @@ impl Store {
                 origin,
                 poll_interval: options.poll_interval,
                 display_url,
+                secret_key: options.secret_key,
                 _listener: listener,
             }),
-        })
+        };
+        if store.inner.secret_key.is_some() {
+            store.seal_plaintext_secrets().await?;
+        }
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {

@@ -11,5 +11,6 @@ mod notifications;
 mod opening;
 mod queue;
 mod recovery;
+mod secrets;
 mod tasks;
 mod tokens;

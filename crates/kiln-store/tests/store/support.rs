@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_store::{
-    Backend, Environment, ManualClock, NewEnvironment, NewTask, Principal, Store, StoreOptions,
-    TaskDetail,
+    Backend, Environment, ManualClock, NewEnvironment, NewTask, Principal, SecretKey, Store,
+    StoreError, StoreOptions, TaskDetail,
 };
 use kiln_testkit::postgres::PostgresServer;
+use sqlx::Connection;
 
 /// Runs the test body once against SQLite and once against PostgreSQL:
 /// `on_both_backends!(async fn name(t) { … })` makes `name::sqlite` and
@@ -74,6 +75,70 @@ impl TestStore {
             url,
             _dir: dir,
         }
+    }
+
+    /// Another store on the same database and clock with `key` (or none);
+    /// opening seals plaintext secrets when there is a key.
+    pub async fn reopen_with_key(&self, key: Option<SecretKey>) -> Result<Store, StoreError> {
+        let mut options = StoreOptions::from_url(&self.url)
+            .unwrap()
+            .clock(Arc::new(self.clock.clone()));
+        if let Some(key) = key {
+            options = options.secret_key(key);
+        }
+        Store::open(options).await
+    }
+
+    /// The `secrets_json` column of an environment, read past the store.
+    pub async fn raw_secrets(&self, environment_id: &str) -> String {
+        let sql = "SELECT secrets_json FROM environments WHERE id = $1";
+        match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(environment_id)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(environment_id)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Overwrites the `secrets_json` column of an environment, as an older
+    /// kiln or someone with access to the database would.
+    pub async fn set_raw_secrets(&self, environment_id: &str, stored: &str) {
+        let sql = "UPDATE environments SET secrets_json = $1 WHERE id = $2";
+        let updated = match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(stored)
+                    .bind(environment_id)
+                    .execute(&mut db)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(stored)
+                    .bind(environment_id)
+                    .execute(&mut db)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        };
+        assert_eq!(updated, 1, "no environment {environment_id}");
     }
 
     /// Another store on the same database and clock.
@@ -136,11 +201,17 @@ impl TestStore {
 
 static NEXT_ENV: AtomicU32 = AtomicU32::new(1);
 
+/// The key every test store seals secrets with.
+pub fn test_key() -> SecretKey {
+    SecretKey::from_bytes([7; 32]).with_recovery_hint("use the test key")
+}
+
 async fn open_with_clock(url: &str, clock: &ManualClock, poll: Duration) -> Store {
     let options = StoreOptions::from_url(url)
         .unwrap()
         .clock(Arc::new(clock.clone()))
-        .poll_interval(poll);
+        .poll_interval(poll)
+        .secret_key(test_key());
     Store::open(options)
         .await
         .unwrap_or_else(|e| panic!("cannot open the test store: {e}"))
