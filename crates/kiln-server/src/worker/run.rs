@@ -7,7 +7,9 @@ use std::time::Instant;
 use kiln_agent::{AttemptInput, EventLog};
 use kiln_protocol::{AttemptStatus, EventKind, EventSink, ExecStream};
 use kiln_sandbox::{Backend, OutputChunk, Sandbox};
-use kiln_store::{AttemptOutcome, AttemptRef, ClaimedAttempt, Environment, MAX_EVENTS_PER_READ};
+use kiln_store::{
+    AttemptOutcome, AttemptRef, ClaimedAttempt, Environment, StoreError, MAX_EVENTS_PER_READ,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -324,7 +326,13 @@ async fn run_setup(
         .store
         .environment_secrets(&environment.id)
         .await
-        .map_err(|e| format!("cannot read the environment's secrets: {e}"))?;
+        .map_err(|e| match e {
+            // These already say whose secrets and what to do.
+            StoreError::SecretKeyMismatch { .. } | StoreError::SecretTampered { .. } => {
+                e.to_string()
+            }
+            other => format!("cannot read the environment's secrets: {other}"),
+        })?;
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
     let setup = sandbox.run_setup(script, &secrets, Some(tx), cancel.clone());
     let forward = async {
