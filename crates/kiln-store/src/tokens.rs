@@ -6,10 +6,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::from_millis;
-use crate::db::{query, DbRow};
+use crate::db::{query, Backend, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::ids::{hash_secret, new_token_secret};
 use crate::Store;
+
+/// The PostgreSQL advisory lock key servers take turns on while creating
+/// the first admin token (`kiln` in ASCII).
+const ADMIN_BOOTSTRAP_LOCK: i64 = 0x6b_69_6c_6e;
 
 /// Shortest secret accepted from `KILN_ADMIN_TOKEN`.
 pub const MIN_SECRET_LEN: usize = 24;
@@ -84,6 +88,32 @@ impl Store {
         Ok(NewToken { info, secret })
     }
 
+    /// An admin token with `secret`, unless a live one exists (`None`). The
+    /// check and the insert are one transaction that servers starting at
+    /// the same time on one database take in turns (SQLite's `BEGIN
+    /// IMMEDIATE`; on PostgreSQL a transaction-scoped advisory lock), so
+    /// only one of them creates a token and prints it.
+    async fn insert_first_admin(&self, secret: &str) -> Result<Option<TokenInfo>, OpError> {
+        let mut tx = self.begin().await?;
+        if tx.backend() == Backend::Postgres {
+            tx.execute(query("SELECT pg_advisory_xact_lock($1)").bind(ADMIN_BOOTSTRAP_LOCK))
+                .await?;
+        }
+        let live_admins = tx
+            .fetch_one(query(
+                "SELECT COUNT(*) AS n FROM tokens WHERE admin = TRUE AND revoked_at IS NULL",
+            ))
+            .await?
+            .int("n")?;
+        if live_admins > 0 {
+            self.commit(tx, Vec::new()).await?;
+            return Ok(None);
+        }
+        let info = self.insert_token_in(&mut tx, "admin", secret, true).await?;
+        self.commit(tx, Vec::new()).await?;
+        Ok(Some(info))
+    }
+
     async fn insert_token(
         &self,
         name: &str,
@@ -91,6 +121,18 @@ impl Store {
         admin: bool,
     ) -> Result<TokenInfo, OpError> {
         let mut tx = self.begin().await?;
+        let info = self.insert_token_in(&mut tx, name, secret, admin).await?;
+        self.commit(tx, Vec::new()).await?;
+        Ok(info)
+    }
+
+    async fn insert_token_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        secret: &str,
+        admin: bool,
+    ) -> Result<TokenInfo, OpError> {
         let row = tx
             .fetch_one(
                 query(
@@ -105,9 +147,7 @@ impl Store {
                 .bind(self.now_ms()),
             )
             .await?;
-        let info = token_from_row(&row)?;
-        self.commit(tx, Vec::new()).await?;
-        Ok(info)
+        token_from_row(&row)
     }
 
     /// The principal of a live token, or `None` for an unknown or revoked one.
@@ -188,25 +228,16 @@ impl Store {
         match from_env {
             Some(secret) => self.register_admin_secret(secret.trim()).await,
             None => {
-                let live_admins = self
-                    .run("look for an admin token", || async {
-                        let row = self
-                            .inner
-                            .db
-                            .fetch_one(query(
-                                "SELECT COUNT(*) AS n FROM tokens
-                                 WHERE admin = TRUE AND revoked_at IS NULL",
-                            ))
-                            .await?;
-                        Ok(row.int("n")?)
+                let secret = new_token_secret();
+                let created = self
+                    .run("create the first admin token", || {
+                        self.insert_first_admin(&secret)
                     })
                     .await?;
-                if live_admins > 0 {
-                    return Ok(AdminBootstrap::Present);
-                }
-                Ok(AdminBootstrap::Created(
-                    self.create_token("admin", true).await?,
-                ))
+                Ok(match created {
+                    Some(info) => AdminBootstrap::Created(NewToken { info, secret }),
+                    None => AdminBootstrap::Present,
+                })
             }
         }
     }

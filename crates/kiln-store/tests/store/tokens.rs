@@ -58,6 +58,23 @@ on_both_backends! {
         ));
     }
 
+    async fn servers_starting_together_create_one_admin_token_between_them(t) {
+        let others = [t.reopen().await, t.reopen().await, t.reopen().await];
+        let (a, b, c, d) = tokio::join!(
+            t.store.ensure_admin_token(None),
+            others[0].ensure_admin_token(None),
+            others[1].ensure_admin_token(None),
+            others[2].ensure_admin_token(None),
+        );
+        let outcomes = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, AdminBootstrap::Created(_)))
+            .count();
+        assert_eq!(created, 1, "{outcomes:?}");
+        assert_eq!(t.store.list_tokens().await.unwrap().len(), 1);
+    }
+
     async fn admin_token_from_the_environment_is_registered_once(t) {
         let secret = "automation-secret-0123456789abcdef";
         let AdminBootstrap::Registered(info) =
