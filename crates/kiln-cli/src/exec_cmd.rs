@@ -248,6 +248,8 @@ fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf, Option
     let id = chrono::Utc::now().format("%Y%m%d-%H%M%S-%f").to_string();
     let dest = home.join("worktrees").join(&id);
     std::fs::create_dir_all(dest.parent().unwrap_or(home))?;
+    // Checkouts the user removed (`git worktree remove`) leave their layers.
+    kiln_workspace::sweep_orphan_layers(&home.join("worktrees"));
     let bases = BaseCheckouts::new(home.join("bases"));
     let (worktree, reason) =
         repo.add_checkout(&bases, "HEAD", &format!("kiln/exec/{id}"), &dest)?;

@@ -165,9 +165,11 @@ impl Repo {
         Ok(())
     }
 
-    /// Put the worktree's `.git` file into the upper layer, give it the base's
-    /// index, lock it against `git worktree prune` (its directory is empty
-    /// while parked) and mount the overlay.
+    /// Put a copy of the worktree's `.git` file into the upper layer (the
+    /// original stays in the mount point, under the mount, so that a parked
+    /// checkout is still a worktree git recognises: `git worktree prune`
+    /// keeps it and `git worktree remove` removes it), give it the base's
+    /// index and mount the overlay.
     fn attach_layers(
         &self,
         lease: &BaseLease,
@@ -178,15 +180,9 @@ impl Repo {
     ) -> Result<(), GitError> {
         let upper = dir.join("upper");
         let dot_git = upper.join(".git");
-        std::fs::rename(dest.join(".git"), &dot_git).map_err(|e| GitError::io(&dot_git, e))?;
+        std::fs::copy(dest.join(".git"), &dot_git).map_err(|e| GitError::io(&dot_git, e))?;
         let index = git_dir.join("index");
         std::fs::copy(&lease.index, &index).map_err(|e| GitError::io(&lease.index, e))?;
-        let locked = git_dir.join("locked");
-        std::fs::write(
-            &locked,
-            "kiln copy-on-write checkout (its files are mounted only while an attempt runs)",
-        )
-        .map_err(|e| GitError::io(&locked, e))?;
         let lower = dir.join("lower");
         std::fs::write(&lower, commit).map_err(|e| GitError::io(&lower, e))?;
         overlay::mount_overlay(&lease.path, &upper, &dir.join("work"), dest)
@@ -243,6 +239,26 @@ impl Worktree {
     }
 }
 
+/// Delete the layers of checkouts under `dir` whose mount point is gone
+/// (removed with `git worktree remove`, or by hand). Returns what it deleted.
+pub fn sweep_orphan_layers(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(checkout) = name.strip_suffix(".layers") else {
+            continue;
+        };
+        if !dir.join(checkout).exists() && std::fs::remove_dir_all(&path).is_ok() {
+            swept.push(path);
+        }
+    }
+    swept
+}
+
 /// `DEST.layers`, beside the checkout.
 fn layers_dir(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
@@ -265,7 +281,13 @@ fn discard_layers(dir: &Path, git_dir: Option<&Path>, dest: &Path) -> Result<(),
         remove_dir_all_if_present(git_dir)?;
     }
     remove_dir_all_if_present(dir)?;
-    // Only an empty mount point is left; never delete through a mount.
+    // Only the unmounted mount point with its `.git` file is left; never
+    // delete through a mount.
+    match std::fs::remove_file(dest.join(".git")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(GitError::io(dest, e)),
+    }
     match std::fs::remove_dir(dest) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

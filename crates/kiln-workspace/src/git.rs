@@ -80,7 +80,7 @@ impl Repo {
     }
 
     /// Drop git's record of any worktree at `path` whose directory is gone,
-    /// locked or not (kiln locks its copy-on-write checkouts, and a locked,
+    /// locked or not (kiln locks its base checkouts, and a locked,
     /// missing worktree would block a new one at the same path).
     pub(crate) fn forget_worktree_at(&self, path: &Path) -> Result<(), GitError> {
         let worktrees = self.common_dir()?.join("worktrees");

@@ -24,5 +24,6 @@ pub mod overlay;
 mod worktree;
 
 pub use bases::BaseCheckouts;
+pub use cow::sweep_orphan_layers;
 pub use git::{GitError, Repo};
 pub use worktree::Worktree;

@@ -57,6 +57,10 @@ fn main() {
             a_new_commit_takes_over_an_idle_base_rewriting_only_what_changed,
         ),
         trial(
+            "a_parked_checkout_is_a_worktree_plain_git_keeps_and_removes",
+            a_parked_checkout_is_a_worktree_plain_git_keeps_and_removes,
+        ),
+        trial(
             "add_checkout_prefers_copy_on_write",
             add_checkout_prefers_copy_on_write,
         ),
@@ -397,6 +401,44 @@ fn bases_deleted_by_hand_are_rebuilt() {
         .unwrap();
     assert_eq!(read(&second.path().join("a.txt")), "one\n");
     second.remove().unwrap();
+}
+
+fn a_parked_checkout_is_a_worktree_plain_git_keeps_and_removes() {
+    let Setup {
+        origin,
+        repo,
+        place,
+        bases,
+    } = Setup::new();
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/t/10", &dest)
+        .unwrap();
+    std::fs::write(dest.join("a.txt"), "ten\n").unwrap();
+    wt.commit_all("ten").unwrap().expect("a commit");
+    wt.park().unwrap();
+    drop(wt);
+
+    git(origin.path(), &["worktree", "prune"]);
+    let wt = Worktree::reattach(&bases, &dest)
+        .unwrap()
+        .expect("prune kept the parked checkout");
+    assert_eq!(read(&dest.join("a.txt")), "ten\n");
+    wt.park().unwrap();
+    drop(wt);
+
+    // Unmounted, its files look deleted to git: hence --force.
+    git(
+        origin.path(),
+        &["worktree", "remove", "--force", dest.to_str().unwrap()],
+    );
+    git(origin.path(), &["branch", "-D", "kiln/t/10"]);
+    assert!(!dest.exists());
+    assert_eq!(
+        kiln_workspace::sweep_orphan_layers(place.path()),
+        [place.path().join("wt.layers")]
+    );
+    assert!(!place.path().join("wt.layers").exists());
 }
 
 fn add_checkout_prefers_copy_on_write() {
