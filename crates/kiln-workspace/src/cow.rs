@@ -81,6 +81,11 @@ impl Repo {
         if let Some(reason) = overlay::unavailable_reason() {
             return Err(GitError::Overlay(reason));
         }
+        let parent = dest
+            .parent()
+            .ok_or_else(|| GitError::Overlay(format!("{} has no parent", dest.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| GitError::io(parent, e))?;
+        overlay::check_upper_dir(parent).map_err(GitError::Overlay)?;
         // A full commit id (what the server passes) needs no `rev-parse`.
         let commit = if base.len() == 40 && base.bytes().all(|b| b.is_ascii_hexdigit()) {
             base.to_ascii_lowercase()

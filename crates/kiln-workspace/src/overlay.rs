@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -105,6 +105,45 @@ fn thread_count() -> Option<usize> {
         .lines()
         .find_map(|line| line.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse().ok())
+}
+
+/// Whether overlays can be mounted with their upper layer in `dir` (some
+/// filesystems, overlayfs itself among them, cannot hold one). Tried once
+/// per filesystem and remembered, so that a checkout does not build a base
+/// checkout only to find that it cannot mount over it.
+pub(crate) fn check_upper_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    static CHECKED: Mutex<Vec<(u64, Result<(), String>)>> = Mutex::new(Vec::new());
+    let device = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .dev();
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, answer)) = checked.iter().find(|(d, _)| *d == device) {
+        return answer.clone();
+    }
+    let answer = try_mount_in(dir);
+    checked.push((device, answer.clone()));
+    answer
+}
+
+fn try_mount_in(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".kiln-overlay-probe-{}", std::process::id()));
+    let parts = ["lower", "upper", "work", "merged"].map(|part| probe.join(part));
+    let result = (|| {
+        for part in &parts {
+            std::fs::create_dir_all(part)
+                .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+        }
+        mount_overlay(&parts[0], &parts[1], &parts[2], &parts[3]).map_err(|e| {
+            format!(
+                "{e} (the filesystem of {} cannot hold an overlay's upper layer)",
+                dir.display()
+            )
+        })?;
+        unmount(&parts[3])
+    })();
+    let _ = std::fs::remove_dir_all(&probe);
+    result
 }
 
 /// Mount `lower` (read-only) under `upper` at `target`.

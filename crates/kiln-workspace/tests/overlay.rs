@@ -61,6 +61,10 @@ fn main() {
             a_parked_checkout_is_a_worktree_plain_git_keeps_and_removes,
         ),
         trial(
+            "a_filesystem_that_cannot_hold_an_upper_layer_falls_back_before_building_a_base",
+            a_filesystem_that_cannot_hold_an_upper_layer_falls_back_before_building_a_base,
+        ),
+        trial(
             "add_checkout_prefers_copy_on_write",
             add_checkout_prefers_copy_on_write,
         ),
@@ -439,6 +443,45 @@ fn a_parked_checkout_is_a_worktree_plain_git_keeps_and_removes() {
         [place.path().join("wt.layers")]
     );
     assert!(!place.path().join("wt.layers").exists());
+}
+
+fn a_filesystem_that_cannot_hold_an_upper_layer_falls_back_before_building_a_base() {
+    // An overlay's upper layer cannot live on overlayfs: put the second
+    // checkout inside the first one's mounted view.
+    let outer = Setup::new();
+    let host = outer
+        .repo
+        .add_overlay_worktree(
+            &outer.bases,
+            "HEAD",
+            "kiln/t/host",
+            &outer.place.path().join("host"),
+        )
+        .unwrap();
+    let inner = Setup::new();
+    let dest = host.path().join("nested").join("wt");
+    let err = inner
+        .repo
+        .add_overlay_worktree(&inner.bases, "HEAD", "kiln/t/11", &dest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot hold an overlay's upper layer"),
+        "{err}"
+    );
+    assert!(
+        !inner.bases.root().exists() || base_dirs(&inner.bases).is_empty(),
+        "no base was built for a checkout that cannot be mounted"
+    );
+    let (wt, reason) = inner
+        .repo
+        .add_checkout(&inner.bases, "HEAD", "kiln/t/11", &dest)
+        .unwrap();
+    assert!(!wt.is_copy_on_write());
+    assert!(reason.unwrap().contains("upper layer"));
+    assert_eq!(read(&dest.join("a.txt")), "one\n");
+    wt.remove().unwrap();
+    host.remove().unwrap();
 }
 
 fn add_checkout_prefers_copy_on_write() {
