@@ -29,6 +29,13 @@ pub fn policy(config: &Config, workspace: &Path, mode: Mode) -> Result<SandboxPo
     policy.read_only = mode.is_read_only();
     policy.network = config.sandbox.network;
     policy.extra_read_only = config.sandbox.readable_paths.clone();
+    // In a linked worktree (`kiln exec --worktree`, or a `git worktree` of
+    // the user's), `.git` is a file naming a git directory outside the
+    // workspace: without it `git status` fails inside the sandbox. Read-only:
+    // the repository's refs and objects are not the agent's to rewrite.
+    if let Some(common_dir) = linked_git_common_dir(workspace) {
+        policy.extra_read_only.push(common_dir);
+    }
     policy.extra_writable = config.sandbox.writable_paths.clone();
     if let Some(memory) = &config.sandbox.memory {
         policy.limits.memory_bytes = Some(
@@ -40,4 +47,18 @@ pub fn policy(config: &Config, workspace: &Path, mode: Mode) -> Result<SandboxPo
         policy.limits.max_processes = Some(processes);
     }
     Ok(policy)
+}
+
+/// The repository's common git directory when `workspace/.git` is a
+/// `gitdir:` file pointing outside the workspace.
+fn linked_git_common_dir(workspace: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(workspace.join(".git")).ok()?;
+    let git_dir = workspace.join(text.trim().strip_prefix("gitdir:")?.trim());
+    let common = match std::fs::read_to_string(git_dir.join("commondir")) {
+        Ok(relative) => git_dir.join(relative.trim()),
+        Err(_) => git_dir,
+    };
+    let common = common.canonicalize().ok()?;
+    let workspace = workspace.canonicalize().ok()?;
+    (!common.starts_with(&workspace)).then_some(common)
 }

@@ -664,3 +664,29 @@ async fn resuming_a_worktree_run_continues_in_its_checkout_and_commits_again() {
     assert_eq!(commits, "2", "one commit per run");
     assert!(!kiln.repo.path().join("NOTES.md").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_works_inside_the_sandbox_of_a_worktree_run() {
+    let kiln = Kiln::new(vec![
+        Turn::tool_calls(vec![ScriptedToolCall::new(
+            "shell",
+            json!({"command": ["bash", "-lc", "echo change >> calc.py && git status --short && git rev-parse --abbrev-ref HEAD"]}),
+        )]),
+        Turn::message("Looked at git."),
+    ])
+    .await;
+    let output = kiln
+        .run(&["exec", "--worktree", "What does git say?"])
+        .await;
+    assert_success(&output);
+    let events = log_events(&log_path(&output));
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "exec.output")
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let end = events.iter().find(|e| e["type"] == "exec.end").unwrap();
+    assert_eq!(end["exit_code"], 0, "{text}");
+    assert!(text.contains(" M calc.py"), "{text}");
+    assert!(text.contains("kiln/exec/"), "{text}");
+}
