@@ -382,21 +382,7 @@ impl Store {
     /// A task with its attempts, if `who` owns it or is admin.
     pub async fn task(&self, who: &Principal, task_id: &str) -> Result<TaskDetail> {
         self.run("get task", || async {
-            let row = self
-                .inner
-                .db
-                .fetch_optional(
-                    query(concat!(
-                        select_task!(),
-                        "WHERE id = $1 AND ($2 OR owner_token_id = $3)"
-                    ))
-                    .bind(task_id)
-                    .bind(who.admin)
-                    .bind(&who.token_id),
-                )
-                .await?
-                .ok_or_else(|| StoreError::not_found(format!("task {task_id}")))?;
-            let task = task_from_row(&row)?;
+            let task = self.visible_task(who, task_id).await?;
             let rows = self
                 .inner
                 .db
