@@ -103,30 +103,6 @@ impl ApiClient {
     }
 }
 
-/// Runs an async subcommand body on a fresh runtime, printing its error.
-pub fn run_blocking<F>(body: F) -> std::process::ExitCode
-where
-    F: std::future::Future<Output = Result<()>>,
-{
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("kiln: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(body) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("kiln: {}", format!("{err:#}").replace('\n', " "));
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &Value) {
     println!(

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::api_client::{print_json, run_blocking, ApiClient, ServerArgs};
+use crate::api_client::{print_json, ApiClient, ServerArgs};
+use crate::run_blocking;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -45,40 +45,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args, mode: Mode) -> ExitCode {
+    // Read once, here: whether it resumes a `--worktree` run decides the
+    // namespaces below. A log that cannot be read is reported by `run_async`,
+    // in its turn.
+    let resumed = args.resume.as_deref().map(Resumed::load).transpose();
     // Copy-on-write checkouts need the process's own mount namespace,
     // entered before the runtime starts its threads. A failure only means
     // full checkouts; `create_worktree` says why.
-    if args.worktree || args.resume.as_deref().is_some_and(resumes_a_worktree_run) {
+    let resumes_a_worktree =
+        matches!(&resumed, Ok(Some(resumed)) if resumed.worked_in_a_worktree());
+    if args.worktree || resumes_a_worktree {
         let _ = kiln_workspace::overlay::enable();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
-    };
-    match runtime.block_on(run_async(args, mode)) {
-        Ok(code) => code,
-        Err(err) => fail(&format!("{err:#}")),
-    }
+    crate::run_blocking(run_async(args, mode, resumed))
 }
 
-fn fail(reason: &str) -> ExitCode {
-    eprintln!("kiln: {}", reason.replace('\n', " "));
-    ExitCode::FAILURE
-}
-
-async fn run_async(args: Args, mode: Mode) -> Result<ExitCode> {
+async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> Result<ExitCode> {
     let prompt = read_prompt(&args.prompt)?;
     let home = config::kiln_home()?;
     std::fs::create_dir_all(&home)
         .with_context(|| format!("cannot create kiln home {}: set KILN_HOME", home.display()))?;
 
-    let resumed = match &args.resume {
-        Some(path) => Some(Resumed::load(path)?),
-        None => None,
-    };
+    let resumed = resumed?;
     let requested_dir = match (&args.dir, &resumed) {
         (Some(dir), _) => dir.clone(),
         (None, Some(resumed)) if args.dir.is_none() => resumed.cwd.clone(),
@@ -216,6 +204,11 @@ struct Resumed {
 }
 
 impl Resumed {
+    /// Whether the run worked in a `kiln exec --worktree` checkout.
+    fn worked_in_a_worktree(&self) -> bool {
+        config::kiln_home().is_ok_and(|home| self.cwd.starts_with(home.join("worktrees")))
+    }
+
     fn load(path: &Path) -> Result<Self> {
         let events = event_log::read_events(path)?;
         let next_seq = events.last().map_or(1, |e| e.seq + 1);
@@ -262,15 +255,6 @@ fn create_worktree(home: &Path, cwd: &Path) -> Result<(Worktree, PathBuf, Option
         .unwrap_or(Path::new(""))
         .to_path_buf();
     Ok((worktree, relative, reason))
-}
-
-/// Whether the run logged in `log` worked in a `--worktree` checkout (a
-/// log that cannot be read is reported later, by `Resumed::load`).
-fn resumes_a_worktree_run(log: &Path) -> bool {
-    let Ok(home) = config::kiln_home() else {
-        return false;
-    };
-    Resumed::load(log).is_ok_and(|resumed| resumed.cwd.starts_with(home.join("worktrees")))
 }
 
 /// The parked copy-on-write checkout `dir` lies in, mounted again, when `dir`

@@ -13,7 +13,8 @@ mod serve_cmd;
 mod task_cmd;
 mod token_cmd;
 
-use std::process::ExitCode;
+use std::future::Future;
+use std::process::{ExitCode, Termination};
 
 use clap::{Parser, Subcommand};
 use kiln_protocol::Mode;
@@ -61,6 +62,30 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+    }
+}
+
+/// Runs a subcommand's async body on a fresh runtime. Its value is the
+/// exit status (`()` is success); an error is printed as one line.
+pub(crate) fn run_blocking<T: Termination>(
+    body: impl Future<Output = anyhow::Result<T>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kiln: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(status) => status.report(),
+        Err(err) => {
+            eprintln!("kiln: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
     }
 }
 

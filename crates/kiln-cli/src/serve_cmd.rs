@@ -49,23 +49,7 @@ pub fn run(args: Args) -> ExitCode {
     if let Err(reason) = kiln_workspace::overlay::enable() {
         tracing::warn!("checkouts will be full copies, not copy-on-write: {reason}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("kiln: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("kiln: {}", format!("{err:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    crate::run_blocking(serve(args))
 }
 
 async fn serve(args: Args) -> Result<()> {

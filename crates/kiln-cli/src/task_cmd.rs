@@ -6,8 +6,9 @@ use anyhow::{bail, Result};
 use kiln_protocol::{Event, EventKind, EventSink};
 use serde_json::{json, Value};
 
-use crate::api_client::{print_json, run_blocking, ApiClient, ServerArgs};
+use crate::api_client::{print_json, ApiClient, ServerArgs};
 use crate::render::HumanRenderer;
+use crate::run_blocking;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::api_client::{print_json, run_blocking, ApiClient, ServerArgs};
+use crate::api_client::{print_json, ApiClient, ServerArgs};
+use crate::run_blocking;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
