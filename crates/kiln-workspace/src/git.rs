@@ -153,7 +153,8 @@ where
 }
 
 /// Run git in `dir` and return its stdout, or an error carrying its stderr.
-pub(crate) fn run_git<I, S>(dir: &Path, args: I) -> Result<String, GitError>
+/// Prompts are off: kiln's git never waits for a terminal.
+pub fn run_git<I, S>(dir: &Path, args: I) -> Result<String, GitError>
 where
     I: IntoIterator<Item = S> + Clone,
     S: AsRef<OsStr>,

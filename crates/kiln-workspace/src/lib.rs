@@ -25,5 +25,5 @@ mod worktree;
 
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
-pub use git::{GitError, Repo};
+pub use git::{run_git, GitError, Repo};
 pub use worktree::Worktree;

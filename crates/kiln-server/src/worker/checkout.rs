@@ -13,12 +13,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_store::DiffStat;
-use kiln_workspace::{BaseCheckouts, GitError, Repo, Worktree};
+use kiln_workspace::{run_git, BaseCheckouts, GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
 
 /// How long a fetch serves later checkouts of the same mirror.
@@ -159,7 +158,7 @@ impl Request {
         // (every try writes its base file before it makes anything else).
         if base_file.exists() || self.dest.exists() {
             repo.discard_checkout(&self.dest)?;
-            let _ = git(&self.mirror, &["branch", "-D", &self.branch]);
+            let _ = run_git(&self.mirror, &["branch", "-D", &self.branch]);
         }
         if let Some(parent) = self.dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
@@ -217,7 +216,7 @@ impl Request {
 
     fn sync_mirror(&self) -> Result<(), CheckoutError> {
         if self.mirror.join(".git").exists() {
-            git(
+            run_git(
                 &self.mirror,
                 &[
                     "fetch",
@@ -240,7 +239,7 @@ impl Request {
         let partial = self.mirror.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
         let partial_str = partial.to_string_lossy().into_owned();
-        git(
+        run_git(
             parent,
             &[
                 "clone",
@@ -275,8 +274,8 @@ impl Checkout {
     /// The whole attempt's changes against the base, untracked files included.
     pub(crate) fn diff(&self) -> Result<(String, DiffStat), GitError> {
         let dir = self.worktree.path();
-        git(dir, &["add", "--all"])?;
-        let diff = git(
+        run_git(dir, &["add", "--all"])?;
+        let diff = run_git(
             dir,
             &[
                 "diff",
@@ -286,7 +285,7 @@ impl Checkout {
                 &self.base_commit,
             ],
         )?;
-        let numstat = git(dir, &["diff", "--cached", "--numstat", &self.base_commit])?;
+        let numstat = run_git(dir, &["diff", "--cached", "--numstat", &self.base_commit])?;
         Ok((diff, parse_numstat(&numstat)))
     }
 }
@@ -318,23 +317,6 @@ fn mirror_name(repo: &str) -> String {
         .take(40)
         .collect();
     format!("{tail}-{hex}")
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .args(args)
-        .output()
-        .map_err(GitError::Missing)?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    Err(GitError::Failed {
-        args: args.join(" "),
-        dir: dir.to_path_buf(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    })
 }
 
 #[cfg(test)]
