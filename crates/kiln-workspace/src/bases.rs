@@ -119,6 +119,7 @@ impl BaseCheckouts {
         let mut bases = ready_bases(dir, keep);
         bases.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         let trash = dir.join(".trash");
+        let mut removed = false;
         for (_, commit) in bases.into_iter().skip(KEPT_IDLE_BASES) {
             let Some(_lock) = withdraw_idle(dir, &commit) else {
                 continue;
@@ -130,6 +131,9 @@ impl BaseCheckouts {
             if let Some(git_dir) = git_dir {
                 let _ = std::fs::remove_dir_all(git_dir);
             }
+            removed = true;
+        }
+        if removed {
             let _ = run_git(repo.root(), ["worktree", "prune"]);
         }
         if trash.exists() {
