@@ -18,7 +18,9 @@ async fn server_with(
     let repo = fixtures::repo("calc-py");
     let model = ScriptedServer::start(Script::new(turns)).await;
     let install = Installation::new();
-    let server = KilnServer::start(&install, &model, 2).await;
+    // Non-admins use the fixture repository too: allow its directory.
+    let allowed = repo.path().display().to_string();
+    let server = KilnServer::start_with(&install, &model, 2, &["--allow-repo", &allowed]).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
     (server, model, install, repo)
 }
