@@ -422,6 +422,28 @@ async fn slow_clients_are_cut_off_and_capped_per_address_while_healthz_answers()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_global_cap_are_answered_503_from_any_address() {
+    let model = ScriptedServer::start(Script::new(vec![])).await;
+    let install = Installation::new();
+    let server = KilnServer::start_with(&install, &model, 1, &["--max-connections", "2"]).await;
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let mut stream = connect_from(&server, from).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Slow: ")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    let mut third = connect_from(&server, "127.0.0.4").await;
+    let answer = read_until_closed(&mut third, Duration::from_secs(10))
+        .await
+        .expect("the connection over the cap is answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("--max-connections"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_dir_and_the_servers_files_are_private_even_if_they_were_not() {
     let model = ScriptedServer::start(Script::new(vec![])).await;
     let install = Installation::new();

@@ -62,6 +62,9 @@ impl From<RepoAccessError> for ApiError {
 /// A location that passed the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRepo {
+    /// The one git transport the location needs: `file`, `https`, `http`,
+    /// `ssh` or `git`.
+    pub protocol: &'static str,
     /// For an `http(s)` URL whose host name was resolved: the addresses
     /// that were checked, as values of git's `http.curloptResolve`
     /// (`host:port:addr,…`), so the clone connects to exactly those and a
@@ -69,13 +72,60 @@ pub struct CheckedRepo {
     pub curl_resolve: Option<String>,
 }
 
+/// Variables to remove from git's environment when it clones or fetches an
+/// environment's repository: they would hand it the server's own ssh
+/// agent, askpass helpers, proxy command or configuration.
+pub const GIT_FETCH_ENV_REMOVE: &[&str] = &[
+    "SSH_AUTH_SOCK",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_PROXY_COMMAND",
+];
+
 impl CheckedRepo {
-    /// `-c http.curloptResolve=…` arguments to put before git's subcommand.
-    pub fn git_pin_args(&self) -> Vec<String> {
-        match &self.curl_resolve {
-            Some(pin) => vec!["-c".into(), format!("http.curloptResolve={pin}")],
-            None => Vec::new(),
+    /// `-c` options to put before git's `clone`/`fetch` subcommand: only
+    /// this location's transport may run (no `ext::`, and no redirect or
+    /// submodule to another transport), HTTP redirects are not followed (a
+    /// public server could redirect to an internal one), no credential
+    /// helper runs, and the checked addresses are pinned.
+    pub fn git_fetch_args(&self) -> Vec<String> {
+        let mut options = vec![
+            "protocol.allow=never".to_string(),
+            format!("protocol.{}.allow=always", self.protocol),
+            "http.followRedirects=false".to_string(),
+            "credential.helper=".to_string(),
+        ];
+        if let Some(pin) = &self.curl_resolve {
+            options.push(format!("http.curloptResolve={pin}"));
         }
+        options
+            .into_iter()
+            .flat_map(|option| ["-c".to_string(), option])
+            .collect()
+    }
+
+    /// Variables to set for git's `clone`/`fetch` so that none of the
+    /// server's own credentials is offered: no global or system config
+    /// (credential helpers, `url.*.insteadOf`), an empty `HOME` (no
+    /// `~/.netrc`, `~/.git-credentials`), no prompts, and ssh without the
+    /// server's keys, agent or config. Remove [`GIT_FETCH_ENV_REMOVE`] too.
+    pub fn git_fetch_env(empty_home: &Path) -> Vec<(&'static str, String)> {
+        let home = empty_home.to_string_lossy().into_owned();
+        vec![
+            ("GIT_CONFIG_GLOBAL", "/dev/null".into()),
+            ("GIT_CONFIG_NOSYSTEM", "1".into()),
+            ("HOME", home.clone()),
+            ("XDG_CONFIG_HOME", home),
+            ("GIT_TERMINAL_PROMPT", "0".into()),
+            (
+                "GIT_SSH_COMMAND",
+                "ssh -F /dev/null -i /dev/null -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes".into(),
+            ),
+        ]
     }
 }
 
@@ -121,7 +171,6 @@ impl RepoAccess {
     /// location; for them a host path must also be a git repository now.
     pub fn check(&self, repo: &str, admin: bool) -> Result<CheckedRepo, RepoAccessError> {
         let location = parse_location(repo)?;
-        let unpinned = CheckedRepo { curl_resolve: None };
         match location {
             Location::HostPath(path) => {
                 if !admin && !self.allows_dir(&path) {
@@ -134,11 +183,23 @@ impl RepoAccess {
                         "{repo} is not a git repository on the server: check the path, or give a git URL"
                     )));
                 }
-                Ok(unpinned)
+                Ok(CheckedRepo {
+                    protocol: "file",
+                    curl_resolve: None,
+                })
             }
             Location::Remote { scheme, host, port } => {
+                let protocol = match scheme.as_str() {
+                    "https" => "https",
+                    "http" => "http",
+                    "git" => "git",
+                    _ => "ssh",
+                };
                 if admin || self.allows_url(repo) {
-                    return Ok(unpinned);
+                    return Ok(CheckedRepo {
+                        protocol,
+                        curl_resolve: None,
+                    });
                 }
                 let (addresses, name) = match host {
                     Host::Ip(ip) => (vec![ip], None),
@@ -161,7 +222,10 @@ impl RepoAccess {
                                 .collect();
                             format!("{name}:{port}:{}", list.join(","))
                         });
-                Ok(CheckedRepo { curl_resolve })
+                Ok(CheckedRepo {
+                    protocol,
+                    curl_resolve,
+                })
             }
         }
     }

@@ -139,17 +139,53 @@ fn a_non_admin_learns_nothing_about_which_host_paths_exist() {
 }
 
 #[test]
-fn https_names_are_pinned_to_the_checked_addresses() {
+fn fetch_options_pin_the_checked_addresses_and_allow_only_the_checked_transport() {
     let policy = RepoAccess::default();
     let checked = policy.check("https://93.184.215.14/x.git", false).unwrap();
+    assert_eq!(checked.protocol, "https");
     assert_eq!(checked.curl_resolve, None, "an address needs no pin");
     let checked = CheckedRepo {
+        protocol: "https",
         curl_resolve: Some("example.com:443:93.184.215.14".into()),
     };
-    assert_eq!(
-        checked.git_pin_args(),
-        ["-c", "http.curloptResolve=example.com:443:93.184.215.14"]
-    );
+    let args = checked.git_fetch_args();
+    for option in [
+        "protocol.allow=never",
+        "protocol.https.allow=always",
+        "http.followRedirects=false",
+        "http.curloptResolve=example.com:443:93.184.215.14",
+    ] {
+        assert!(args.iter().any(|a| a == option), "{option}: {args:?}");
+    }
+
+    // Real git with those options: a location that became another
+    // transport after the check (a local path, a helper) does not run.
+    let repo = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new("git")
+        .args(["init", "--quiet"])
+        .arg(repo.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    for target in [
+        format!("file://{}", repo.path().display()),
+        "ext::sh -c true".to_string(),
+    ] {
+        let mut git = std::process::Command::new("git");
+        git.args(checked.git_fetch_args())
+            .args(["ls-remote", "--", &target]);
+        for (name, value) in CheckedRepo::git_fetch_env(home.path()) {
+            git.env(name, value);
+        }
+        for name in GIT_FETCH_ENV_REMOVE {
+            git.env_remove(name);
+        }
+        let output = git.output().unwrap();
+        assert!(!output.status.success(), "{target}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("not allowed"), "{target}: {stderr}");
+    }
 }
 
 #[test]
