@@ -25,14 +25,6 @@ async fn server_with(
     (server, model, install, repo)
 }
 
-async fn new_user(server: &KilnServer, name: &str) -> String {
-    let (status, token) = server
-        .post("/api/tokens", ADMIN_TOKEN, json!({ "name": name }))
-        .await;
-    assert_eq!(status, 201, "{token}");
-    token["secret"].as_str().unwrap().to_string()
-}
-
 fn error_message(body: &Value) -> String {
     body["error"]["message"]
         .as_str()
@@ -52,8 +44,8 @@ async fn missing_wrong_and_foreign_tokens_are_refused_and_tasks_stay_private() {
         .await;
     assert_eq!(status, 401, "{body}");
 
-    let alice = new_user(&server, "alice").await;
-    let bob = new_user(&server, "bob").await;
+    let alice = server.new_user("alice").await;
+    let bob = server.new_user("bob").await;
     server.environment(&alice, "mine", repo.path()).await;
     let task = server
         .task(
