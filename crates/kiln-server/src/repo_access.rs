@@ -274,7 +274,12 @@ impl RepoAccess {
     /// A URL matches a prefix that ends where a URL part ends (`/` or
     /// `:`), so `https://git.internal` does not allow
     /// `https://git.internal.evil.example/` or `https://git.internal@evil/`.
+    /// Dot segments and percent-encoding never match: curl would resolve
+    /// `https://git.internal/team/../admin/x` outside `…/team/`.
     fn allows_url(&self, repo: &str) -> bool {
+        if repo.contains("..") || repo.contains('%') {
+            return false;
+        }
         self.allowed.iter().any(|prefix| match prefix {
             AllowedPrefix::Url(start) => repo.strip_prefix(start.as_str()).is_some_and(|rest| {
                 rest.is_empty() || start.ends_with(['/', ':']) || rest.starts_with(['/', ':'])

@@ -110,6 +110,8 @@ fn an_allowed_prefix_admits_only_what_lies_inside_it() {
         format!("{}/../repos-evil", allowed.display()),
         allowed.join("link-out").display().to_string(),
         "http://127.0.0.1:90/x".to_string(),
+        "http://127.0.0.1:9/../admin/x.git".to_string(),
+        "http://127.0.0.1:9/%2e%2e/admin/x.git".to_string(),
         "git@10.1.2.30:team/x.git".to_string(),
     ] {
         assert!(
