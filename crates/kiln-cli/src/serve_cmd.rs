@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_protocol::Mode;
-use kiln_server::{Server, ServerConfig};
+use kiln_server::{ConnectionLimits, MetricsAccess, Server, ServerConfig};
 use kiln_store::{AdminBootstrap, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,40 @@ pub struct Args {
     /// Override a configuration key, e.g. -c model=gpt-5-codex.
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Let every user's environments use this location (repeatable): a
+    /// directory on the server (host paths and file:// URLs inside it) or
+    /// the start of a git URL (https://git.internal/, git@gitlab.corp:).
+    /// Without it only admins may use host paths, file:// URLs and hosts
+    /// at loopback, private or link-local addresses.
+    #[arg(long = "allow-repo", value_name = "PREFIX")]
+    pub allow_repo: Vec<String>,
+    /// A token that may read /metrics besides admin tokens (for a scraper).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "KILN_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+    /// Serve /metrics to anyone who can reach the port, without a token.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Seconds a connection gets to send a request's headers (an idle
+    /// keep-alive connection is closed after as long).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// Event streams open at once per token; more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_streams_per_token: usize,
+    /// Largest request body, in bytes; larger ones are answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = kiln_server::DEFAULT_BODY_LIMIT)]
+    pub max_body_bytes: usize,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -58,7 +92,14 @@ async fn serve(args: Args) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    kiln_server::secure_data_dir(&data_dir).with_context(|| {
+        format!(
+            "cannot make the data directory {} private (mode 700): make the user kiln serve runs as its owner",
+            data_dir.display()
+        )
+    })?;
     let _lock = kiln_server::DataDirLock::acquire(&data_dir)?;
+    let repo_access = kiln_server::RepoAccess::new(&args.allow_repo)?;
 
     let mut overrides = args.overrides.clone();
     if let Some(backend) = &args.sandbox {
@@ -82,10 +123,32 @@ async fn serve(args: Args) -> Result<()> {
     };
     let options = options.secret_key(secret_key(&data_dir)?);
     let store = Store::open(options).await?;
+    kiln_server::secure_data_files(&data_dir).with_context(|| {
+        format!(
+            "cannot make the files in {} private (mode 600): make the user kiln serve runs as their owner",
+            data_dir.display()
+        )
+    })?;
     let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
     server_config.max_parallel = args.max_parallel.max(1);
     server_config.max_tries = args.max_tries.max(1);
     server_config.lease = Duration::from_secs(args.lease_secs.max(3));
+    server_config.repo_access = repo_access;
+    server_config.body_limit = args.max_body_bytes;
+    server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {
+        (true, _) => MetricsAccess::Public,
+        (false, Some(token)) if !token.trim().is_empty() => {
+            MetricsAccess::AdminOrToken(token.trim().to_string())
+        }
+        (false, _) => MetricsAccess::Admin,
+    };
+    server_config.limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+        max_connections_per_ip: args.max_connections_per_ip.max(1),
+        max_streams_per_token: args.max_streams_per_token.max(1),
+        ..ConnectionLimits::default()
+    };
     let server = Server::new(store.clone(), server_config)?;
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await

@@ -18,17 +18,11 @@ async fn server_with(
     let repo = fixtures::repo("calc-py");
     let model = ScriptedServer::start(Script::new(turns)).await;
     let install = Installation::new();
-    let server = KilnServer::start(&install, &model, 2).await;
+    // Non-admins use the fixture repository too: allow its directory.
+    let allowed = repo.path().display().to_string();
+    let server = KilnServer::start_with(&install, &model, 2, &["--allow-repo", &allowed]).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
     (server, model, install, repo)
-}
-
-async fn new_user(server: &KilnServer, name: &str) -> String {
-    let (status, token) = server
-        .post("/api/tokens", ADMIN_TOKEN, json!({ "name": name }))
-        .await;
-    assert_eq!(status, 201, "{token}");
-    token["secret"].as_str().unwrap().to_string()
 }
 
 fn error_message(body: &Value) -> String {
@@ -50,8 +44,8 @@ async fn missing_wrong_and_foreign_tokens_are_refused_and_tasks_stay_private() {
         .await;
     assert_eq!(status, 401, "{body}");
 
-    let alice = new_user(&server, "alice").await;
-    let bob = new_user(&server, "bob").await;
+    let alice = server.new_user("alice").await;
+    let bob = server.new_user("bob").await;
     server.environment(&alice, "mine", repo.path()).await;
     let task = server
         .task(

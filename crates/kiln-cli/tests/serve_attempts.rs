@@ -111,9 +111,7 @@ async fn parallel_attempts_each_get_their_own_checkout_and_all_finish() {
             assert!(!layers.join("upper/calc.py").exists(), "nothing copied up");
         }
     }
-    let (_, metrics) = server
-        .request(reqwest::Method::GET, "/metrics", None, None)
-        .await;
+    let (_, metrics) = server.get("/metrics", ADMIN_TOKEN).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
         metrics.contains("kiln_attempts{state=\"succeeded\"} 4"),

@@ -35,7 +35,8 @@ async fn a_user_adds_an_environment_runs_a_task_follows_it_and_reads_the_diff() 
     let repo = fixtures::repo("calc-py");
     let model = ScriptedServer::start(scenarios::fix_calc_py()).await;
     let install = Installation::new();
-    let server = KilnServer::start(&install, &model, 1).await;
+    let allowed = repo.path().display().to_string();
+    let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &allowed]).await;
 
     let secret = stdout(&kiln(&server, ADMIN_TOKEN, &["token", "create", "carol"]).await);
     let carol = secret.trim();

@@ -1,9 +1,13 @@
-//! `Authorization: Bearer <token>` on every `/api` route.
+//! `Authorization: Bearer <token>` on every `/api` route (and on `/metrics`
+//! unless it is opened on purpose).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use kiln_store::Principal;
+use sha2::{Digest, Sha256};
 
+use crate::config::MetricsAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -14,31 +18,64 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "missing Authorization header: send `Authorization: Bearer <token>`".into(),
-                )
-            })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|secret| !secret.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "malformed Authorization header: use `Bearer <token>`".into(),
-                )
-            })?;
-        match state.store().verify_token(secret).await {
-            Ok(Some(principal)) => Ok(Caller(principal)),
-            Ok(None) | Err(kiln_store::StoreError::InvalidInput { .. }) => {
-                Err(ApiError::Unauthorized("unknown or revoked token".into()))
-            }
-            Err(other) => Err(other.into()),
+        let secret = bearer(&parts.headers)?;
+        principal(state, secret).await.map(Caller)
+    }
+}
+
+/// The token a request carries.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing Authorization header: send `Authorization: Bearer <token>`".into(),
+            )
+        })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|secret| !secret.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("malformed Authorization header: use `Bearer <token>`".into())
+        })
+}
+
+/// Who `secret` belongs to, if it is a live token.
+pub(crate) async fn principal(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+    match state.store().verify_token(secret).await {
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) | Err(kiln_store::StoreError::InvalidInput { .. }) => {
+            Err(ApiError::Unauthorized("unknown or revoked token".into()))
         }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Whether a request may read `/metrics`: queue depths and token usage tell
+/// an outsider how busy the server is and what it costs.
+pub(crate) async fn may_read_metrics(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let access = &state.inner.config.metrics_access;
+    if *access == MetricsAccess::Public {
+        return Ok(());
+    }
+    let secret = bearer(headers)?;
+    if let MetricsAccess::AdminOrToken(expected) = access {
+        // Digests compared, so the time taken says nothing about the token.
+        if Sha256::digest(secret.as_bytes()) == Sha256::digest(expected.as_bytes()) {
+            return Ok(());
+        }
+    }
+    if principal(state, secret).await?.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only an admin token or the metrics token (--metrics-token) may read /metrics".into(),
+        ))
     }
 }

@@ -8,8 +8,54 @@ use kiln_agent::AgentConfig;
 use kiln_model::ProviderConfig;
 use kiln_sandbox::SandboxPolicy;
 
+use crate::repo_access::RepoAccess;
+
 /// Largest request body the API accepts.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How much of the server one client may hold, so that slow or greedy
+/// clients cannot starve the others (or `/healthz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent a request's complete headers within
+    /// this time (including an idle keep-alive connection) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are answered
+    /// 429 and closed.
+    pub max_connections_per_ip: usize,
+    /// Event streams (`GET /api/tasks/{id}/events`) open at once per token;
+    /// more are answered 429.
+    pub max_streams_per_token: usize,
+    /// How often an open event stream checks that its token still works
+    /// (a revocation on this server ends the stream at once).
+    pub token_recheck: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_streams_per_token: 16,
+            token_recheck: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Admin tokens only.
+    #[default]
+    Admin,
+    /// Admin tokens, and this dedicated token (for a scraper).
+    AdminOrToken(String),
+    /// Anyone who can reach the port (`--metrics-public`).
+    Public,
+}
 
 /// Everything [`crate::Server`] needs besides the store.
 #[derive(Debug, Clone)]
@@ -31,6 +77,11 @@ pub struct ServerConfig {
     /// Claims an attempt gets before an interruption fails it.
     pub max_tries: u32,
     pub body_limit: usize,
+    /// Which repository locations environments may name (see
+    /// [`crate::RepoAccess`]).
+    pub repo_access: RepoAccess,
+    pub limits: ConnectionLimits,
+    pub metrics_access: MetricsAccess,
 }
 
 impl ServerConfig {
@@ -50,6 +101,9 @@ impl ServerConfig {
             lease: Duration::from_secs(60),
             max_tries: 3,
             body_limit: DEFAULT_BODY_LIMIT,
+            repo_access: RepoAccess::default(),
+            limits: ConnectionLimits::default(),
+            metrics_access: MetricsAccess::default(),
         }
     }
 }

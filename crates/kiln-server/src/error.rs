@@ -43,6 +43,10 @@ pub enum ApiError {
     BadRequest { status: StatusCode, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// The caller holds as much of the server as one caller may (open
+    /// event streams per token).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A server-side failure; the detail is logged, the client gets a summary.
     #[error("{0}")]
     Internal(String),
@@ -71,6 +75,7 @@ impl ApiError {
                 },
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

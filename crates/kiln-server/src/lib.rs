@@ -44,10 +44,13 @@ mod auth;
 mod config;
 mod data_dir;
 mod error;
+mod http_server;
 mod metrics;
 mod openapi;
+mod repo_access;
 mod routes;
 mod secret_key;
+mod slots;
 mod state;
 mod worker;
 
@@ -57,9 +60,12 @@ use kiln_store::{RecoverScope, RecoveryReport, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ServerConfig, DEFAULT_BODY_LIMIT};
-pub use data_dir::DataDirLock;
+pub use config::{ConnectionLimits, MetricsAccess, ServerConfig, DEFAULT_BODY_LIMIT};
+pub use data_dir::{secure_data_dir, secure_data_files, DataDirLock};
 pub use error::ApiError;
+pub use repo_access::{
+    scrub_data_dir, CheckedRepo, RepoAccess, RepoAccessError, GIT_FETCH_ENV_REMOVE,
+};
 pub use secret_key::{
     load_or_create_secret_key, KeyOrigin, SecretKeyFileError, SECRET_KEY_FILE, SECRET_KEY_VAR,
 };
@@ -104,6 +110,7 @@ impl Server {
             source: Box::new(source),
         })?;
         let metrics = metrics::Metrics::default();
+        let streams = slots::Slots::new(config.limits.max_streams_per_token);
         Ok(Server {
             state: AppState {
                 inner: Arc::new(Shared {
@@ -112,6 +119,8 @@ impl Server {
                     model,
                     metrics,
                     shutdown: CancellationToken::new(),
+                    revocations: tokio::sync::watch::Sender::new(0),
+                    streams,
                 }),
             },
         })
@@ -151,7 +160,8 @@ impl Server {
         routes::router(self.state.clone())
     }
 
-    /// Answers HTTP on `listener` and runs the workers until `shutdown`.
+    /// Answers HTTP on `listener` (within [`ConnectionLimits`]) and runs
+    /// the workers until `shutdown`.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -160,16 +170,14 @@ impl Server {
         let pool = tokio::spawn(worker::run_pool(self.state.inner.clone(), shutdown.clone()));
         let app = self.router();
         let streams = self.state.inner.shutdown.clone();
-        let stop = shutdown.clone();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                // SSE streams would otherwise hold the graceful shutdown open.
-                streams.cancel();
-            })
-            .await;
+        let limits = self.state.inner.config.limits.clone();
+        // SSE streams would otherwise hold the graceful shutdown open.
+        http_server::serve(listener, app, &limits, shutdown.clone(), move || {
+            streams.cancel()
+        })
+        .await;
         shutdown.cancel();
         let _ = pool.await;
-        result.map_err(ServerError::Io)
+        Ok(())
     }
 }

@@ -144,7 +144,11 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     },
     Operation {
         success: Success::Opaque("text/plain"),
-        ..op("get", "/metrics", "Prometheus metrics (no auth)")
+        ..op(
+            "get",
+            "/metrics",
+            "Prometheus metrics (an admin token or the metrics token; no auth with --metrics-public)",
+        )
     },
 ];
 
@@ -284,7 +288,7 @@ fn describe(operation: &Operation, generators: &mut Generators) -> Value {
             "content": { "application/json": { "schema": body(&mut generators.requests) } },
         });
     }
-    if !operation.path.starts_with("/api/") || operation.path == "/api/openapi.json" {
+    if operation.path == "/healthz" || operation.path == "/api/openapi.json" {
         described["security"] = json!([]);
     }
     described

@@ -6,6 +6,7 @@ use kiln_model::ModelClient;
 use kiln_store::Store;
 
 use crate::metrics::Metrics;
+use crate::slots::Slots;
 use crate::ServerConfig;
 
 /// Cheap to clone: one `Arc` inside.
@@ -21,6 +22,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Fires when the server stops; long-lived streams end on it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Bumped on every token revocation here, so open event streams check
+    /// their token at once instead of at their next periodic check.
+    pub(crate) revocations: tokio::sync::watch::Sender<u64>,
+    /// Open event streams per token id.
+    pub(crate) streams: Slots<String>,
 }
 
 impl AppState {

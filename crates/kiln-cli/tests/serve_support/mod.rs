@@ -194,6 +194,49 @@ impl KilnServer {
         .await
     }
 
+    /// A new non-admin token named `name`, made with the admin token.
+    pub async fn new_user(&self, name: &str) -> String {
+        let (status, token) = self
+            .post("/api/tokens", ADMIN_TOKEN, json!({ "name": name }))
+            .await;
+        assert_eq!(status, 201, "{token}");
+        token["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Revokes the token named `name` with the admin token.
+    pub async fn revoke(&self, name: &str) {
+        let (_, tokens) = self.get("/api/tokens", ADMIN_TOKEN).await;
+        let id = tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name && t["revoked_at"].is_null())
+            .unwrap_or_else(|| panic!("no live token {name}: {tokens}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, body) = self
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/api/tokens/{id}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Asks for the SSE stream of a task and returns the answer as it is
+    /// (an open stream, or a refusal).
+    pub async fn events_response(&self, token: &str, id: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/api/tasks/{id}/events", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Opens the SSE stream of a task.
     pub async fn events(&self, token: &str, id: &str, last_event_id: Option<i64>) -> SseReader {
         let mut request = self
@@ -243,6 +286,20 @@ impl SseReader {
                 .expect("an SSE event within the deadline")
                 .unwrap()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Whether the server ends the stream within `timeout` (events that
+    /// arrive meanwhile are skipped); `false` if it is still open then.
+    pub async fn ended_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.response.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None) | Err(_)) => return true,
+            }
         }
     }
 

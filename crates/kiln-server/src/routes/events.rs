@@ -5,6 +5,8 @@
 //! `Last-Event-ID: N` (or `?after=N`) gets exactly the events after N. The
 //! stream ends once the task has finished and every event was sent (or at
 //! once with `?follow=false`). The data is the event's JSON plus `attempt`.
+//! A token holds at most `max_streams_per_token` streams at once, and a
+//! stream ends when its token is revoked.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -63,13 +65,29 @@ pub(super) async fn stream(
             })?,
         None => params.after.unwrap_or(0),
     };
+    let slot = state
+        .inner
+        .streams
+        .try_take(who.token_id.clone())
+        .ok_or_else(|| {
+            ApiError::TooManyRequests(format!(
+                "this token already has {} event streams open, the most the server allows (kiln serve --max-streams-per-token): close one first",
+                state.inner.streams.limit()
+            ))
+        })?;
+    let secret = crate::auth::bearer(&headers)?.to_string();
     let (tx, rx) = mpsc::channel(64);
     let store = state.store().clone();
     let who_task = id.clone();
     let shutdown = state.inner.shutdown.clone();
+    let revocations = state.inner.revocations.subscribe();
+    let recheck = state.inner.config.limits.token_recheck;
     tokio::spawn(async move {
+        // Held for as long as the stream runs.
+        let _slot = slot;
         tokio::select! {
-            _ = pump(store, who_task, params.attempt, after, params.follow.unwrap_or(true), tx) => {}
+            _ = pump(store.clone(), who_task, params.attempt, after, params.follow.unwrap_or(true), tx) => {}
+            _ = token_revoked(&store, &secret, revocations, recheck) => {}
             _ = shutdown.cancelled() => {}
         }
     });
@@ -122,6 +140,34 @@ async fn pump(
             _ = subscription.wait_for_events(&task_id) => {}
             _ = tokio::time::sleep(recheck) => saw_finish = false,
             _ = tx.closed() => return Err(()),
+        }
+    }
+}
+
+/// Returns once `secret` no longer verifies: at once after a revocation
+/// on this server, within `recheck` after one on another server sharing
+/// the store.
+async fn token_revoked(
+    store: &Store,
+    secret: &str,
+    mut revocations: tokio::sync::watch::Receiver<u64>,
+    recheck: Duration,
+) {
+    loop {
+        tokio::select! {
+            changed = revocations.changed() => {
+                if changed.is_err() {
+                    // The server is going away; the shutdown token ends the stream.
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ = tokio::time::sleep(recheck) => {}
+        }
+        match store.verify_token(secret).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(kiln_store::StoreError::InvalidInput { .. }) => return,
+            // A store hiccup is not a revocation: look again next time.
+            Err(err) => tracing::warn!("cannot re-check an event stream's token: {err}"),
         }
     }
 }

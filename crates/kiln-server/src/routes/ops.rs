@@ -1,7 +1,8 @@
-//! Health and metrics, without authentication (for probes and scrapers).
+//! Health (without authentication, for probes) and metrics (for admins, a
+//! scraper's metrics token, or anyone with `--metrics-public`).
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 
 use crate::error::ApiError;
@@ -12,7 +13,11 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Result<&'static st
     Ok("ok\n")
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::may_read_metrics(&state, &headers).await?;
     let stats = state.store().queue_stats().await?;
     let body = state.inner.metrics.render(&stats);
     Ok((

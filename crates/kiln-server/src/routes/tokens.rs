@@ -92,5 +92,11 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     require_admin(&who)?;
-    Ok(Json(state.store().revoke_token(&id).await?))
+    let revoked = state.store().revoke_token(&id).await?;
+    // Open event streams of the token end now rather than at their next check.
+    state
+        .inner
+        .revocations
+        .send_modify(|n| *n = n.wrapping_add(1));
+    Ok(Json(revoked))
 }
