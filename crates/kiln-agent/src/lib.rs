@@ -75,6 +75,7 @@ mod model_turn;
 mod output;
 mod prompt;
 mod tools;
+pub mod workspace_file;
 
 pub use attempt::{run_attempt, run_attempt_with, AttemptInput, AttemptOutcome};
 pub use chunks::ChunkStore;
@@ -84,3 +85,4 @@ pub use event_log::{EventLog, MemorySink};
 pub use history::history_from_events;
 pub use instructions::{discover_instructions, project_root, Instructions};
 pub use output::CapturedOutput;
+pub use workspace_file::{WorkspaceFile, WorkspaceFileError};
