@@ -741,3 +741,35 @@ async fn agents_md_linked_to_proc_self_environ_does_not_reach_the_model() {
         "{citations:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_sequences_from_commands_and_the_model_do_not_reach_the_terminal() {
+    let kiln = Kiln::new(vec![
+        Turn::shell(r"printf '\033]52;c;cHduZWQ=\007\033[2J\033[Hcleared\n'"),
+        Turn::message("Done.\u{1b}]52;c;cHduZWQ=\u{7}\u{1b}[2J"),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "Print something."]).await;
+    assert_success(&output);
+    assert!(
+        !output.stdout.contains(&0x1b) && !output.stderr.contains(&0x1b),
+        "an escape byte reached the terminal:\nstdout {:?}\nstderr {:?}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(r"\x1b]52;c;cHduZWQ=\x07\x1b[2J"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).starts_with(r"Done.\x1b]52"),
+        "{}",
+        stdout(&output)
+    );
+    // The log keeps the output as it was (JSON escapes it).
+    let events = log_events(&log_path(&output));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "exec.output" && e["text"].as_str().unwrap().contains('\u{1b}')));
+}
