@@ -327,15 +327,16 @@ impl Attempt<'_> {
                         .call(&call_id, &name, &arguments, self.events, &self.stop)
                         .await
                 };
+                // What the model gets back is what the log records: secrets
+                // redacted (a command may have printed one).
+                let output = self.events.redact(&result.output).into_owned();
                 self.events.emit(EventKind::ToolOutput {
                     call_id: call_id.clone(),
-                    output: result.output.clone(),
+                    output: output.clone(),
                     success: result.success,
                 });
-                self.history.push(Item::FunctionCallOutput {
-                    call_id,
-                    output: result.output,
-                });
+                self.history
+                    .push(Item::FunctionCallOutput { call_id, output });
             }
         }
     }
@@ -595,6 +596,13 @@ impl Attempt<'_> {
     }
 
     fn finish(mut self, end: End) -> AttemptOutcome {
+        // The outcome is stored and shown like the events: no secret in it.
+        let redact = |text: String| self.events.redact(&text).into_owned();
+        let end = match end {
+            End::Finished(text) => End::Finished(redact(text)),
+            End::Failed(reason) => End::Failed(redact(reason)),
+            End::Cancelled => End::Cancelled,
+        };
         let (status, final_message, reason) = match end {
             End::Finished(text) => (AttemptStatus::Succeeded, Some(text), None),
             End::Failed(reason) => {

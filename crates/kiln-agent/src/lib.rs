@@ -74,6 +74,7 @@ mod instructions;
 mod model_turn;
 mod output;
 mod prompt;
+mod redact;
 mod tools;
 pub mod workspace_file;
 
@@ -85,4 +86,5 @@ pub use event_log::{EventLog, MemorySink};
 pub use history::history_from_events;
 pub use instructions::{discover_instructions, project_root, Instructions};
 pub use output::CapturedOutput;
+pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
 pub use workspace_file::{WorkspaceFile, WorkspaceFileError};
