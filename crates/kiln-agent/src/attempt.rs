@@ -19,7 +19,7 @@ use crate::compaction::{
     shrink_old_tool_outputs, tokens_for_bytes,
 };
 use crate::history::answer_unanswered_calls;
-use crate::instructions::{discover_instructions, project_root};
+use crate::instructions::{discover_instructions_within, project_root};
 use crate::model_turn::{TurnFailure, TurnOutput, TurnRunner};
 use crate::prompt::{
     dropped_message, instructions_message, summary_message, system_prompt, SUMMARY_REQUEST,
@@ -133,9 +133,16 @@ pub async fn run_attempt_with(
         .map(|limit| WallClock::start(limit, stop.clone(), deadline_hit.clone()));
 
     let cwd = std::path::absolute(&config.cwd).unwrap_or_else(|_| config.cwd.clone());
-    let workspace_root = project_root(&cwd).unwrap_or_else(|| cwd.clone());
-    let instructions =
-        discover_instructions(&cwd, &config.instructions, config.kiln_home.as_deref());
+    let workspace_root = match &config.workspace_root {
+        Some(root) => std::path::absolute(root).unwrap_or_else(|_| root.clone()),
+        None => project_root(&cwd).unwrap_or_else(|| cwd.clone()),
+    };
+    let instructions = discover_instructions_within(
+        &cwd,
+        Some(&workspace_root),
+        &config.instructions,
+        config.kiln_home.as_deref(),
+    );
     events.emit(EventKind::AttemptStarted {
         mode: config.mode,
         model: config.model.clone(),

@@ -75,7 +75,25 @@ pub fn discover_instructions(
     config: &InstructionsConfig,
     kiln_home: Option<&Path>,
 ) -> Instructions {
+    discover_instructions_within(cwd, None, config, kiln_home)
+}
+
+/// [`discover_instructions`] for a workspace whose root the caller knows (a
+/// server's checkout): nothing above `workspace_root` is searched or read,
+/// even when the project root found from `cwd` lies above it (a checkout
+/// whose `.git` the agent deleted, inside a directory that is a repository).
+/// `None` takes the project root found from `cwd`.
+pub fn discover_instructions_within(
+    cwd: &Path,
+    workspace_root: Option<&Path>,
+    config: &InstructionsConfig,
+    kiln_home: Option<&Path>,
+) -> Instructions {
     let cwd = absolute(cwd);
+    let root = match workspace_root {
+        Some(root) => absolute(root),
+        None => project_root(&cwd).unwrap_or_else(|| cwd.clone()),
+    };
     let mut found = Instructions::default();
     let mut reader = BudgetedReader {
         config,
@@ -98,8 +116,7 @@ pub fn discover_instructions(
             reader.add(&mut found, path, file);
         }
     }
-    let root = project_root(&cwd).unwrap_or_else(|| cwd.clone());
-    for dir in directories_root_to_cwd(&cwd) {
+    for dir in directories_root_to_cwd(&cwd, &root) {
         let Ok(inside) = dir.strip_prefix(&root) else {
             continue;
         };
@@ -196,15 +213,12 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The directories from the project root down to `cwd`, root first; just
-/// `cwd` when it is not inside a repository.
-fn directories_root_to_cwd(cwd: &Path) -> Vec<PathBuf> {
-    let Some(root) = project_root(cwd) else {
-        return vec![cwd.to_path_buf()];
-    };
+/// The directories from `root` down to `cwd`, root first; none when `cwd`
+/// is outside `root`.
+fn directories_root_to_cwd(cwd: &Path, root: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = cwd
         .ancestors()
-        .take_while(|dir| dir.starts_with(&root))
+        .take_while(|dir| dir.starts_with(root))
         .map(Path::to_path_buf)
         .collect();
     dirs.reverse();

@@ -304,3 +304,26 @@ fn a_huge_git_file_is_recognised_from_its_first_bytes() {
         .unwrap();
     assert_eq!(project_root(&inner), Some(inner.clone()));
 }
+
+#[test]
+fn nothing_above_a_known_workspace_root_is_read_even_without_its_git_marker() {
+    // A checkout inside a directory that is itself a repository, whose `.git`
+    // file the agent deleted: the project root found from it is the parent.
+    let (_dir, parent, _) = repo_beside_outside();
+    write(&parent.join("AGENTS.md"), "PARENT-RULES\n");
+    write(&parent.join("secret.key"), "PARENT-SECRET\n");
+    let checkout = parent.join("checkouts/t1");
+    fs::create_dir_all(&checkout).unwrap();
+    std::os::unix::fs::symlink("../../secret.key", checkout.join("AGENTS.md")).unwrap();
+    assert_eq!(project_root(&checkout), Some(parent.clone()));
+
+    let found = discover_instructions_within(
+        &checkout,
+        Some(&checkout),
+        &InstructionsConfig::default(),
+        None,
+    );
+    assert!(!found.text.contains("PARENT-"), "{}", found.text);
+    assert!(found.sources.is_empty(), "{:?}", found.sources);
+    assert!(found.warnings[0].contains("leads outside the workspace"));
+}

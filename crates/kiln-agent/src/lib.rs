@@ -84,7 +84,9 @@ pub use citations::{check_citations, parse_citations, Citation, CitationTarget, 
 pub use config::{AgentConfig, InstructionsConfig, Limits};
 pub use event_log::{EventLog, MemorySink};
 pub use history::history_from_events;
-pub use instructions::{discover_instructions, project_root, Instructions};
+pub use instructions::{
+    discover_instructions, discover_instructions_within, project_root, Instructions,
+};
 pub use output::CapturedOutput;
 pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
 pub use workspace_file::{WorkspaceFile, WorkspaceFileError};
