@@ -19,7 +19,7 @@ use crate::compaction::{
     shrink_old_tool_outputs, tokens_for_bytes,
 };
 use crate::history::answer_unanswered_calls;
-use crate::instructions::{discover_instructions, project_root};
+use crate::instructions::{discover_instructions_within, project_root};
 use crate::model_turn::{TurnFailure, TurnOutput, TurnRunner};
 use crate::prompt::{
     dropped_message, instructions_message, summary_message, system_prompt, SUMMARY_REQUEST,
@@ -133,9 +133,16 @@ pub async fn run_attempt_with(
         .map(|limit| WallClock::start(limit, stop.clone(), deadline_hit.clone()));
 
     let cwd = std::path::absolute(&config.cwd).unwrap_or_else(|_| config.cwd.clone());
-    let workspace_root = project_root(&cwd).unwrap_or_else(|| cwd.clone());
-    let instructions =
-        discover_instructions(&cwd, &config.instructions, config.kiln_home.as_deref());
+    let workspace_root = match &config.workspace_root {
+        Some(root) => std::path::absolute(root).unwrap_or_else(|_| root.clone()),
+        None => project_root(&cwd).unwrap_or_else(|| cwd.clone()),
+    };
+    let instructions = discover_instructions_within(
+        &cwd,
+        Some(&workspace_root),
+        &config.instructions,
+        config.kiln_home.as_deref(),
+    );
     events.emit(EventKind::AttemptStarted {
         mode: config.mode,
         model: config.model.clone(),
@@ -327,15 +334,16 @@ impl Attempt<'_> {
                         .call(&call_id, &name, &arguments, self.events, &self.stop)
                         .await
                 };
+                // What the model gets back is what the log records: secrets
+                // redacted (a command may have printed one).
+                let output = self.events.redact(&result.output).into_owned();
                 self.events.emit(EventKind::ToolOutput {
                     call_id: call_id.clone(),
-                    output: result.output.clone(),
+                    output: output.clone(),
                     success: result.success,
                 });
-                self.history.push(Item::FunctionCallOutput {
-                    call_id,
-                    output: result.output,
-                });
+                self.history
+                    .push(Item::FunctionCallOutput { call_id, output });
             }
         }
     }
@@ -595,6 +603,13 @@ impl Attempt<'_> {
     }
 
     fn finish(mut self, end: End) -> AttemptOutcome {
+        // The outcome is stored and shown like the events: no secret in it.
+        let redact = |text: String| self.events.redact(&text).into_owned();
+        let end = match end {
+            End::Finished(text) => End::Finished(redact(text)),
+            End::Failed(reason) => End::Failed(redact(reason)),
+            End::Cancelled => End::Cancelled,
+        };
         let (status, final_message, reason) = match end {
             End::Finished(text) => (AttemptStatus::Succeeded, Some(text), None),
             End::Failed(reason) => {

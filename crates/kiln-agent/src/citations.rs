@@ -2,11 +2,13 @@
 //! `【t7†L3-L9】` for terminal chunks, found and checked against the evidence.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::io::Read;
+use std::path::{Component, Path};
 
 use kiln_protocol::CitationCheck;
 
 use crate::chunks::{parse_chunk_id, ChunkStore};
+use crate::workspace_file::{self, WorkspaceFileError};
 
 const OPEN: char = '【';
 const CLOSE: char = '】';
@@ -111,7 +113,9 @@ fn parse_lines(lines: &str) -> Result<LineRange, String> {
 ///
 /// A file citation is valid when the path, relative to `workspace_root`,
 /// names a regular file that stays inside the workspace (no `..`, no absolute
-/// path, no symlink leading out) and has at least `end` lines. A chunk
+/// path, no symlink leading out; see [`workspace_file`]) and has at least
+/// `end` lines. Only the first 32 MiB of a file are read: a
+/// citation past them is refused with that reason. A chunk
 /// citation is valid when the chunk exists and has at least `end` lines; lines
 /// are those of the whole command output, which a chunk counts even when it
 /// keeps only the head and tail of a very long output.
@@ -123,7 +127,7 @@ pub fn check_citations(
     let root = workspace_root
         .canonicalize()
         .unwrap_or_else(|_| workspace_root.to_path_buf());
-    let mut line_counts: HashMap<PathBuf, Result<u64, String>> = HashMap::new();
+    let mut line_counts: HashMap<String, Result<LineCount, String>> = HashMap::new();
     parse_citations(final_message)
         .into_iter()
         .map(|citation| {
@@ -140,11 +144,24 @@ pub fn check_citations(
         .collect()
 }
 
+/// Bytes of a cited file kiln reads to count its lines. A file is workspace
+/// content the model may have made huge (a sparse 4 GB file costs nothing to
+/// create); past this, a citation of lines not yet seen is refused.
+pub(crate) const MAX_CITED_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The lines of a cited file, counted up to [`MAX_CITED_FILE_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct LineCount {
+    lines: u64,
+    /// False when the count stopped at the cap.
+    complete: bool,
+}
+
 fn check_file(
     root: &Path,
     path: &str,
     range: LineRange,
-    line_counts: &mut HashMap<PathBuf, Result<u64, String>>,
+    line_counts: &mut HashMap<String, Result<LineCount, String>>,
 ) -> Result<(), String> {
     let relative = Path::new(path);
     if relative.is_absolute() {
@@ -158,30 +175,58 @@ fn check_file(
     {
         return Err(format!("`{path}` leaves the workspace"));
     }
-    let full = root.join(relative);
-    let lines = line_counts
-        .entry(full.clone())
-        .or_insert_with(|| count_file_lines(root, &full, path))
+    let count = line_counts
+        .entry(path.to_string())
+        .or_insert_with(|| count_file_lines(root, path))
         .clone()?;
-    check_range(range, lines, &format!("{path} has {lines} lines"))
+    if !count.complete && range.end > count.lines {
+        return Err(format!(
+            "`{path}` is larger than the {} MiB kiln reads to check a citation and its first {} \
+             lines end there; cite a smaller file or a line in its first part",
+            MAX_CITED_FILE_BYTES / (1024 * 1024),
+            count.lines
+        ));
+    }
+    check_range(
+        range,
+        count.lines,
+        &format!("{path} has {} lines", count.lines),
+    )
 }
 
-fn count_file_lines(root: &Path, full: &Path, path: &str) -> Result<u64, String> {
-    let canonical = full
-        .canonicalize()
-        .map_err(|_| format!("no file `{path}` in the workspace"))?;
-    if !canonical.starts_with(root) {
-        return Err(format!("`{path}` leads outside the workspace"));
+/// Count lines (a last line without a newline counts) reading at most
+/// [`MAX_CITED_FILE_BYTES`], through the confined reader.
+fn count_file_lines(root: &Path, path: &str) -> Result<LineCount, String> {
+    let file = workspace_file::open(root, path).map_err(|err| match err {
+        WorkspaceFileError::NotFound { .. } => format!("no file `{path}` in the workspace"),
+        other => other.to_string(),
+    })?;
+    let mut reader = file.take(MAX_CITED_FILE_BYTES);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut newlines = 0u64;
+    let mut last_byte = None;
+    let mut read_total = 0u64;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(format!("cannot read `{path}`: {err}")),
+        };
+        read_total += read as u64;
+        newlines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+        last_byte = buffer[..read].last().copied();
     }
-    if !canonical.is_file() {
-        return Err(format!("`{path}` is not a regular file"));
-    }
-    let bytes = std::fs::read(&canonical).map_err(|err| format!("cannot read `{path}`: {err}"))?;
-    let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-    Ok(if bytes.is_empty() || bytes.ends_with(b"\n") {
-        newlines
-    } else {
-        newlines + 1
+    let unterminated_last_line = last_byte.is_some_and(|b| b != b'\n');
+    let complete = read_total < MAX_CITED_FILE_BYTES || {
+        // Exactly at the cap: complete only if nothing follows.
+        let mut probe = [0u8; 1];
+        reader.into_inner().read(&mut probe).is_ok_and(|n| n == 0)
+    };
+    Ok(LineCount {
+        // Bytes after the last newline are a line, even when the cap cut it.
+        lines: newlines + u64::from(unterminated_last_line),
+        complete,
     })
 }
 

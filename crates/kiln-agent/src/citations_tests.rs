@@ -133,7 +133,7 @@ fn missing_files_and_chunks_are_flagged() {
     );
     assert_eq!(
         checks[2].reason.as_deref(),
-        Some("`src` is not a regular file")
+        Some("`src` is a directory, not a regular file; kiln reads only regular files from the workspace")
     );
 }
 
@@ -181,4 +181,64 @@ fn chunk_lines_count_the_whole_output_even_when_the_middle_was_dropped() {
     );
     assert!(checks[0].valid, "{checks:?}");
     assert!(!checks[1].valid);
+}
+
+#[test]
+fn a_cited_sparse_4_gb_file_is_read_only_up_to_the_cap() {
+    let ws = workspace();
+    let huge = fs::File::create(ws.path().join("huge.bin")).unwrap();
+    huge.set_len(4 << 30).unwrap();
+    let checks = check("【F:huge.bin†L1】 【F:huge.bin†L2-L5】", ws.path());
+    // Line 1 exists (the file has bytes, none of them a newline).
+    assert!(checks[0].valid, "{checks:?}");
+    assert!(!checks[1].valid);
+    let reason = checks[1].reason.as_deref().unwrap();
+    assert!(
+        reason.contains("larger than the 32 MiB kiln reads to check a citation"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_citation_of_a_file_exactly_at_the_cap_counts_its_lines() {
+    let ws = workspace();
+    let mut text = vec![b'x'; usize::try_from(MAX_CITED_FILE_BYTES).unwrap()];
+    *text.last_mut().unwrap() = b'\n';
+    fs::write(ws.path().join("full.txt"), &text).unwrap();
+    let checks = check("【F:full.txt†L1】 【F:full.txt†L2】", ws.path());
+    assert!(checks[0].valid, "{checks:?}");
+    assert_eq!(
+        checks[1].reason.as_deref(),
+        Some("L2 is out of range: full.txt has 1 lines")
+    );
+}
+
+#[test]
+fn citations_through_host_links_fifos_and_directory_links_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("passwd"), "root:x:0:0\n").unwrap();
+    let ws = workspace();
+    std::os::unix::fs::symlink("/proc/self/environ", ws.path().join("env.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path().join("docs")).unwrap();
+    nix::unistd::mkfifo(
+        &ws.path().join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let checks = check(
+        "【F:env.txt†L1】 【F:docs/passwd†L1】 【F:pipe†L1】",
+        ws.path(),
+    );
+    assert!(checks.iter().all(|c| !c.valid), "{checks:?}");
+    assert!(checks[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("leads outside"));
+    assert!(checks[1]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("leads outside"));
+    assert!(checks[2].reason.as_deref().unwrap().contains("a FIFO"));
 }

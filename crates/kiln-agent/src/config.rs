@@ -18,6 +18,11 @@ pub struct AgentConfig {
     pub mode: Mode,
     /// Where commands run by default; the project root is found from here.
     pub cwd: PathBuf,
+    /// The root of the workspace when the caller knows it (the server's
+    /// checkout): kiln reads no repository file outside it (AGENTS.md,
+    /// cited files), whatever `.git` the agent leaves behind. `None`: the
+    /// project root found from `cwd` (the nearest ancestor with `.git`).
+    pub workspace_root: Option<PathBuf>,
     /// kiln's home directory, for the global `AGENTS.md`.
     pub kiln_home: Option<PathBuf>,
     pub instructions: InstructionsConfig,
@@ -34,6 +39,7 @@ impl AgentConfig {
             provider: String::new(),
             mode,
             cwd: cwd.into(),
+            workspace_root: None,
             kiln_home: None,
             instructions: InstructionsConfig::default(),
             limits: Limits::default(),

@@ -1,5 +1,5 @@
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -203,4 +203,127 @@ fn empty_files_are_not_sources() {
     write(&repo.path().join("AGENTS.md"), "  \n");
     let found = discover(repo.path());
     assert!(found.sources.is_empty());
+}
+
+/// A repository `repo` beside a directory `outside` that holds what the
+/// repository must not reach.
+fn repo_beside_outside() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let outside = dir.path().join("outside");
+    write(&repo.join(".git/HEAD"), "ref: refs/heads/main\n");
+    write(&outside.join("secret"), "OUTSIDE-SECRET\n");
+    write(&outside.join("AGENTS.md"), "OUTSIDE-SECRET\n");
+    (dir, repo, outside)
+}
+
+fn assert_nothing_read(found: &Instructions, secret: &str) {
+    assert!(found.sources.is_empty(), "{:?}", found.sources);
+    assert!(!found.text.contains(secret), "{}", found.text);
+    assert!(
+        found.warnings.iter().any(|w| w.contains("was left out")),
+        "{:?}",
+        found.warnings
+    );
+}
+
+#[test]
+fn agents_md_linked_to_proc_self_environ_does_not_reach_the_model() {
+    let (_dir, repo, _) = repo_beside_outside();
+    std::os::unix::fs::symlink("/proc/self/environ", repo.join("AGENTS.md")).unwrap();
+    let found = discover(&repo);
+    assert_nothing_read(&found, "PATH=");
+    assert!(found.warnings[0].contains("leads outside the workspace"));
+}
+
+#[test]
+fn agents_md_linked_out_of_the_repository_is_not_read() {
+    let (_dir, repo, _) = repo_beside_outside();
+    fs::create_dir_all(repo.join("sub")).unwrap();
+    std::os::unix::fs::symlink("../../outside/secret", repo.join("sub/AGENTS.md")).unwrap();
+    assert_nothing_read(&discover(&repo.join("sub")), "OUTSIDE-SECRET");
+}
+
+#[test]
+fn agents_md_in_a_directory_linked_out_of_the_repository_is_not_read() {
+    let (_dir, repo, outside) = repo_beside_outside();
+    std::os::unix::fs::symlink(&outside, repo.join("docs")).unwrap();
+    assert_nothing_read(&discover(&repo.join("docs")), "OUTSIDE-SECRET");
+}
+
+#[test]
+fn agents_md_that_is_a_fifo_is_passed_over_without_blocking() {
+    let (_dir, repo, _) = repo_beside_outside();
+    nix::unistd::mkfifo(
+        &repo.join("AGENTS.md"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let found = discover(&repo);
+    assert!(found.sources.is_empty());
+    assert!(found.warnings[0].contains("a FIFO"), "{:?}", found.warnings);
+}
+
+/// 1 TiB costs nothing as a sparse file; read whole, it cannot fit in memory
+/// (the allocation is refused), so only a bounded read gets its guidance in.
+#[test]
+fn a_sparse_1_tib_agents_md_is_read_only_up_to_the_budget() {
+    let (_dir, repo, _) = repo_beside_outside();
+    let huge = fs::File::create(repo.join("AGENTS.md")).unwrap();
+    huge.set_len(1 << 40).unwrap();
+    let found = discover(&repo);
+    assert_eq!(found.sources, vec![repo.join("AGENTS.md")]);
+    assert!(found.text.len() < 2 * InstructionsConfig::default().byte_budget);
+    assert!(
+        found.warnings[0].contains("of its 1099511627776 bytes"),
+        "{:?}",
+        found.warnings
+    );
+}
+
+#[test]
+fn agents_md_linked_to_another_file_of_the_repository_is_read() {
+    let (_dir, repo, _) = repo_beside_outside();
+    write(&repo.join("docs/agents.md"), "linked rules\n");
+    std::os::unix::fs::symlink("docs/agents.md", repo.join("AGENTS.md")).unwrap();
+    let found = discover(&repo);
+    assert_eq!(found.sources, vec![repo.join("AGENTS.md")]);
+    assert!(found.text.contains("linked rules"));
+}
+
+#[test]
+fn a_huge_git_file_is_recognised_from_its_first_bytes() {
+    let (_dir, repo, _) = repo_beside_outside();
+    let inner = repo.join("inner");
+    write(&inner.join(".git"), "gitdir: /elsewhere\n");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(inner.join(".git"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    assert_eq!(project_root(&inner), Some(inner.clone()));
+}
+
+#[test]
+fn nothing_above_a_known_workspace_root_is_read_even_without_its_git_marker() {
+    // A checkout inside a directory that is itself a repository, whose `.git`
+    // file the agent deleted: the project root found from it is the parent.
+    let (_dir, parent, _) = repo_beside_outside();
+    write(&parent.join("AGENTS.md"), "PARENT-RULES\n");
+    write(&parent.join("secret.key"), "PARENT-SECRET\n");
+    let checkout = parent.join("checkouts/t1");
+    fs::create_dir_all(&checkout).unwrap();
+    std::os::unix::fs::symlink("../../secret.key", checkout.join("AGENTS.md")).unwrap();
+    assert_eq!(project_root(&checkout), Some(parent.clone()));
+
+    let found = discover_instructions_within(
+        &checkout,
+        Some(&checkout),
+        &InstructionsConfig::default(),
+        None,
+    );
+    assert!(!found.text.contains("PARENT-"), "{}", found.text);
+    assert!(found.sources.is_empty(), "{:?}", found.sources);
+    assert!(found.warnings[0].contains("leads outside the workspace"));
 }

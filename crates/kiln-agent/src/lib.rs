@@ -74,7 +74,9 @@ mod instructions;
 mod model_turn;
 mod output;
 mod prompt;
+mod redact;
 mod tools;
+pub mod workspace_file;
 
 pub use attempt::{run_attempt, run_attempt_with, AttemptInput, AttemptOutcome};
 pub use chunks::ChunkStore;
@@ -82,5 +84,9 @@ pub use citations::{check_citations, parse_citations, Citation, CitationTarget, 
 pub use config::{AgentConfig, InstructionsConfig, Limits};
 pub use event_log::{EventLog, MemorySink};
 pub use history::history_from_events;
-pub use instructions::{discover_instructions, project_root, Instructions};
+pub use instructions::{
+    discover_instructions, discover_instructions_within, project_root, Instructions,
+};
 pub use output::CapturedOutput;
+pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
+pub use workspace_file::{WorkspaceFile, WorkspaceFileError};

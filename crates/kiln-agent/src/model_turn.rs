@@ -123,6 +123,8 @@ impl TurnRunner<'_> {
             () = self.stop.cancelled() => return Err(TryError::Stopped),
         };
         let mut items = Vec::new();
+        // A secret the model writes may arrive split between two deltas.
+        let mut deltas = self.events.stream_redactor();
         loop {
             let next = tokio::select! {
                 next = stream.next() => next,
@@ -131,12 +133,25 @@ impl TurnRunner<'_> {
             match next {
                 Some(Ok(ModelEvent::TextDelta(text))) => {
                     if live && !text.is_empty() {
-                        self.events.emit(EventKind::ModelDelta { text });
+                        let text = deltas.push(&text);
+                        if !text.is_empty() {
+                            self.events.emit(EventKind::ModelDelta { text });
+                        }
                     }
                 }
-                Some(Ok(ModelEvent::ItemDone(item))) => items.push(item),
+                Some(Ok(ModelEvent::ItemDone(item))) => {
+                    let rest = deltas.finish();
+                    if live && !rest.is_empty() {
+                        self.events.emit(EventKind::ModelDelta { text: rest });
+                    }
+                    items.push(item);
+                }
                 Some(Ok(ModelEvent::Completed { usage })) => {
-                    return Ok(TurnOutput { items, usage })
+                    let rest = deltas.finish();
+                    if live && !rest.is_empty() {
+                        self.events.emit(EventKind::ModelDelta { text: rest });
+                    }
+                    return Ok(TurnOutput { items, usage });
                 }
                 Some(Err(err)) => return Err(TryError::Model(err)),
                 None => return Err(TryError::Incomplete),

@@ -156,7 +156,8 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     }
     if !args.json && !std::io::stdout().is_terminal() {
         if let Some(message) = &outcome.final_message {
-            println!("{message}");
+            // Piped output is read later, often by a terminal: no control sequences.
+            println!("{}", crate::render::terminal_safe(message));
         }
     }
     Ok(match outcome.status {

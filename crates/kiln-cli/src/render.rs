@@ -1,6 +1,14 @@
 //! The human-readable view of an event stream, written to stderr as it
 //! happens. Stdout stays free for the final message (and `--json`).
+//!
+//! Every text in an event may come from a command or the model, and a
+//! terminal obeys control sequences in what it is given: OSC 52 writes the
+//! clipboard, CSI sequences clear the screen or move the cursor over what was
+//! shown, a lone carriage return hides the start of a line. So every string
+//! of an event is passed through [`terminal_safe`] before it is rendered, and
+//! the only control sequences written are the renderer's own colours.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -295,13 +303,71 @@ fn count_diff_lines(diff: &str) -> (usize, usize) {
     })
 }
 
+/// `text` with control characters made visible, so that a terminal shows
+/// them instead of obeying them: newlines and tabs are kept, a carriage
+/// return before a newline is dropped (CRLF line ends read as lines), and
+/// every other C0 or C1 control character, DEL and the Unicode bidirectional
+/// overrides (which reorder what is shown) are written as an escape such as
+/// `\x1b` or `\u{202e}`.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() == Some(&'\n') {
+            continue;
+        }
+        if !needs_escape(c) {
+            out.push(c);
+        } else if c == '\r' {
+            out.push_str("\\r");
+        } else if u32::from(c) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A copy of `event` whose every string is [`terminal_safe`]. Going through
+/// the event's JSON form reaches every field, including those added later.
+fn terminal_safe_event(event: &Event) -> Option<Event> {
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Cow::Owned(safe) = terminal_safe(text) {
+                    *text = safe;
+                }
+            }
+            serde_json::Value::Array(values) => values.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(event).ok()?;
+    clean(&mut value);
+    serde_json::from_value(value).ok()
+}
+
 impl EventSink for HumanRenderer {
     fn emit(&self, event: &Event) {
         let mut state = match self.state.lock() {
             Ok(state) => state,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let text = self.render(&mut state, event);
+        // An event that cannot be made safe is not shown; the log keeps it.
+        let Some(event) = terminal_safe_event(event) else {
+            return;
+        };
+        let text = self.render(&mut state, &event);
         if !text.is_empty() {
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(text.as_bytes());
@@ -309,3 +375,7 @@ impl EventSink for HumanRenderer {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;

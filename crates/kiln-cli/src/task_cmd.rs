@@ -1,5 +1,6 @@
 //! `kiln task new|list|show|logs|diff|cancel|reply`: a client of `kiln serve`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -7,7 +8,7 @@ use kiln_protocol::{Event, EventKind, EventSink};
 use serde_json::{json, Value};
 
 use crate::api_client::{print_json, ApiClient, ServerArgs};
-use crate::render::HumanRenderer;
+use crate::render::{terminal_safe, HumanRenderer};
 use crate::run_blocking;
 
 #[derive(Debug, clap::Args)]
@@ -145,7 +146,13 @@ pub fn run(args: Args) -> ExitCode {
                 let diff = client
                     .get_text(&format!("/api/tasks/{id}/attempts/{attempt}/diff"))
                     .await?;
-                print!("{diff}");
+                // A patch saved to a file stays byte for byte; a terminal
+                // gets control characters made visible.
+                if std::io::stdout().is_terminal() {
+                    print!("{}", terminal_safe(&diff));
+                } else {
+                    print!("{diff}");
+                }
             }
             TaskCommand::Cancel { id } => {
                 let outcome = client
@@ -204,7 +211,10 @@ fn print_task(task: &Value) {
         task["status"].as_str().unwrap_or_default(),
         task["mode"].as_str().unwrap_or_default()
     );
-    println!("{}", task["prompt"].as_str().unwrap_or_default());
+    println!(
+        "{}",
+        terminal_safe(task["prompt"].as_str().unwrap_or_default())
+    );
     for attempt in task["attempts"].as_array().into_iter().flatten() {
         let stat = &attempt["diff_stat"];
         let stat = if stat.is_object() {
@@ -223,11 +233,11 @@ fn print_task(task: &Value) {
             attempt["branch"].as_str().unwrap_or_default()
         );
         if let Some(reason) = attempt["reason"].as_str() {
-            println!("    reason: {reason}");
+            println!("    reason: {}", terminal_safe(reason));
         }
         if let Some(message) = attempt["final_message"].as_str() {
             for line in message.lines() {
-                println!("    {line}");
+                println!("    {}", terminal_safe(line));
             }
         }
     }
@@ -281,7 +291,7 @@ async fn logs(
                     ..
                 } = &event.kind
                 {
-                    println!("{message}");
+                    println!("{}", terminal_safe(message));
                 }
             }
         }

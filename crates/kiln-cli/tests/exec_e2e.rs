@@ -690,3 +690,86 @@ async fn git_works_inside_the_sandbox_of_a_worktree_run() {
     assert!(text.contains(" M calc.py"), "{text}");
     assert!(text.contains("kiln/exec/"), "{text}");
 }
+
+/// A value only the host environment of `kiln exec` holds.
+const HOST_SECRET: &str = "host-only-secret-4b1e9c";
+
+/// Every byte kiln sent to the model and wrote to its log, as text.
+fn everything_the_model_and_log_saw(kiln: &Kiln, output: &Output) -> String {
+    let mut seen: Vec<String> = kiln.bodies().iter().map(Value::to_string).collect();
+    seen.push(std::fs::read_to_string(log_path(output)).unwrap());
+    seen.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_md_linked_to_proc_self_environ_does_not_reach_the_model() {
+    let kiln = Kiln::new(vec![Turn::message(
+        "The rules are in 【F:AGENTS.md†L1】 and 【F:docs/AGENTS.md†L1】.",
+    )])
+    .await
+    .env("KILN_E2E_HOST_SECRET", HOST_SECRET);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("AGENTS.md"), HOST_SECRET).unwrap();
+    let agents = kiln.repo.path().join("AGENTS.md");
+    std::fs::remove_file(&agents).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", &agents).unwrap();
+    std::os::unix::fs::symlink(outside.path(), kiln.repo.path().join("docs")).unwrap();
+
+    let output = kiln.run(&["exec", "Follow the rules."]).await;
+    assert_success(&output);
+
+    let seen = everything_the_model_and_log_saw(&kiln, &output);
+    assert!(
+        !seen.contains(HOST_SECRET),
+        "a host value reached the model or the log:\n{seen}"
+    );
+    let events = log_events(&log_path(&output));
+    let warnings = warnings(&events);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("AGENTS.md") && w.contains("leads outside the workspace")),
+        "{warnings:?}"
+    );
+    let citations: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "citation.checked")
+        .collect();
+    assert_eq!(citations.len(), 2);
+    assert!(
+        citations.iter().all(|c| c["valid"] == false),
+        "{citations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_sequences_from_commands_and_the_model_do_not_reach_the_terminal() {
+    let kiln = Kiln::new(vec![
+        Turn::shell(r"printf '\033]52;c;cHduZWQ=\007\033[2J\033[Hcleared\n'"),
+        Turn::message("Done.\u{1b}]52;c;cHduZWQ=\u{7}\u{1b}[2J"),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "Print something."]).await;
+    assert_success(&output);
+    assert!(
+        !output.stdout.contains(&0x1b) && !output.stderr.contains(&0x1b),
+        "an escape byte reached the terminal:\nstdout {:?}\nstderr {:?}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(r"\x1b]52;c;cHduZWQ=\x07\x1b[2J"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).starts_with(r"Done.\x1b]52"),
+        "{}",
+        stdout(&output)
+    );
+    // The log keeps the output as it was (JSON escapes it).
+    let events = log_events(&log_path(&output));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "exec.output" && e["text"].as_str().unwrap().contains('\u{1b}')));
+}

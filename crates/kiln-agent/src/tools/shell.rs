@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::ToolResult;
 use crate::chunks::{chunk_id, new_capture};
 use crate::output::{CapturedOutput, Utf8Decoder};
-use crate::EventLog;
+use crate::{EventLog, StreamRedactor};
 
 /// How long a command may take to die after cancellation (or after its
 /// timeout) before kiln stops waiting for the sandbox to report it.
@@ -32,12 +32,17 @@ pub(super) struct ShellRun<'a> {
     pub(super) grace: Duration,
 }
 
-/// Decodes both pipes and records their text in order of arrival.
+/// Decodes both pipes, redacts secrets (across pieces: a secret the
+/// command printed in two writes is still found) and records their text in
+/// order of arrival. The chunk, and so what the model is shown, holds the
+/// redacted text only.
 struct ChunkWriter<'a> {
     events: &'a EventLog,
     chunk_id: String,
     stdout: Utf8Decoder,
     stderr: Utf8Decoder,
+    stdout_redactor: StreamRedactor,
+    stderr_redactor: StreamRedactor,
     captured: CapturedOutput,
     streamed_bytes: u64,
 }
@@ -46,8 +51,14 @@ impl ChunkWriter<'_> {
     fn push(&mut self, piece: OutputChunk) {
         self.streamed_bytes += piece.data.len() as u64;
         let text = match piece.stream {
-            ExecStream::Stdout => self.stdout.push(&piece.data),
-            ExecStream::Stderr => self.stderr.push(&piece.data),
+            ExecStream::Stdout => {
+                let text = self.stdout.push(&piece.data);
+                self.stdout_redactor.push(&text)
+            }
+            ExecStream::Stderr => {
+                let text = self.stderr.push(&piece.data);
+                self.stderr_redactor.push(&text)
+            }
         };
         self.record(piece.stream, text);
     }
@@ -66,8 +77,10 @@ impl ChunkWriter<'_> {
 
     fn finish(&mut self) {
         let out = self.stdout.finish();
+        let out = self.stdout_redactor.push(&out) + &self.stdout_redactor.finish();
         self.record(ExecStream::Stdout, out);
         let err = self.stderr.finish();
+        let err = self.stderr_redactor.push(&err) + &self.stderr_redactor.finish();
         self.record(ExecStream::Stderr, err);
     }
 }
@@ -117,6 +130,8 @@ impl ShellRun<'_> {
             chunk_id: chunk_id.clone(),
             stdout: Utf8Decoder::default(),
             stderr: Utf8Decoder::default(),
+            stdout_redactor: self.events.stream_redactor(),
+            stderr_redactor: self.events.stream_redactor(),
             captured: new_capture(),
             streamed_bytes: 0,
         };
@@ -174,7 +189,8 @@ impl ShellRun<'_> {
         if let Some(outcome) = &outcome {
             // A sandbox that does not stream still reports the output at the end.
             if writer.streamed_bytes == 0 && !outcome.output.is_empty() {
-                writer.record(ExecStream::Stdout, outcome.output.clone());
+                let output = self.events.redact(&outcome.output).into_owned();
+                writer.record(ExecStream::Stdout, output);
             }
         }
         let omitted_bytes = match &outcome {

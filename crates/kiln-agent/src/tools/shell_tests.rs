@@ -74,12 +74,20 @@ async fn run(
     behaviour: Behaviour,
     cancel: &CancellationToken,
 ) -> (ToolResult, CapturedOutput, Vec<kiln_protocol::Event>) {
+    run_redacting(behaviour, cancel, crate::Redactor::default()).await
+}
+
+async fn run_redacting(
+    behaviour: Behaviour,
+    cancel: &CancellationToken,
+    redactor: crate::Redactor,
+) -> (ToolResult, CapturedOutput, Vec<kiln_protocol::Event>) {
     let sandbox = FakeSandbox {
         policy: SandboxPolicy::for_workspace("/"),
         behaviour,
     };
     let sink = MemorySink::new();
-    let events = EventLog::new(1, vec![sink.clone()]);
+    let events = EventLog::new(1, vec![sink.clone()]).with_redactor(redactor);
     let run = ShellRun {
         sandbox: &sandbox,
         events: &events,
@@ -166,4 +174,30 @@ async fn characters_split_across_pieces_are_logged_whole() {
         .position(|e| matches!(e.kind, EventKind::ExecEnd { .. }));
     assert_eq!(begin, Some(0));
     assert_eq!(end, Some(events.len() - 1));
+}
+
+#[tokio::test]
+async fn a_secret_printed_in_two_pieces_is_redacted_from_the_log_and_the_model() {
+    let pieces: Vec<&'static [u8]> = vec![b"token: ghp_abc", b"def123456\nYWJj", b"ZGVm\n"];
+    let redactor = crate::Redactor::new([("GH_TOKEN", "ghp_abcdef123456"), ("SHORT", "abcdef")]);
+    let (result, captured, events) = run_redacting(
+        Behaviour::Stream(pieces),
+        &CancellationToken::new(),
+        redactor,
+    )
+    .await;
+    let logged: String = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ExecOutput { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    // `YWJjZGVm` is base64 of `abcdef`, split between the pieces too.
+    assert_eq!(logged, "token: [REDACTED:GH_TOKEN]\n[REDACTED:SHORT]\n");
+    assert_eq!(captured.total_lines(), 2);
+    assert_eq!(
+        result.output,
+        "[chunk t4] exit code 0, 0.0s\ntoken: [REDACTED:GH_TOKEN]\n[REDACTED:SHORT]\n"
+    );
 }

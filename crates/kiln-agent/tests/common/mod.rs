@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_agent::{
-    run_attempt_with, AgentConfig, AttemptInput, AttemptOutcome, EventLog, MemorySink,
+    run_attempt_with, AgentConfig, AttemptInput, AttemptOutcome, EventLog, MemorySink, Redactor,
 };
 use kiln_model::{ModelClient, ProviderConfig, RetryPolicy, WireApi};
 use kiln_protocol::{Event, EventKind, EventSink, Mode};
@@ -26,6 +26,8 @@ pub struct Harness {
     pub sink: Arc<MemorySink>,
     pub extra_sinks: Vec<Arc<dyn EventSink>>,
     pub cancel: CancellationToken,
+    /// Secret values (name, value) the event log redacts.
+    pub secrets: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -52,6 +54,7 @@ impl Harness {
             sink: MemorySink::new(),
             extra_sinks: Vec::new(),
             cancel: CancellationToken::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -73,7 +76,8 @@ impl Harness {
     pub async fn run_input(&self, input: AttemptInput, next_seq: u64) -> AttemptOutcome {
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![self.sink.clone()];
         sinks.extend(self.extra_sinks.iter().cloned());
-        let events = EventLog::new(next_seq, sinks);
+        let events = EventLog::new(next_seq, sinks)
+            .with_redactor(Redactor::new(self.secrets.iter().map(|(n, v)| (n, v))));
         let run = run_attempt_with(
             &self.config,
             self.client(),
