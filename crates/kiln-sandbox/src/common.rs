@@ -29,7 +29,10 @@ impl SandboxCommon {
     pub fn new(policy: SandboxPolicy) -> Result<Self, SandboxError> {
         let workspace = std::fs::canonicalize(&policy.workspace)
             .map_err(|e| SandboxError::io("resolving the workspace", &policy.workspace, e))?;
-        let state = StateDir::create(policy.state_dir.as_deref())?;
+        let state = StateDir::create(
+            policy.state_dir.as_deref(),
+            policy.limits.home_and_tmp_bytes,
+        )?;
         let limit_plan = LimitPlan::discover(&policy.limits);
         Ok(SandboxCommon {
             policy,

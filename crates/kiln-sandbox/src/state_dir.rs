@@ -1,20 +1,34 @@
-//! A sandbox's private files on the host: its `$HOME`, its `/tmp`, spilled
-//! output and the generated account files. Deleted with the sandbox.
+//! A sandbox's private files on the host: its `$HOME`, its `/tmp`, the
+//! setup phase's own `$HOME` and `/tmp`, spilled output and the generated
+//! account files. Only kiln's user can enter it (0700); deleted with the
+//! sandbox.
+//!
+//! `$HOME` and `/tmp` (and setup's pair) live in one directory, `private`,
+//! which kiln mounts as a size-limited tmpfs where it may mount
+//! ([`crate::Limits::home_and_tmp_bytes`]): a command that fills them gets
+//! ENOSPC instead of filling the host's disk.
 
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::SandboxError;
+
+const PRIVATE_MODE: u32 = 0o700;
 
 #[derive(Debug)]
 pub(crate) struct StateDir {
     dir: tempfile::TempDir,
     next_spill: AtomicU64,
+    /// The size cap of the private tmpfs, when kiln could mount one.
+    private_cap: Option<u64>,
 }
 
 impl StateDir {
-    /// A fresh directory inside `parent` (the system temp dir when `None`).
-    pub fn create(parent: Option<&Path>) -> Result<Self, SandboxError> {
+    /// A fresh directory inside `parent` (the system temp dir when `None`),
+    /// with `$HOME` and `/tmp` on a tmpfs of `private_bytes` when given and
+    /// this process may mount.
+    pub fn create(parent: Option<&Path>, private_bytes: Option<u64>) -> Result<Self, SandboxError> {
         let parent = parent
             .map(Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
@@ -22,25 +36,114 @@ impl StateDir {
             .map_err(|e| SandboxError::io("creating the sandbox state directory", &parent, e))?;
         let dir = tempfile::Builder::new()
             .prefix("kiln-sandbox-")
+            .permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))
             .tempdir_in(&parent)
             .map_err(|e| SandboxError::io("creating the sandbox state directory", &parent, e))?;
-        for sub in ["home", "tmp", "output"] {
-            let path = dir.path().join(sub);
-            std::fs::create_dir(&path)
-                .map_err(|e| SandboxError::io("creating the sandbox state directory", &path, e))?;
-        }
-        Ok(StateDir {
+        let mut state = StateDir {
             dir,
             next_spill: AtomicU64::new(0),
-        })
+            private_cap: None,
+        };
+        for sub in ["private", "output"] {
+            state.create_private_dir(&state.dir.path().join(sub))?;
+        }
+        if let Some(bytes) = private_bytes {
+            if mount_private_tmpfs(&state.private(), bytes) {
+                state.private_cap = Some(bytes);
+            }
+        }
+        for sub in ["home", "tmp"] {
+            state.create_private_dir(&state.private().join(sub))?;
+        }
+        Ok(state)
+    }
+
+    fn create_private_dir(&self, path: &Path) -> Result<(), SandboxError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(PRIVATE_MODE)
+            .create(path)
+            .map_err(|e| SandboxError::io("creating the sandbox state directory", path, e))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn private(&self) -> PathBuf {
+        self.dir.path().join("private")
+    }
+
+    /// "at most 2 GiB together", or why there is no cap, for `describe()`.
+    pub fn describe_private_cap(&self) -> String {
+        match self.private_cap {
+            Some(bytes) => format!("at most {} together", crate::format_bytes(bytes)),
+            None => "size not limited".into(),
+        }
     }
 
     pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
+        self.private().join("home")
     }
 
     pub fn tmp(&self) -> PathBuf {
-        self.dir.path().join("tmp")
+        self.private().join("tmp")
+    }
+
+    /// The setup phase's own `$HOME`, discarded when setup ends.
+    pub fn setup_home(&self) -> PathBuf {
+        self.private().join("setup-home")
+    }
+
+    /// The setup phase's own `/tmp`, discarded when setup ends.
+    pub fn setup_tmp(&self) -> PathBuf {
+        self.private().join("setup-tmp")
+    }
+
+    /// Fresh, empty setup `$HOME` and `/tmp` for one run of the setup
+    /// script; dropping the guard deletes them, however setup ended.
+    pub fn begin_setup(&self) -> Result<SetupScratch, SandboxError> {
+        let scratch = SetupScratch {
+            home: self.setup_home(),
+            tmp: self.setup_tmp(),
+        };
+        scratch.remove();
+        self.create_private_dir(&scratch.home)?;
+        self.create_private_dir(&scratch.tmp)?;
+        Ok(scratch)
+    }
+
+    /// Move the declared caches (paths relative to `$HOME`) from setup's
+    /// `$HOME` into the agent phase's, replacing what was there.
+    ///
+    /// Setup's files are the setup script's, which a hostile repository may
+    /// have written: no path component on either side may be a symlink, so
+    /// that kiln's own rename never follows one out of the state directory.
+    pub fn carry_over(&self, caches: &[PathBuf]) -> Result<(), SandboxError> {
+        let (from, to) = (self.setup_home(), self.home());
+        for cache in caches {
+            let Some(source) = real_path_under(&from, cache) else {
+                continue;
+            };
+            let Some(parent) = cache.parent() else {
+                continue;
+            };
+            let destination_parent = to.join(parent);
+            make_real_dirs(&to, parent)?;
+            if real_path_under(&to, parent).is_none() {
+                continue;
+            }
+            let destination = destination_parent.join(cache.file_name().unwrap_or_default());
+            match std::fs::symlink_metadata(&destination) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&destination),
+                Ok(_) => std::fs::remove_file(&destination),
+                Err(_) => Ok(()),
+            }
+            .map_err(|e| SandboxError::io("replacing a setup cache", &destination, e))?;
+            std::fs::rename(&source, &destination)
+                .map_err(|e| SandboxError::io("keeping a setup cache", &source, e))?;
+        }
+        Ok(())
     }
 
     /// A new, unused path for one command's spilled output.
@@ -55,5 +158,158 @@ impl StateDir {
         std::fs::write(&path, contents)
             .map_err(|e| SandboxError::io("writing a sandbox file", &path, e))?;
         Ok(path)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.private_cap.is_some() {
+            // Lazily: a command still holding a file open must not keep the
+            // tmpfs (and its memory) alive past the sandbox.
+            let _ = nix::mount::umount2(&self.private(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // A sandboxed command may leave directories its own user cannot
+        // enter (chmod 000); when kiln is not root, TempDir's removal then
+        // fails half-way. Open them up and try once more.
+        if std::fs::remove_dir_all(self.dir.path()).is_err() {
+            open_up(self.dir.path());
+            let _ = std::fs::remove_dir_all(self.dir.path());
+        }
+    }
+}
+
+/// Setup's private `$HOME` and `/tmp` for one run; deleted on drop.
+pub(crate) struct SetupScratch {
+    pub home: PathBuf,
+    pub tmp: PathBuf,
+}
+
+impl SetupScratch {
+    fn remove(&self) {
+        for dir in [&self.home, &self.tmp] {
+            if std::fs::remove_dir_all(dir).is_err() && dir.exists() {
+                open_up(dir);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+impl Drop for SetupScratch {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Mount a tmpfs of `bytes` at `dir`; false when this process may not
+/// mount (an ordinary user outside a user namespace of its own).
+fn mount_private_tmpfs(dir: &Path, bytes: u64) -> bool {
+    use nix::mount::{mount, MsFlags};
+    let options = format!("size={bytes},mode=700");
+    mount(
+        Some("kiln-sandbox"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .is_ok()
+}
+
+/// `base/relative` if every component of `relative` is a plain name and
+/// every prefix of it under `base` exists and is not a symlink.
+fn real_path_under(base: &Path, relative: &Path) -> Option<PathBuf> {
+    let mut path = base.to_path_buf();
+    for component in relative.components() {
+        let Component::Normal(name) = component else {
+            return None;
+        };
+        path.push(name);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if meta.file_type().is_symlink() {
+            return None;
+        }
+    }
+    Some(path)
+}
+
+/// Create the directories of `relative` under `base`, refusing symlinks.
+fn make_real_dirs(base: &Path, relative: &Path) -> Result<(), SandboxError> {
+    let mut path = base.to_path_buf();
+    for component in relative.components() {
+        let Component::Normal(name) = component else {
+            return Ok(());
+        };
+        path.push(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&path)
+                .map_err(|e| SandboxError::io("keeping a setup cache", &path, e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Give kiln's user full access to every directory under `dir` (never
+/// following symlinks), so that it can delete them.
+fn open_up(dir: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_MODE));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            open_up(&entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_directory_is_private_and_goes_with_the_sandbox() {
+        let parent = tempfile::tempdir().unwrap();
+        let state = StateDir::create(Some(parent.path()), None).unwrap();
+        let path = state.path().to_path_buf();
+        for dir in [path.clone(), state.home(), state.tmp(), path.join("output")] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
+        // A directory its owner cannot enter does not keep it alive.
+        let locked = state.tmp().join("locked");
+        std::fs::create_dir_all(locked.join("inner")).unwrap();
+        std::fs::write(locked.join("inner/file"), "x").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        drop(state);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn caches_carried_over_from_setup_never_follow_symlinks() {
+        let parent = tempfile::tempdir().unwrap();
+        let outside = parent.path().join("outside");
+        std::fs::create_dir_all(outside.join("registry")).unwrap();
+        std::fs::write(outside.join("registry/host-file"), "host").unwrap();
+        let state = StateDir::create(Some(parent.path()), None).unwrap();
+        let scratch = state.begin_setup().unwrap();
+        std::fs::create_dir_all(scratch.home.join(".npm")).unwrap();
+        std::fs::write(scratch.home.join(".npm/pkg"), "cached").unwrap();
+        std::os::unix::fs::symlink(&outside, scratch.home.join(".cargo")).unwrap();
+        state
+            .carry_over(&[".npm".into(), ".cargo/registry".into()])
+            .unwrap();
+        drop(scratch);
+        assert_eq!(
+            std::fs::read_to_string(state.home().join(".npm/pkg")).unwrap(),
+            "cached"
+        );
+        assert!(!state.home().join(".cargo/registry").exists());
+        assert!(outside.join("registry/host-file").exists());
+        assert!(!state.setup_home().exists());
     }
 }
