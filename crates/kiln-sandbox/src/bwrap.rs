@@ -342,7 +342,8 @@ fn mount_args(mounts: &[Mount], private_devices: Option<&Path>) -> Vec<String> {
     args.extend(["--dev".into(), "/dev".into()]);
     if let Some(dir) = private_devices {
         // Over bubblewrap's binds of the host's nodes, which the sandbox's
-        // uid 0 could otherwise chmod for the whole machine.
+        // user (the host's root here) could otherwise chmod for the whole
+        // machine.
         for (name, _, _) in crate::devices::DEVICE_NODES {
             args.extend([
                 "--dev-bind".into(),

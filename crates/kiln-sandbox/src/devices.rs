@@ -56,12 +56,13 @@ pub(crate) fn private_nodes(dir: &Path) -> Result<Option<PathBuf>, SandboxError>
             Mode::from_bits_truncate(0o666),
             makedev(*major, *minor),
         )
-        .map_err(|e| {
-            SandboxError::io(
-                "creating the sandbox's private device node",
-                &path,
-                std::io::Error::from(e),
-            )
+        .map_err(|e| SandboxError::BackendUnavailable {
+            backend: "bwrap",
+            reason: format!(
+                "kiln runs as root but could not create the sandbox's private device node {}: {e}",
+                path.display()
+            ),
+            fix: "give kiln CAP_MKNOD (it has it as an ordinary root process), or run kiln as an ordinary user".into(),
         })?;
         // mknod applies the umask; the nodes must be usable by anyone.
         nix::sys::stat::fchmodat(
