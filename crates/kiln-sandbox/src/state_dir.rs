@@ -34,6 +34,7 @@ impl StateDir {
             .unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent)
             .map_err(|e| SandboxError::io("creating the sandbox state directory", &parent, e))?;
+        sweep_once(&parent);
         let dir = tempfile::Builder::new()
             .prefix("kiln-sandbox-")
             .permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))
@@ -46,6 +47,9 @@ impl StateDir {
         };
         for sub in ["private", "output"] {
             state.create_private_dir(&state.dir.path().join(sub))?;
+        }
+        if let Some(owner) = Owner::current() {
+            state.write_file(OWNER_FILE, &owner.to_line())?;
         }
         if let Some(bytes) = private_bytes {
             if mount_private_tmpfs(&state.private(), bytes) {
@@ -164,16 +168,138 @@ impl StateDir {
 impl Drop for StateDir {
     fn drop(&mut self) {
         if self.private_cap.is_some() {
-            // Lazily: a command still holding a file open must not keep the
-            // tmpfs (and its memory) alive past the sandbox.
-            let _ = nix::mount::umount2(&self.private(), nix::mount::MntFlags::MNT_DETACH);
+            unmount_private(self.dir.path());
         }
-        // A sandboxed command may leave directories its own user cannot
-        // enter (chmod 000); when kiln is not root, TempDir's removal then
-        // fails half-way. Open them up and try once more.
-        if std::fs::remove_dir_all(self.dir.path()).is_err() {
-            open_up(self.dir.path());
-            let _ = std::fs::remove_dir_all(self.dir.path());
+        remove_state_dir(self.dir.path());
+    }
+}
+
+/// Lazily: a command still holding a file open must not keep the tmpfs
+/// (and its memory) alive past the sandbox.
+fn unmount_private(state_dir: &Path) {
+    let _ = nix::mount::umount2(&state_dir.join("private"), nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// A sandboxed command may leave directories its own user cannot enter
+/// (chmod 000); when kiln is not root a plain removal then fails half-way.
+/// Open them up and try once more.
+fn remove_state_dir(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_err() {
+        open_up(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Names the process a state directory belongs to, so that a later kiln can
+/// tell the directories of a killed one (which could not delete its own).
+const OWNER_FILE: &str = "owner";
+
+/// A process, by pid and start time (a pid alone may have been reused), and
+/// the pid namespace both mean something in.
+#[derive(Debug, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start_ticks: u64,
+    pid_namespace: String,
+}
+
+impl Owner {
+    fn current() -> Option<Owner> {
+        let pid = std::process::id();
+        Some(Owner {
+            pid,
+            start_ticks: start_ticks(pid)?,
+            pid_namespace: pid_namespace()?,
+        })
+    }
+
+    fn to_line(&self) -> String {
+        format!("{} {} {}\n", self.pid, self.start_ticks, self.pid_namespace)
+    }
+
+    fn parse(line: &str) -> Option<Owner> {
+        let mut fields = line.split_whitespace();
+        let pid = fields.next()?.parse().ok()?;
+        let start_ticks = fields.next()?.parse().ok()?;
+        let pid_namespace = fields.next()?.to_string();
+        Some(Owner {
+            pid,
+            start_ticks,
+            pid_namespace,
+        })
+    }
+
+    /// Known to have ended: its pid names another process (or none) in
+    /// the pid namespace it was written in, which is this one. The owner of
+    /// a directory written in another pid namespace (a container sharing
+    /// the directory) cannot be checked and counts as alive.
+    fn gone(&self) -> bool {
+        pid_namespace().is_some_and(|ns| ns == self.pid_namespace)
+            && start_ticks(self.pid) != Some(self.start_ticks)
+    }
+}
+
+/// This process' pid namespace, as `pid:[INODE]`.
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// When the process started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it do not.
+    let after_name = stat.rsplit_once(") ")?.1;
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Delete, once per process and parent directory, the state directories
+/// that processes which no longer run left in `parent` (kiln killed before
+/// it could delete them). Only directories of this user that name their
+/// owner are considered: a directory being created right now has no owner
+/// file yet and is left alone.
+fn sweep_once(parent: &Path) {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static SWEPT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let first_time = SWEPT
+        .lock()
+        .map(|mut swept| swept.insert(parent.to_path_buf()))
+        .unwrap_or(false);
+    if first_time {
+        sweep(parent);
+    }
+}
+
+fn sweep(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("kiln-sandbox-")
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|line| Owner::parse(&line));
+        if owner.is_some_and(|owner| owner.gone()) {
+            tracing::info!(dir = %path.display(), "deleting the state directory of a sandbox whose kiln is gone");
+            unmount_private(&path);
+            remove_state_dir(&path);
         }
     }
 }
@@ -287,6 +413,44 @@ mod tests {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         drop(state);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn state_directories_of_processes_that_are_gone_are_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let me = Owner::current().unwrap();
+        let make = |name: &str, owner: Option<&Owner>| {
+            let dir = parent.path().join(name);
+            std::fs::create_dir_all(dir.join("private/tmp")).unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(dir.join(OWNER_FILE), owner.to_line()).unwrap();
+            }
+            dir
+        };
+        // Same pid as a live process, another start time: a reused pid.
+        let gone = Owner {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+            pid_namespace: me.pid_namespace.clone(),
+        };
+        let elsewhere = Owner {
+            pid_namespace: "pid:[1]".into(),
+            ..Owner::parse(&gone.to_line()).unwrap()
+        };
+        let stale = make("kiln-sandbox-stale", Some(&gone));
+        let live = make("kiln-sandbox-live", Some(&me));
+        let unowned = make("kiln-sandbox-unowned", None);
+        let other_namespace = make("kiln-sandbox-container", Some(&elsewhere));
+        let other = make("not-kiln", Some(&gone));
+        let state = StateDir::create(Some(parent.path()), None).unwrap();
+        assert!(!stale.exists());
+        for kept in [live, unowned, other_namespace, other] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert_eq!(
+            std::fs::read_to_string(state.path().join(OWNER_FILE)).unwrap(),
+            me.to_line()
+        );
     }
 
     #[test]
