@@ -307,6 +307,78 @@ fn backend_none_warns_loudly() {
     );
 }
 
+/// Puts a host device node back to `crw-rw-rw- root root` if a test run
+/// changed it (other processes on the machine need it writable).
+struct RestoreDeviceNode(&'static str);
+
+impl Drop for RestoreDeviceNode {
+    fn drop(&mut self) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Ok(meta) = std::fs::metadata(self.0) else {
+            return;
+        };
+        if meta.mode() & 0o7777 != 0o666 {
+            let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(0o666));
+        }
+        if meta.uid() != 0 || meta.gid() != 0 {
+            let _ = std::os::unix::fs::chown(self.0, Some(0), Some(0));
+        }
+    }
+}
+
+#[test]
+fn the_hosts_device_nodes_cannot_be_changed_from_inside() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new();
+    let identity = |path: &str| {
+        let meta = std::fs::metadata(path).unwrap();
+        (
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        )
+    };
+    let before = [identity("/dev/null"), identity("/dev/zero")];
+    // A harmless probe first: the mode and owner each node already has
+    // (the sandbox's uid 1000 is kiln's own uid on the host). Reaching the
+    // host's node shows only in its ctime.
+    let out = ws.run(&[
+        "--",
+        "sh",
+        "-c",
+        "chmod 0666 /dev/null /dev/zero; chown 1000:1000 /dev/null /dev/zero; true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(
+        [identity("/dev/null"), identity("/dev/zero")],
+        before,
+        "the sandbox reached the host's device nodes: {}",
+        both(&out)
+    );
+
+    // The attack itself, only once the probe showed the host's nodes are
+    // out of reach, with the nodes restored should it still get through.
+    let _null = RestoreDeviceNode("/dev/null");
+    let _zero = RestoreDeviceNode("/dev/zero");
+    let out = ws.run(&[
+        "--",
+        "sh",
+        "-c",
+        "chmod 0600 /dev/null; chmod 0600 /dev/zero; chown 1:1 /dev/null; \
+         echo x > /dev/null && head -c 4 /dev/zero | wc -c",
+    ]);
+    assert_eq!(
+        [identity("/dev/null"), identity("/dev/zero")],
+        before,
+        "{}",
+        both(&out)
+    );
+    // Inside, the nodes are still devices that work.
+    assert_eq!(text(&out.stdout).trim(), "4", "{}", both(&out));
+}
+
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -39,6 +39,8 @@ pub(crate) struct BwrapSandbox {
     agent_view: FilesystemView,
     setup_view: FilesystemView,
     filters: CompiledFilters,
+    /// Private device nodes bound over the host's (kiln running as root).
+    devices: Option<PathBuf>,
     /// slirp4netns, when installed: networked phases then get a private
     /// namespace with NAT instead of the host's network namespace.
     slirp: Option<PathBuf>,
@@ -54,12 +56,20 @@ impl BwrapSandbox {
         let home_inside = filesystem::sandbox_home(&host);
         let (passwd, group) = filesystem::account_files(&home_inside);
         let slirp = slirp::find_slirp4netns();
+        let devices = crate::devices::private_nodes(&common.state.path().join("dev"))?;
         let generated = GeneratedFiles {
             passwd: common.state.write_file("passwd", &passwd)?,
             group: common.state.write_file("group", &group)?,
             resolv_conf: common.state.write_file("resolv.conf", slirp::RESOLV_CONF)?,
             home: common.state.home(),
             tmp: common.state.tmp(),
+        };
+        // Setup gets its own $HOME and /tmp: what it leaves there
+        // (credentials, tokens) must not reach the agent phase.
+        let setup_generated = GeneratedFiles {
+            home: common.state.setup_home(),
+            tmp: common.state.setup_tmp(),
+            ..generated.clone()
         };
         let policy = &common.policy;
         let agent_view = filesystem::build_view(
@@ -74,7 +84,7 @@ impl BwrapSandbox {
             Phase::setup(slirp.is_some()),
             &common.workspace,
             &host,
-            &generated,
+            &setup_generated,
         );
         Ok(BwrapSandbox {
             common,
@@ -84,6 +94,7 @@ impl BwrapSandbox {
             agent_view,
             setup_view,
             filters,
+            devices,
             slirp,
         })
     }
@@ -121,7 +132,7 @@ impl BwrapSandbox {
             fds.push(info_write);
             fds.push(block_read);
         }
-        args.extend(mount_args(&view.mounts));
+        args.extend(mount_args(&view.mounts, self.devices.as_deref()));
         args.push("--chdir".into());
         args.push(cwd.to_string_lossy().into_owned());
         for fd in seccomp_raw {
@@ -231,7 +242,13 @@ impl Sandbox for BwrapSandbox {
             env,
             timeout: self.common.policy.limits.setup_timeout,
         };
-        self.run_phase(command, output, cancel).await
+        let scratch = self.common.state.begin_setup()?;
+        let outcome = self.run_phase(command, output, cancel).await?;
+        self.common
+            .state
+            .carry_over(&self.common.policy.setup_caches)?;
+        drop(scratch);
+        Ok(outcome)
     }
 
     fn policy(&self) -> &SandboxPolicy {
@@ -245,7 +262,7 @@ impl Sandbox for BwrapSandbox {
     fn describe(&self) -> String {
         let policy = &self.common.policy;
         format!(
-            "bwrap: network {}, workspace {} {}, private home and /tmp, seccomp on; {}",
+            "bwrap: network {}, workspace {} {}, private home and /tmp ({}), seccomp on; {}",
             match (policy.network, self.slirp.is_some()) {
                 (false, _) => "off (loopback only)",
                 (true, true) => "on through slirp4netns (host loopback unreachable)",
@@ -257,6 +274,7 @@ impl Sandbox for BwrapSandbox {
             } else {
                 "read-write"
             },
+            self.common.state.describe_private_cap(),
             self.common.limit_plan.describe()
         )
     }
@@ -305,7 +323,7 @@ fn namespace_args(network: bool) -> Vec<String> {
     args
 }
 
-fn mount_args(mounts: &[Mount]) -> Vec<String> {
+fn mount_args(mounts: &[Mount], private_devices: Option<&Path>) -> Vec<String> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let mut args: Vec<String> = Vec::new();
     for mount in mounts {
@@ -322,6 +340,18 @@ fn mount_args(mounts: &[Mount]) -> Vec<String> {
         }
     }
     args.extend(["--dev".into(), "/dev".into()]);
+    if let Some(dir) = private_devices {
+        // Over bubblewrap's binds of the host's nodes, which the sandbox's
+        // user (the host's root here) could otherwise chmod for the whole
+        // machine.
+        for (name, _, _) in crate::devices::DEVICE_NODES {
+            args.extend([
+                "--dev-bind".into(),
+                s(&dir.join(name)),
+                format!("/dev/{name}"),
+            ]);
+        }
+    }
     args.extend(proc_args());
     // The root itself is a tmpfs bubblewrap made; without this the command
     // could create files next to /usr.
@@ -384,10 +414,13 @@ fn check_bwrap_works(bwrap: &Path) -> Result<(), SandboxError> {
     static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
     let result = RESULT.get_or_init(|| {
         let mut args = namespace_args(false);
-        args.extend(mount_args(&[Mount::ReadOnly {
-            src: "/".into(),
-            dst: "/".into(),
-        }]));
+        args.extend(mount_args(
+            &[Mount::ReadOnly {
+                src: "/".into(),
+                dst: "/".into(),
+            }],
+            None,
+        ));
         args.extend(["--".into(), "true".into()]);
         let out = std::process::Command::new(bwrap)
             .args(&args)

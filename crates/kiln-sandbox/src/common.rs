@@ -29,7 +29,12 @@ impl SandboxCommon {
     pub fn new(policy: SandboxPolicy) -> Result<Self, SandboxError> {
         let workspace = std::fs::canonicalize(&policy.workspace)
             .map_err(|e| SandboxError::io("resolving the workspace", &policy.workspace, e))?;
-        let state = StateDir::create(policy.state_dir.as_deref())?;
+        // Unsandboxed commands use the real $HOME and /tmp: no tmpfs to cap.
+        let private_cap = match policy.backend {
+            crate::Backend::None => None,
+            _ => policy.limits.home_and_tmp_bytes,
+        };
+        let state = StateDir::create(policy.state_dir.as_deref(), private_cap)?;
         let limit_plan = LimitPlan::discover(&policy.limits);
         Ok(SandboxCommon {
             policy,

@@ -130,6 +130,7 @@ impl Phase {
 }
 
 /// Paths generated per sandbox and bound over the host's versions.
+#[derive(Clone)]
 pub(crate) struct GeneratedFiles {
     pub passwd: PathBuf,
     pub group: PathBuf,

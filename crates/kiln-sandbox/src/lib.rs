@@ -37,6 +37,7 @@ mod bwrap;
 mod capture;
 mod cgroup;
 mod common;
+mod devices;
 mod environment;
 mod error;
 mod filesystem;

@@ -35,6 +35,9 @@ struct ContainerCommand<'a> {
     argv: &'a [String],
     env: BTreeMap<String, String>,
     timeout: std::time::Duration,
+    /// The host directories mounted as the container's home and `/tmp`.
+    home: PathBuf,
+    tmp: PathBuf,
 }
 
 pub(crate) struct PodmanSandbox {
@@ -110,13 +113,15 @@ impl PodmanSandbox {
         env
     }
 
-    fn run_args(
-        &self,
-        name: &str,
-        phase: Phase,
-        cwd: &Path,
-        env: &BTreeMap<String, String>,
-    ) -> Vec<String> {
+    fn run_args(&self, name: &str, command: &ContainerCommand<'_>) -> Vec<String> {
+        let ContainerCommand {
+            phase,
+            cwd,
+            env,
+            home,
+            tmp,
+            ..
+        } = command;
         let policy = &self.common.policy;
         let limits = &policy.limits;
         let mut args: Vec<String> = vec!["run".into(), "--name".into(), name.into()];
@@ -170,8 +175,6 @@ impl PodmanSandbox {
         let workspace = self.common.workspace.to_string_lossy().into_owned();
         let ro = if phase.read_only { ":ro" } else { "" };
         args.extend(["-v".into(), format!("{workspace}:{workspace}{ro}")]);
-        let home = self.common.state.home();
-        let tmp = self.common.state.tmp();
         args.extend(["-v".into(), format!("{}:{CONTAINER_HOME}", home.display())]);
         args.extend(["-v".into(), format!("{}:/tmp", tmp.display())]);
         for path in &policy.extra_read_only {
@@ -194,21 +197,15 @@ impl PodmanSandbox {
         output: Option<mpsc::Sender<OutputChunk>>,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        let ContainerCommand {
-            phase,
-            cwd,
-            argv,
-            env,
-            timeout,
-        } = command;
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "kiln-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut args = self.run_args(&name, phase, cwd, &env);
-        args.extend(argv.iter().cloned());
+        let mut args = self.run_args(&name, &command);
+        args.extend(command.argv.iter().cloned());
+        let timeout = command.timeout;
         let podman = self.podman.clone();
         let kill_name = name.clone();
         // Killing `podman run` leaves the container running under conmon;
@@ -285,6 +282,8 @@ impl Sandbox for PodmanSandbox {
             argv: &request.argv,
             env,
             timeout: request.timeout,
+            home: self.common.state.home(),
+            tmp: self.common.state.tmp(),
         };
         self.run_container(command, output, cancel).await
     }
@@ -302,14 +301,23 @@ impl Sandbox for PodmanSandbox {
         let argv = common::setup_argv(script, false);
         let workspace = self.common.workspace.clone();
         let timeout = self.common.policy.limits.setup_timeout;
+        // Setup's own home and /tmp, as in the bwrap backend.
+        let scratch = self.common.state.begin_setup()?;
         let command = ContainerCommand {
             phase: Phase::setup(false),
             cwd: &workspace,
             argv: &argv,
             env,
             timeout,
+            home: scratch.home.clone(),
+            tmp: scratch.tmp.clone(),
         };
-        self.run_container(command, output, cancel).await
+        let outcome = self.run_container(command, output, cancel).await?;
+        self.common
+            .state
+            .carry_over(&self.common.policy.setup_caches)?;
+        drop(scratch);
+        Ok(outcome)
     }
 
     fn policy(&self) -> &SandboxPolicy {

@@ -69,6 +69,12 @@ pub struct Limits {
     pub overall_deadline: Option<Duration>,
     /// Wall-clock limit for the setup script ([`crate::Sandbox::run_setup`]).
     pub setup_timeout: Duration,
+    /// Size cap of the sandbox's private `$HOME` and `/tmp` together (a
+    /// tmpfs, whose pages also count against the memory limit of the
+    /// command that writes them); writing past it fails with ENOSPC. Needs a
+    /// kiln that may mount (root, or `kiln serve` in its own namespaces);
+    /// elsewhere they are plain directories, and `describe()` says so.
+    pub home_and_tmp_bytes: Option<u64>,
     /// Output kept in memory from the start of a command.
     pub output_head_bytes: usize,
     /// Output kept in memory from the end of a command.
@@ -86,6 +92,7 @@ impl Default for Limits {
             cpu_cores: None,
             overall_deadline: None,
             setup_timeout: Duration::from_secs(30 * 60),
+            home_and_tmp_bytes: Some(2 << 30),
             output_head_bytes: 64 << 10,
             output_tail_bytes: 64 << 10,
             output_spill_bytes: 256 << 20,
@@ -128,6 +135,12 @@ pub struct SandboxPolicy {
     pub limits: Limits,
     /// OCI image for [`Backend::Podman`].
     pub image: Option<String>,
+    /// Directories under `$HOME` (relative paths such as `.cargo/registry`
+    /// or `.npm`) that the setup phase fills and the agent phase keeps.
+    /// Setup runs with its own `$HOME` and `/tmp`; everything else it left
+    /// there (`~/.git-credentials`, `~/.npmrc`, `/tmp/token`) is deleted
+    /// when it ends. Empty by default.
+    pub setup_caches: Vec<PathBuf>,
     /// Where the sandbox keeps its private home, `/tmp` and spilled output;
     /// a fresh temporary directory when `None`. Deleted on teardown either way.
     pub state_dir: Option<PathBuf>,
@@ -148,6 +161,7 @@ impl SandboxPolicy {
             expose_path_dirs: true,
             limits: Limits::default(),
             image: None,
+            setup_caches: Vec::new(),
             state_dir: None,
         }
     }
@@ -173,9 +187,23 @@ impl SandboxPolicy {
                 )));
             }
         }
-        if self.limits.memory_bytes == Some(0) || self.limits.max_processes == Some(0) {
+        for cache in &self.setup_caches {
+            let plain = cache
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || cache.as_os_str().is_empty() {
+                return Err(SandboxError::InvalidPolicy(format!(
+                    "setup cache {} must be a path relative to $HOME without `..`, such as .cargo/registry",
+                    cache.display()
+                )));
+            }
+        }
+        if self.limits.memory_bytes == Some(0)
+            || self.limits.max_processes == Some(0)
+            || self.limits.home_and_tmp_bytes == Some(0)
+        {
             return Err(SandboxError::InvalidPolicy(
-                "memory and process limits must be above zero (use None for no limit)".into(),
+                "memory, process and home/tmp size limits must be above zero (use None for no limit)".into(),
             ));
         }
         if let Some(cores) = self.limits.cpu_cores {

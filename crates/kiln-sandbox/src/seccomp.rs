@@ -3,10 +3,12 @@
 //! It denies what builds and tests never need and what would let a command
 //! attack the kernel or its neighbours: tracing other processes, mounting,
 //! kernel keyrings, bpf, loading kernels or modules, perf events, io_uring
-//! (whose operations bypass seccomp), and creating or entering namespaces.
-//! `clone3` answers ENOSYS rather than EPERM: its flags live in memory a BPF
-//! filter cannot inspect, and ENOSYS makes libc fall back to `clone`, whose
-//! flags the filter does check.
+//! (whose operations bypass seccomp), creating or entering namespaces,
+//! vsock sockets, and setting the setuid or setgid bit on a file (chmod, or
+//! creating it with that mode).
+//! `clone3` and `openat2` answer ENOSYS rather than EPERM: their flags and
+//! mode live in memory a BPF filter cannot inspect, and ENOSYS makes libc
+//! fall back to `clone` and `openat`, whose arguments the filter does check.
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -74,6 +76,104 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// fchmodat2 (Linux 6.6) has the same number on every architecture;
+/// libc does not name it for all of them yet.
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// Mode bits that make an executable run as its owner or group. The
+/// sandbox's uid is the host's uid kiln runs as (root, on a server): a
+/// setuid file it leaves in a checkout or upper layer would be a setuid-root
+/// binary on the host for any local user.
+const PRIVILEGE_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+
+/// Where the mode is among a syscall's arguments, and for the open family
+/// where the flags are (the mode only counts when they create a file).
+struct ModeArgument {
+    nr: libc::c_long,
+    mode_index: u8,
+    creating_flags_index: Option<u8>,
+}
+
+/// Every syscall that sets a file's mode from an argument.
+fn mode_setting_syscalls() -> Vec<ModeArgument> {
+    let plain = |nr, mode_index| ModeArgument {
+        nr,
+        mode_index,
+        creating_flags_index: None,
+    };
+    let opening = |nr, flags_index, mode_index| ModeArgument {
+        nr,
+        mode_index,
+        creating_flags_index: Some(flags_index),
+    };
+    let mut calls = vec![
+        plain(libc::SYS_fchmod, 1),
+        plain(libc::SYS_fchmodat, 2),
+        plain(SYS_FCHMODAT2, 2),
+        plain(libc::SYS_mkdirat, 2),
+        plain(libc::SYS_mknodat, 2),
+        opening(libc::SYS_openat, 2, 3),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        plain(libc::SYS_chmod, 1),
+        plain(libc::SYS_mkdir, 1),
+        plain(libc::SYS_mknod, 1),
+        plain(libc::SYS_creat, 1),
+        opening(libc::SYS_open, 1, 2),
+    ]);
+    calls
+}
+
+/// Rules matching a mode argument with the setuid or setgid bit (and, for
+/// the open family, flags that create a file: `O_CREAT` or `O_TMPFILE`).
+fn mode_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, seccompiler::BackendError> {
+    let has = |index: u8, bits: u64| {
+        SeccompCondition::new(
+            index,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(bits),
+            bits,
+        )
+    };
+    // O_TMPFILE includes O_DIRECTORY; only its own bit means "create".
+    let creating = [
+        libc::O_CREAT as u64,
+        (libc::O_TMPFILE & !libc::O_DIRECTORY) as u64,
+    ];
+    let mut all = Vec::new();
+    for call in mode_setting_syscalls() {
+        let mut rules = Vec::new();
+        for bit in PRIVILEGE_BITS {
+            match call.creating_flags_index {
+                None => rules.push(SeccompRule::new(vec![has(call.mode_index, bit)?])?),
+                Some(flags_index) => {
+                    for flag in creating {
+                        rules.push(SeccompRule::new(vec![
+                            has(flags_index, flag)?,
+                            has(call.mode_index, bit)?,
+                        ])?);
+                    }
+                }
+            }
+        }
+        all.push((call.nr, rules));
+    }
+    Ok(all)
+}
+
+/// `socket(AF_VSOCK, …)`: a channel to the hypervisor or other VMs on the
+/// host, which no build or test needs.
+fn vsock_rules() -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    let vsock = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )?;
+    Ok(vec![SeccompRule::new(vec![vsock])?])
+}
+
 /// The filters compiled to raw BPF, ready to hand to bubblewrap.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledFilters {
@@ -104,6 +204,10 @@ impl CompiledFilters {
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         deny.insert(libc::SYS_clone, clone_rules);
+        for (nr, rules) in mode_rules().map_err(err)? {
+            deny.insert(nr, rules);
+        }
+        deny.insert(libc::SYS_socket, vsock_rules().map_err(err)?);
         let deny_filter = SeccompFilter::new(
             deny,
             SeccompAction::Allow,
@@ -114,6 +218,9 @@ impl CompiledFilters {
 
         let mut no_clone3: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         no_clone3.insert(libc::SYS_clone3, Vec::new());
+        // openat2's mode sits in a struct the filter cannot read; ENOSYS
+        // sends callers back to openat, whose mode it can.
+        no_clone3.insert(libc::SYS_openat2, Vec::new());
         let clone3_filter = SeccompFilter::new(
             no_clone3,
             SeccompAction::Allow,

@@ -428,3 +428,137 @@ async fn extra_paths_appear_read_only_or_writable_as_configured() {
         "yes\n"
     );
 }
+
+#[tokio::test]
+async fn no_file_the_sandbox_makes_carries_a_setuid_or_setgid_bit_to_the_host() {
+    let f = Fixture::new();
+    let sandbox = f.sandbox(Backend::Bwrap);
+    let script = "touch chmod-u chmod-g plain; \
+         chmod 4755 chmod-u; chmod g+s chmod-g; chmod 0700 plain; \
+         install -m 4755 /bin/true installed; \
+         mkdir -m 2755 setgid-dir; \
+         python3 -c \"import os; os.close(os.open('opened', os.O_CREAT | os.O_WRONLY, 0o4755))\"; \
+         true";
+    let out = sh(&sandbox, &f.workspace, script).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(f.workspace.join(name))
+            .map(|m| m.permissions().mode())
+            .ok()
+    };
+    for name in ["chmod-u", "chmod-g", "installed", "setgid-dir", "opened"] {
+        if let Some(mode) = mode(name) {
+            assert_eq!(
+                mode & 0o6000,
+                0,
+                "{name} has mode {mode:o} on the host: {}",
+                out.output
+            );
+        }
+    }
+    assert!(
+        out.output.contains("Operation not permitted"),
+        "{}",
+        out.output
+    );
+    // Ordinary modes still work: builds chmod their outputs.
+    assert_eq!(mode("plain").map(|m| m & 0o7777), Some(0o700));
+    assert_eq!(mode("chmod-u").map(|m| m & 0o777), Some(0o644));
+}
+
+#[tokio::test]
+async fn vsock_sockets_are_refused() {
+    let f = Fixture::new();
+    let sandbox = f.sandbox(Backend::Bwrap);
+    let probe = "python3 -c \"
+import socket
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    print('vsock allowed')
+except OSError as e:
+    print('vsock errno', e.errno)
+\"";
+    let out = sh(&sandbox, &f.workspace, probe).await;
+    assert!(out.output.contains("vsock errno 1\n"), "{}", out.output);
+    // Other sockets still work (tests open local servers).
+    let out = sh(
+        &sandbox,
+        &f.workspace,
+        "python3 -c \"import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM); print('inet ok')\"",
+    )
+    .await;
+    assert!(out.output.contains("inet ok"), "{}", out.output);
+}
+
+#[tokio::test]
+async fn files_setup_leaves_in_home_and_tmp_do_not_reach_the_agent_phase() {
+    for with_cache in [false, true] {
+        let f = Fixture::new();
+        let mut policy = f.policy(Backend::Bwrap);
+        if with_cache {
+            policy.setup_caches = vec![".cache/pip".into()];
+        }
+        let sandbox = kiln_sandbox::create(policy).unwrap();
+        let secrets = BTreeMap::from([("GIT_TOKEN".to_string(), "setup-token-42".to_string())]);
+        let script = "echo \"https://x:$GIT_TOKEN@example.com\" > ~/.git-credentials\n\
+             echo \"//registry.npmjs.org/:_authToken=$GIT_TOKEN\" > ~/.npmrc\n\
+             echo $GIT_TOKEN > /tmp/token\n\
+             mkdir -p ~/.cache/pip && echo wheel > ~/.cache/pip/pkg.whl\n\
+             cat ~/.git-credentials /tmp/token";
+        let out = sandbox
+            .run_setup(script, &secrets, None, CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.output);
+        assert!(out.output.contains("setup-token-42"), "{}", out.output);
+
+        let out = sh(
+            &sandbox,
+            &f.workspace,
+            "cat ~/.git-credentials ~/.npmrc /tmp/token 2>&1; ls -A ~ /tmp; \
+             cat ~/.cache/pip/pkg.whl 2>/dev/null || echo no-cache",
+        )
+        .await;
+        assert!(!out.output.contains("setup-token-42"), "{}", out.output);
+        assert!(!out.output.contains(".git-credentials\n"), "{}", out.output);
+        if with_cache {
+            assert!(out.output.contains("wheel"), "{}", out.output);
+        } else {
+            assert!(out.output.contains("no-cache"), "{}", out.output);
+        }
+        // Nothing of setup's is left on the host either.
+        let state = f.root.path().join("state");
+        let leftovers = std::process::Command::new("grep")
+            .args(["-rl", "setup-token-42"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            leftovers.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&leftovers.stdout)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_state_directory_is_private_and_removed_with_the_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let sandbox = f.sandbox(Backend::Bwrap);
+    // A directory the sandbox's own user cannot enter any more.
+    let out = sh(
+        &sandbox,
+        &f.workspace,
+        "mkdir -p /tmp/locked/inner ~/locked && touch /tmp/locked/inner/f && chmod 000 /tmp/locked ~/locked",
+    )
+    .await;
+    assert!(out.success(), "{}", out.output);
+    let state = f.root.path().join("state");
+    let dirs: Vec<_> = std::fs::read_dir(&state).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1);
+    let mode = dirs[0].metadata().unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "state directory mode {mode:o}");
+    drop(sandbox);
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+}

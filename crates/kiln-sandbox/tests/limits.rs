@@ -241,3 +241,37 @@ async fn concurrent_commands_in_one_sandbox_keep_their_own_output_and_limits() {
     assert_eq!(b.killed_by.as_deref(), Some("memory limit 64 MiB"));
     assert_eq!(c.output, "c\n");
 }
+
+#[tokio::test]
+async fn filling_home_or_tmp_past_their_cap_fails_with_enospc() {
+    let f = Fixture::new();
+    let mut policy = f.policy(Backend::Bwrap);
+    policy.limits.home_and_tmp_bytes = Some(8 << 20);
+    let sandbox = kiln_sandbox::create(policy).unwrap();
+    assert!(
+        sandbox.describe().contains("at most 8 MiB together"),
+        "{}",
+        sandbox.describe()
+    );
+    for dir in ["/tmp", "$HOME"] {
+        let script =
+            format!("head -c 16M /dev/zero > {dir}/big; echo status=$?; wc -c < {dir}/big");
+        let out = sh(&sandbox, &f.workspace, &script).await;
+        assert!(
+            out.output.contains("No space left on device"),
+            "{dir}: {}",
+            out.output
+        );
+        assert!(!out.output.contains("status=0"), "{dir}: {}", out.output);
+        let written: u64 = out.output.lines().last().unwrap().trim().parse().unwrap();
+        assert!(written <= 8 << 20, "{dir}: {written} bytes written");
+        // Freeing the space makes it usable again.
+        let out = sh(
+            &sandbox,
+            &f.workspace,
+            &format!("rm {dir}/big && echo small > {dir}/small && cat {dir}/small"),
+        )
+        .await;
+        assert_eq!(out.output, "small\n", "{dir}");
+    }
+}

@@ -198,3 +198,27 @@ async fn container_setup_phase_has_network_and_secrets() {
     .await;
     assert!(out.output.starts_with("token=\n0"), "{}", out.output);
 }
+
+#[tokio::test]
+async fn container_setup_leaves_nothing_in_home_or_tmp_for_the_agent_phase() {
+    let f = Fixture::new();
+    let mut policy = podman_policy(&f);
+    policy.setup_caches = vec![".cache/keep".into()];
+    let sandbox = kiln_sandbox::create(policy).unwrap();
+    let secrets = BTreeMap::from([("GIT_TOKEN".to_string(), "podman-token-7".to_string())]);
+    let script = "echo $GIT_TOKEN > ~/.git-credentials; echo $GIT_TOKEN > /tmp/token; \
+         mkdir -p ~/.cache/keep && echo cached > ~/.cache/keep/file";
+    let out = sandbox
+        .run_setup(script, &secrets, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.output);
+    let out = sh(
+        &sandbox,
+        &f.workspace,
+        "cat ~/.git-credentials /tmp/token ~/.cache/keep/file 2>&1",
+    )
+    .await;
+    assert!(!out.output.contains("podman-token-7"), "{}", out.output);
+    assert!(out.output.contains("cached"), "{}", out.output);
+}
