@@ -221,3 +221,50 @@ async fn the_servers_git_never_runs_configuration_the_agent_planted() {
     let calc = git(&mirror, &["show", &format!("{sha}:calc.py")]);
     assert!(calc.contains("# the agent was here"), "{calc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_never_deletes_the_directory_a_planted_git_file_names() {
+    let repo = fixtures::repo("calc-py");
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("precious"), "keep me\n").unwrap();
+    let model = ScriptedServer::start(Script::new(vec![
+        shell(&format!(
+            "rm -f .git; echo 'gitdir: {}' > .git; echo '# edit' >> calc.py",
+            victim.path().display()
+        )),
+        Turn::message("Pointed .git elsewhere."),
+        Turn::message("Still here."),
+    ]))
+    .await;
+    let install = serve_support::Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "edit"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+
+    let (status, body) = server
+        .post(
+            &format!("/api/tasks/{id}/messages"),
+            ADMIN_TOKEN,
+            json!({"text": "anything else?"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let done = server
+        .wait_task(ADMIN_TOKEN, &id, LONG, |t| {
+            t["attempts"][0]["final_message"] == "Still here."
+                && matches!(t["status"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
+    assert!(
+        victim.path().join("precious").exists(),
+        "the server deleted the directory the agent's .git file named: {done:#}"
+    );
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+}
