@@ -260,8 +260,6 @@ pub(crate) fn git_command(git_dir: &Path, work_tree: Option<&Path>) -> Command {
         "-c",
         "status.submoduleSummary=false",
         "-c",
-        "core.untrackedCache=false",
-        "-c",
         "advice.addEmbeddedRepo=false",
     ]);
     command.arg(prefixed("--git-dir=", git_dir));
