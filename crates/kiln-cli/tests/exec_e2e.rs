@@ -773,3 +773,55 @@ async fn control_sequences_from_commands_and_the_model_do_not_reach_the_terminal
         .iter()
         .any(|e| e["type"] == "exec.output" && e["text"].as_str().unwrap().contains('\u{1b}')));
 }
+
+/// A shell command for a hostile agent: replace the checkout's `.git` with
+/// a repository of its own and plant a nested one, both configured to run
+/// a script (fsmonitor, hooks, filters, external diff) that creates `marker`
+/// outside the workspace. Each step may fail where the sandbox forbids it;
+/// the rest still runs.
+fn plant_hostile_git(marker: &Path) -> String {
+    let config = "[core]\n\tfsmonitor = $PWD/payload.sh\n\thooksPath = $PWD/hooks\n\
+                  [filter \\\"evil\\\"]\n\tclean = $PWD/payload.sh\n\trequired = true\n\
+                  [diff]\n\texternal = $PWD/payload.sh\n";
+    format!(
+        "printf '#!/bin/sh\\ntouch {marker}\\nexit 0\\n' > payload.sh; chmod +x payload.sh; \
+         mkdir -p hooks; cp payload.sh hooks/pre-commit; cp payload.sh hooks/post-index-change; \
+         echo '* filter=evil' > .gitattributes; \
+         rm -rf .git; git init -q . ; printf \"{config}\" > .git/config; \
+         mkdir -p sub && (cd sub && git init -q . ; printf \"{config}\" > .git/config; echo inner > inner.txt); \
+         echo '# the agent was here' >> calc.py; true",
+        marker = marker.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worktree_run_never_runs_git_configuration_the_agent_planted() {
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("host-code-ran");
+    let kiln = Kiln::new(vec![
+        Turn::tool_calls(vec![ScriptedToolCall::new(
+            "shell",
+            json!({"command": ["bash", "-c", plant_hostile_git(&marker)]}),
+        )]),
+        Turn::message("Done."),
+    ])
+    .await;
+    let output = kiln.run(&["exec", "--worktree", "Change calc.py."]).await;
+    assert!(
+        !marker.exists(),
+        "kiln's git ran the agent's configuration on the host:\n{}",
+        stderr(&output)
+    );
+    assert_success(&output);
+    let branch = git_in(
+        kiln.repo.path(),
+        &[
+            "branch",
+            "--list",
+            "kiln/exec/*",
+            "--format=%(refname:short)",
+        ],
+    );
+    let committed = git_in(kiln.repo.path(), &["show", &format!("{branch}:calc.py")]);
+    assert!(committed.contains("# the agent was here"), "{committed}");
+}

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::git::{run_git, GitError, Repo};
+use crate::git::{absolute, git_command, remove_dir_within, run, GitError, Repo};
 
 /// Base checkouts a repository keeps beyond those in use.
 const KEPT_IDLE_BASES: usize = 2;
@@ -46,7 +46,7 @@ impl BaseCheckouts {
     /// earlier attempt left one (the only slow path: one full checkout per
     /// base commit).
     pub(crate) fn lease(&self, repo: &Repo, commit: &str) -> Result<BaseLease, GitError> {
-        let dir = self.root.join(repo_key(repo));
+        let dir = absolute(&self.root)?.join(repo_key(repo));
         std::fs::create_dir_all(&dir).map_err(|e| GitError::io(&dir, e))?;
         let path = dir.join(commit);
         let ready = dir.join(format!("{commit}.ready"));
@@ -91,7 +91,7 @@ impl BaseCheckouts {
             .write(true)
             .open(&ready)
             .and_then(|f| f.set_modified(SystemTime::now()));
-        let index = worktree_git_dir(&path)?.join("index");
+        let index = repo.worktree_admin_dir(&path)?.join("index");
         self.remove_idle_bases(repo, &dir, commit);
         Ok(BaseLease {
             path,
@@ -125,16 +125,18 @@ impl BaseCheckouts {
                 continue;
             };
             let path = dir.join(&commit);
-            let git_dir = worktree_git_dir(&path).ok();
+            let git_dir = repo.worktree_admin_dir(&path).ok();
             let _ = std::fs::create_dir_all(&trash);
             let _ = std::fs::rename(&path, trash.join(&commit));
             if let Some(git_dir) = git_dir {
-                let _ = std::fs::remove_dir_all(git_dir);
+                if let Some(worktrees) = git_dir.parent() {
+                    let _ = remove_dir_within(&git_dir, worktrees);
+                }
             }
             removed = true;
         }
         if removed {
-            let _ = run_git(repo.root(), ["worktree", "prune"]);
+            let _ = repo.git(["worktree", "prune"]);
         }
         if trash.exists() {
             std::thread::spawn(move || {
@@ -181,28 +183,37 @@ fn recycle_base(repo: &Repo, idle: &Path, path: &Path, commit: &str) -> Result<(
             std::fs::remove_dir_all(path).map_err(|e| GitError::io(path, e))?;
         }
         repo.forget_worktree_at(path)?;
-        let git_dir = worktree_git_dir(idle)?;
+        let git_dir = repo.worktree_admin_dir(idle)?;
         let _ = std::fs::remove_file(git_dir.join("locked"));
         let from = idle.to_string_lossy().into_owned();
         let to = path.to_string_lossy().into_owned();
-        run_git(repo.root(), ["worktree", "move", &from, &to])?;
+        repo.git(["worktree", "move", "--end-of-options", &from, &to])?;
         // A two-tree merge rewrites only the files that differ and, unlike
         // `git checkout`, does not first stat every file to refresh the index
         // (a base is never written, so its index is already up to date):
         // 170 instead of 300 ms on 100k files.
-        run_git(path, ["read-tree", "-m", "-u", "HEAD", commit])?;
-        run_git(path, ["update-ref", "--no-deref", "HEAD", commit])?;
-        let git_dir = worktree_git_dir(path)?;
+        let git_dir = repo.worktree_admin_dir(path)?;
+        let in_base = || git_command(&git_dir, Some(path));
+        run(in_base(), path, ["read-tree", "-m", "-u", "HEAD", commit])?;
+        run(
+            in_base(),
+            path,
+            ["update-ref", "--no-deref", "HEAD", commit],
+        )?;
         let locked = git_dir.join("locked");
         std::fs::write(&locked, BASE_LOCK_REASON).map_err(|e| GitError::io(&locked, e))
     })();
     if result.is_err() {
         // Half moved or half checked out: neither base is trustworthy.
         for dir in [idle, path] {
-            if let Ok(git_dir) = worktree_git_dir(dir) {
-                let _ = std::fs::remove_dir_all(git_dir);
+            if let Ok(git_dir) = repo.worktree_admin_dir(dir) {
+                if let Some(worktrees) = git_dir.parent() {
+                    let _ = remove_dir_within(&git_dir, worktrees);
+                }
             }
-            let _ = std::fs::remove_dir_all(dir);
+            if let Some(parent) = dir.parent() {
+                let _ = remove_dir_within(dir, parent);
+            }
         }
     }
     result
@@ -215,39 +226,32 @@ const BASE_LOCK_REASON: &str = "kiln base checkout (lower layer of copy-on-write
 fn create_base(repo: &Repo, path: &Path, commit: &str) -> Result<(), GitError> {
     if path.exists() {
         // Left by an interrupted build.
-        if let Ok(git_dir) = worktree_git_dir(path) {
-            let _ = std::fs::remove_dir_all(git_dir);
+        if let Ok(git_dir) = repo.worktree_admin_dir(path) {
+            if let Some(worktrees) = git_dir.parent() {
+                let _ = remove_dir_within(&git_dir, worktrees);
+            }
         }
-        std::fs::remove_dir_all(path).map_err(|e| GitError::io(path, e))?;
+        remove_dir_within(path, path.parent().unwrap_or(path))?;
     }
     // A base deleted by hand leaves git's locked record of it behind.
     repo.forget_worktree_at(path)?;
     let path_str = path.to_string_lossy().into_owned();
-    run_git(
-        repo.root(),
-        ["worktree", "add", "--detach", "--quiet", &path_str, commit],
-    )?;
-    let git_dir = worktree_git_dir(path)?;
+    repo.git([
+        "worktree",
+        "add",
+        "--detach",
+        "--quiet",
+        "--end-of-options",
+        &path_str,
+        commit,
+    ])?;
+    let git_dir = repo.worktree_admin_dir(path)?;
     let locked = git_dir.join("locked");
     std::fs::write(
         &locked,
         "kiln base checkout (lower layer of copy-on-write checkouts)",
     )
     .map_err(|e| GitError::io(&locked, e))
-}
-
-/// The `.git/worktrees/<name>` directory a worktree's `.git` file points to.
-pub(crate) fn worktree_git_dir(worktree: &Path) -> Result<PathBuf, GitError> {
-    let dot_git = worktree.join(".git");
-    let text = std::fs::read_to_string(&dot_git).map_err(|e| GitError::io(&dot_git, e))?;
-    let target = text
-        .trim()
-        .strip_prefix("gitdir:")
-        .map(str::trim)
-        .ok_or_else(|| {
-            GitError::Overlay(format!("{} is not a `gitdir:` file", dot_git.display()))
-        })?;
-    Ok(worktree.join(target))
 }
 
 /// A directory name per repository: its last path component and a hash of

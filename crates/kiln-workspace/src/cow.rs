@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bases::{worktree_git_dir, BaseCheckouts, BaseLease};
-use crate::git::{run_git, GitError, Repo};
+use crate::bases::{BaseCheckouts, BaseLease};
+use crate::git::{absolute, remove_dir_within, GitError, Repo};
 use crate::overlay;
 use crate::Worktree;
 
@@ -25,6 +25,8 @@ pub(crate) struct Layers {
     dir: PathBuf,
     /// `.git/worktrees/<name>` of the checkout.
     git_dir: PathBuf,
+    /// The repository's `.git/worktrees`, the only place `git_dir` may be deleted from.
+    worktrees: PathBuf,
     _base: BaseLease,
 }
 
@@ -35,7 +37,8 @@ impl Layers {
 
     pub(crate) fn remove(&self) -> Result<(), GitError> {
         self.park()?;
-        discard_layers(&self.dir, Some(&self.git_dir), &self.target)
+        remove_dir_within(&self.git_dir, &self.worktrees)?;
+        discard_layers(&self.dir, &self.target)
     }
 }
 
@@ -81,6 +84,7 @@ impl Repo {
         if let Some(reason) = overlay::unavailable_reason() {
             return Err(GitError::Overlay(reason));
         }
+        let dest = absolute(dest)?;
         let parent = dest
             .parent()
             .ok_or_else(|| GitError::Overlay(format!("{} has no parent", dest.display())))?;
@@ -93,11 +97,11 @@ impl Repo {
             self.resolve(base)?
         };
         let lease = bases.lease(self, &commit)?;
-        let dir = layers_dir(dest);
+        let dir = layers_dir(&dest);
         if dir.exists() || dest.exists() {
             return Err(GitError::Overlay(format!(
                 "{} already exists; remove it first",
-                if dest.exists() { dest } else { &dir }.display()
+                if dest.exists() { &dest } else { &dir }.display()
             )));
         }
         let upper = dir.join("upper");
@@ -106,67 +110,70 @@ impl Repo {
             std::fs::create_dir_all(path).map_err(|e| GitError::io(path, e))?;
         }
         let dest_str = dest.to_string_lossy().into_owned();
-        if let Err(err) = run_git(
-            self.root(),
-            [
-                "worktree",
-                "add",
-                "--no-checkout",
-                "--quiet",
-                "-b",
-                branch,
-                &dest_str,
-                &commit,
-            ],
-        ) {
-            let _ = std::fs::remove_dir_all(&dir);
+        if let Err(err) = self.git([
+            "worktree",
+            "add",
+            "--no-checkout",
+            "--quiet",
+            "-b",
+            branch,
+            "--end-of-options",
+            &dest_str,
+            &commit,
+        ]) {
+            let _ = remove_dir_within(&dir, parent);
             return Err(err);
         }
-        let attached = worktree_git_dir(dest).and_then(|git_dir| {
-            let result = self.attach_layers(&lease, &dir, &git_dir, &commit, dest);
+        let attached = self.worktree_admin_dir(&dest).and_then(|git_dir| {
+            let result = self.attach_layers(&lease, &dir, &git_dir, &commit, &dest);
             result.map(|()| git_dir)
         });
         match attached {
-            Ok(git_dir) => {
-                Ok(
-                    Worktree::new(self.clone(), dest.to_path_buf(), branch.to_string(), commit)
-                        .with_layers(Layers {
-                            target: dest.to_path_buf(),
-                            dir,
-                            git_dir,
-                            _base: lease,
-                        }),
-                )
-            }
+            Ok(git_dir) => Ok(Worktree::new(
+                self.clone(),
+                dest.clone(),
+                git_dir.clone(),
+                branch.to_string(),
+                commit,
+            )
+            .with_layers(Layers {
+                target: dest.clone(),
+                dir,
+                git_dir,
+                worktrees: self.common_dir()?.join("worktrees"),
+                _base: lease,
+            })),
             Err(err) => {
-                let _ = overlay::unmount(dest);
-                let git_dir = worktree_git_dir(dest)
-                    .or_else(|_| worktree_git_dir_in(&dir.join("upper"), dest))
-                    .ok();
-                let _ = discard_layers(&dir, git_dir.as_deref(), dest);
-                let _ = std::fs::remove_dir_all(dest);
-                let _ = run_git(self.root(), ["branch", "-D", branch]);
+                let _ = overlay::unmount(&dest);
+                let _ = self.discard_checkout(&dest);
+                let _ = self.git(["branch", "-D", "--end-of-options", branch]);
                 Err(err)
             }
         }
     }
 
     /// Remove whatever checkout an earlier run left at `dest`, full or
-    /// copy-on-write (mounted or parked). The branch is left alone.
+    /// copy-on-write (mounted or parked). The branch is left alone. What
+    /// is deleted is found from kiln's side (the repository's worktree
+    /// records, the layers beside `dest`), never from the checkout's `.git`
+    /// file, and only inside the repository's `worktrees` directory and
+    /// `dest`'s parent.
     pub fn discard_checkout(&self, dest: &Path) -> Result<(), GitError> {
         overlay::unmount(dest).map_err(GitError::Overlay)?;
-        let dir = layers_dir(dest);
+        let dest = absolute(dest)?;
+        let parent = dest
+            .parent()
+            .ok_or_else(|| GitError::Overlay(format!("{} has no parent", dest.display())))?;
+        let worktrees = self.common_dir()?.join("worktrees");
+        for admin in self.admin_dirs_for(&worktrees, &dest) {
+            remove_dir_within(&admin, &worktrees)?;
+        }
+        let dir = layers_dir(&dest);
         if dir.exists() {
-            let git_dir = worktree_git_dir_in(&dir.join("upper"), dest).ok();
-            discard_layers(&dir, git_dir.as_deref(), dest)?;
+            discard_layers(&dir, &dest)?;
         }
-        if dest.exists() {
-            let dest_str = dest.to_string_lossy().into_owned();
-            let _ = run_git(self.root(), ["worktree", "remove", "--force", &dest_str]);
-            remove_dir_all_if_present(dest)?;
-        }
-        self.forget_worktree_at(dest)?;
-        let _ = run_git(self.root(), ["worktree", "prune"]);
+        remove_dir_within(&dest, parent)?;
+        let _ = self.git(["worktree", "prune"]);
         Ok(())
     }
 
@@ -190,6 +197,9 @@ impl Repo {
         std::fs::copy(&lease.index, &index).map_err(|e| GitError::io(&lease.index, e))?;
         let lower = dir.join("lower");
         std::fs::write(&lower, commit).map_err(|e| GitError::io(&lower, e))?;
+        let record = dir.join(GIT_DIR_RECORD);
+        std::fs::write(&record, git_dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| GitError::io(&record, e))?;
         overlay::mount_overlay(&lease.path, &upper, &dir.join("work"), dest)
             .map_err(GitError::Overlay)
     }
@@ -209,37 +219,54 @@ impl Worktree {
             return Ok(None);
         };
         let commit = lower.trim().to_string();
-        let Ok(git_dir) = worktree_git_dir_in(&dir.join("upper"), dest) else {
+        // kiln's record of the checkout's git directory, beside the layers
+        // (out of the agent's reach), confirmed by the repository's own
+        // record of the worktree: the `.git` file in the upper layer is the
+        // agent's and is never read.
+        let Ok(recorded) = std::fs::read(dir.join(GIT_DIR_RECORD)) else {
             return Ok(None);
         };
+        let git_dir = PathBuf::from(String::from_utf8_lossy(&recorded).into_owned());
+        let Some(worktrees) = git_dir.parent().filter(|p| p.ends_with("worktrees")) else {
+            return Ok(None);
+        };
+        let Some(common) = worktrees.parent() else {
+            return Ok(None);
+        };
+        let repo = Repo::with_git_dir(common.parent().unwrap_or(common), common);
+        let dest = absolute(dest)?;
+        let confirmed = repo
+            .worktree_admin_dir(&dest)
+            .ok()
+            .and_then(|found| found.canonicalize().ok());
+        if confirmed.is_none() || confirmed != git_dir.canonicalize().ok() {
+            return Ok(None);
+        }
         let Some(branch) = std::fs::read_to_string(git_dir.join("HEAD"))
             .ok()
             .and_then(|head| Some(head.trim().strip_prefix("ref: refs/heads/")?.to_string()))
         else {
             return Ok(None);
         };
-        let common = std::fs::read_to_string(git_dir.join("commondir"))
-            .map(|relative| git_dir.join(relative.trim()))
-            .unwrap_or_else(|_| git_dir.join("../.."));
-        let common = common
-            .canonicalize()
-            .map_err(|e| GitError::io(&common, e))?;
-        let repo = Repo::discover(common.parent().unwrap_or(&common))?;
         if repo.resolve(&branch).is_err() {
             return Ok(None);
         }
         let lease = bases.lease(&repo, &commit)?;
-        overlay::unmount(dest).map_err(GitError::Overlay)?;
-        std::fs::create_dir_all(dest).map_err(|e| GitError::io(dest, e))?;
-        overlay::mount_overlay(&lease.path, &dir.join("upper"), &dir.join("work"), dest)
+        overlay::unmount(&dest).map_err(GitError::Overlay)?;
+        std::fs::create_dir_all(&dest).map_err(|e| GitError::io(&dest, e))?;
+        overlay::mount_overlay(&lease.path, &dir.join("upper"), &dir.join("work"), &dest)
             .map_err(GitError::Overlay)?;
+        let worktrees = worktrees.to_path_buf();
         Ok(Some(
-            Worktree::new(repo, dest.to_path_buf(), branch, commit).with_layers(Layers {
-                target: dest.to_path_buf(),
-                dir,
-                git_dir,
-                _base: lease,
-            }),
+            Worktree::new(repo, dest.clone(), git_dir.clone(), branch, commit).with_layers(
+                Layers {
+                    target: dest,
+                    dir,
+                    git_dir,
+                    worktrees,
+                    _base: lease,
+                },
+            ),
         ))
     }
 }
@@ -271,21 +298,11 @@ fn layers_dir(dest: &Path) -> PathBuf {
     dest.with_file_name(name)
 }
 
-/// The git dir named by the `.git` file kept in `upper`, read as if it were
-/// in `dest` (a relative `gitdir:` is relative to the checkout).
-fn worktree_git_dir_in(upper: &Path, dest: &Path) -> Result<PathBuf, GitError> {
-    let resolved = worktree_git_dir(upper)?;
-    match resolved.strip_prefix(upper) {
-        Ok(relative) => Ok(dest.join(relative)),
-        Err(_) => Ok(resolved),
-    }
-}
+/// The file in `DEST.layers` naming the checkout's git directory.
+const GIT_DIR_RECORD: &str = "gitdir";
 
-fn discard_layers(dir: &Path, git_dir: Option<&Path>, dest: &Path) -> Result<(), GitError> {
-    if let Some(git_dir) = git_dir {
-        remove_dir_all_if_present(git_dir)?;
-    }
-    remove_dir_all_if_present(dir)?;
+fn discard_layers(dir: &Path, dest: &Path) -> Result<(), GitError> {
+    remove_dir_within(dir, dest.parent().unwrap_or(dest))?;
     // Only the unmounted mount point with its `.git` file is left; never
     // delete through a mount.
     match std::fs::remove_file(dest.join(".git")) {
@@ -297,13 +314,5 @@ fn discard_layers(dir: &Path, git_dir: Option<&Path>, dest: &Path) -> Result<(),
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(GitError::io(dest, e)),
-    }
-}
-
-fn remove_dir_all_if_present(path: &Path) -> Result<(), GitError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(GitError::io(path, e)),
     }
 }

@@ -2,8 +2,12 @@
 //! (a diff and a commit on a branch).
 //!
 //! kiln drives the `git` program rather than a library: it is what users
-//! have, it honours their configuration (hooks aside), and worktrees share
-//! the object store so a checkout costs only the files it writes.
+//! have, and worktrees share the object store so a checkout costs only the
+//! files it writes. A checkout is the agent's to write, and kiln's git runs
+//! on the host: every command names the repository (never discovers it
+//! from the checkout), reads only the repository's own configuration
+//! (no system, global or `GIT_*` environment), and runs no fsmonitor,
+//! hook, external diff, textconv or nested repository (see `git_command`).
 //!
 //! ```no_run
 //! use kiln_workspace::Repo;
@@ -26,4 +30,4 @@ mod worktree;
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
 pub use git::{run_git, GitError, Repo};
-pub use worktree::Worktree;
+pub use worktree::{Diff, Worktree};

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kiln_workspace::{overlay, BaseCheckouts, Repo, Worktree};
 use libtest_mimic::{Arguments, Failed, Trial};
-use support::{git, repo_with_one_commit};
+use support::{git, plant_hostile_repositories, repo_with_one_commit, tripwire};
 
 fn main() {
     let enabled = overlay::enable();
@@ -67,6 +67,14 @@ fn main() {
         trial(
             "add_checkout_prefers_copy_on_write",
             add_checkout_prefers_copy_on_write,
+        ),
+        trial(
+            "git_metadata_the_agent_planted_runs_nothing_on_the_host",
+            git_metadata_the_agent_planted_runs_nothing_on_the_host,
+        ),
+        trial(
+            "a_planted_git_file_never_makes_reattach_or_discard_delete_its_target",
+            a_planted_git_file_never_makes_reattach_or_discard_delete_its_target,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();
@@ -512,4 +520,64 @@ fn base_dirs(bases: &BaseCheckouts) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+fn git_metadata_the_agent_planted_runs_nothing_on_the_host() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/hostile/1", &place.path().join("wt"))
+        .unwrap();
+    let marker = place.path().join("host-code-ran");
+    std::fs::write(wt.path().join("a.txt"), "the agent's edit\n").unwrap();
+    let script = tripwire(wt.path(), "payload.sh", &marker);
+    plant_hostile_repositories(wt.path(), &script);
+
+    let diff = wt.diff();
+    let commit = wt.commit_all("kiln: hostile");
+
+    assert!(
+        !marker.exists(),
+        "kiln's git ran a command the agent configured in its checkout"
+    );
+    let (diff, commit) = (diff.unwrap(), commit.unwrap());
+    assert!(diff.contains("+the agent's edit"), "{diff}");
+    let commit = commit.expect("the agent's edit is committed");
+    assert_eq!(repo.resolve("kiln/hostile/1").unwrap(), commit);
+}
+
+fn a_planted_git_file_never_makes_reattach_or_discard_delete_its_target() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let bases = BaseCheckouts::new(place.path().join("bases"));
+    let dest = place.path().join("wt");
+    let wt = repo
+        .add_overlay_worktree(&bases, "HEAD", "kiln/hostile/2", &dest)
+        .unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("HEAD"), "ref: refs/heads/nothing\n").unwrap();
+    std::fs::write(victim.path().join("precious"), "keep me\n").unwrap();
+    std::fs::write(
+        wt.path().join(".git"),
+        format!("gitdir: {}\n", victim.path().display()),
+    )
+    .unwrap();
+    wt.park().unwrap();
+    drop(wt);
+
+    // A follow-up tries to mount it again; failing that, the rerun discards it.
+    if let Ok(Some(again)) = Worktree::reattach(&bases, &dest) {
+        assert_eq!(again.branch(), "kiln/hostile/2");
+        again.park().unwrap();
+    }
+    let _ = repo.discard_checkout(&dest);
+
+    assert!(
+        victim.path().join("precious").exists(),
+        "the directory the planted .git file named was deleted"
+    );
+    assert!(!dest.exists(), "the checkout itself is gone");
 }

@@ -72,3 +72,46 @@ fn without_copy_on_write_a_checkout_is_a_full_worktree_and_says_why() {
     );
     assert!(!place.path().join("bases").exists(), "no base was built");
 }
+
+/// `len` bytes that do not compress and are not text (a xorshift stream).
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_diff_larger_than_the_cap_is_cut_there_and_says_so() {
+    let origin = repo_with_one_commit();
+    let repo = Repo::discover(origin.path()).unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let wt = repo
+        .add_worktree("HEAD", "kiln/test/big", &place.path().join("wt"))
+        .unwrap();
+    std::fs::write(wt.path().join("big.bin"), noise(4 * 1024 * 1024)).unwrap();
+    let cap = 64 * 1024;
+
+    let diff = wt.diff_against(wt.base_commit(), cap).unwrap();
+
+    assert!(diff.cut, "a 4 MiB binary diff is more than {cap} bytes");
+    assert!(diff.text.len() <= cap, "{} bytes kept", diff.text.len());
+    assert!(
+        diff.text.starts_with("diff --git a/big.bin"),
+        "{}",
+        &diff.text[..80]
+    );
+    assert_eq!(diff.files_changed, 1);
+
+    std::fs::remove_file(wt.path().join("big.bin")).unwrap();
+    std::fs::write(wt.path().join("a.txt"), "two\n").unwrap();
+    let small = wt.diff_against(wt.base_commit(), cap).unwrap();
+    assert!(!small.cut, "{}", small.text);
+    assert!(small.text.contains("+two"), "{}", small.text);
+    assert_eq!((small.insertions, small.deletions), (1, 1));
+}

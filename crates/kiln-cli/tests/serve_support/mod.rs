@@ -344,15 +344,22 @@ fn parse_block(block: &str) -> Option<SseEvent> {
     })
 }
 
-/// The single mirror under the data directory.
+/// The single mirror under the data directory (`mirrors/<owner>/<repo>`).
 pub fn mirror_dir(data: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data.join("mirrors"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join(".git").exists())
-        .collect();
+    let mut dirs = mirror_dirs(data);
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.remove(0)
+}
+
+/// Every mirror under the data directory, one per owner and repository.
+pub fn mirror_dirs(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("mirrors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .flat_map(|owner| std::fs::read_dir(owner).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.join(".git").exists())
+        .collect()
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_store::DiffStat;
-use kiln_workspace::{run_git, BaseCheckouts, GitError, Repo, Worktree};
+use kiln_workspace::{run_git, BaseCheckouts, Diff, GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
 
 /// How long a fetch serves later checkouts of the same mirror.
@@ -49,6 +49,11 @@ pub(crate) struct Checkout {
     pub(crate) git_dir: PathBuf,
     /// Why the checkout is a full worktree rather than copy-on-write.
     pub(crate) full_checkout_reason: Option<String>,
+    /// The checkout as the setup script left it (a tree id), when setup ran
+    /// in this checkout: what setup wrote is not the agent's change.
+    pub(crate) setup_tree: Option<String>,
+    /// kiln's record of `setup_tree`, beside the checkout, for a follow-up.
+    setup_file: PathBuf,
 }
 
 /// The mirrors under one data directory, with one lock per mirror so that
@@ -81,12 +86,21 @@ impl Mirrors {
     pub(crate) async fn checkout(
         &self,
         repo: &str,
+        owner: &str,
         base: Option<&str>,
         task_id: &str,
         n: u32,
         resume: bool,
     ) -> Result<Checkout, CheckoutError> {
-        let mirror = self.root.join("mirrors").join(mirror_name(repo));
+        // One mirror per owner: the sandbox sees its mirror's git directory,
+        // so a mirror shared by users would show each one the others' task
+        // branches (prompts, diffs, setup products) and let a `base_ref`
+        // start from them.
+        let mirror = self
+            .root
+            .join("mirrors")
+            .join(owner_dir_name(owner))
+            .join(mirror_name(repo));
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(mirror.clone()).or_default().clone()
@@ -154,11 +168,14 @@ impl Request {
         } else {
             None
         };
+        // A fresh checkout holds no setup products, whatever an earlier try's
+        // record says.
+        remove_if_present(&self.dest.with_extension("setup"))?;
         // A rerun starts from a fresh checkout: drop what an earlier try left
         // (every try writes its base file before it makes anything else).
         if base_file.exists() || self.dest.exists() {
             repo.discard_checkout(&self.dest)?;
-            let _ = run_git(&self.mirror, &["branch", "-D", &self.branch]);
+            let _ = repo.git(["branch", "-D", "--end-of-options", &self.branch]);
         }
         if let Some(parent) = self.dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
@@ -192,6 +209,8 @@ impl Request {
             base_commit,
             git_dir: self.mirror.join(".git"),
             full_checkout_reason,
+            setup_tree: None,
+            setup_file: self.dest.with_extension("setup"),
         })
     }
 
@@ -206,27 +225,31 @@ impl Request {
         if worktree.branch() != self.branch {
             return Ok(None);
         }
+        // The parked checkout still holds what setup wrote.
+        let setup_file = self.dest.with_extension("setup");
+        let setup_tree = std::fs::read_to_string(&setup_file)
+            .ok()
+            .map(|tree| tree.trim().to_string());
         Ok(Some(Checkout {
             worktree,
             base_commit: base.trim().to_string(),
             git_dir: self.mirror.join(".git"),
             full_checkout_reason: None,
+            setup_tree,
+            setup_file,
         }))
     }
 
     fn sync_mirror(&self) -> Result<(), CheckoutError> {
         if self.mirror.join(".git").exists() {
-            run_git(
-                &self.mirror,
-                &[
-                    "fetch",
-                    "--quiet",
-                    "--prune",
-                    "origin",
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                ],
-            )?;
+            Repo::at(&self.mirror).git([
+                "fetch",
+                "--quiet",
+                "--prune",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ])?;
             return Ok(());
         }
         let parent = self.mirror.parent().unwrap_or(Path::new("/"));
@@ -245,6 +268,7 @@ impl Request {
                 "clone",
                 "--quiet",
                 "--no-checkout",
+                "--",
                 &self.repo,
                 &partial_str,
             ],
@@ -271,35 +295,57 @@ impl Request {
 }
 
 impl Checkout {
-    /// The whole attempt's changes against the base, untracked files included.
-    pub(crate) fn diff(&self) -> Result<(String, DiffStat), GitError> {
-        let dir = self.worktree.path();
-        run_git(dir, &["add", "--all"])?;
-        let diff = run_git(
-            dir,
-            &[
-                "diff",
-                "--cached",
-                "--binary",
-                "--no-color",
-                &self.base_commit,
-            ],
-        )?;
-        let numstat = run_git(dir, &["diff", "--cached", "--numstat", &self.base_commit])?;
-        Ok((diff, parse_numstat(&numstat)))
+    /// The whole attempt's changes against the base, untracked files
+    /// included, at most `cap` bytes of it (see [`Diff::cut`]).
+    pub(crate) fn diff(&self, cap: usize) -> Result<(Diff, DiffStat), GitError> {
+        let base = self.setup_tree.as_deref().unwrap_or(&self.base_commit);
+        let diff = self.worktree.diff_against(base, cap)?;
+        let stat = DiffStat {
+            files_changed: diff.files_changed,
+            insertions: diff.insertions,
+            deletions: diff.deletions,
+        };
+        Ok((diff, stat))
     }
 }
 
-/// `git diff --numstat` lines are `added<TAB>deleted<TAB>path` (`-` for binary files).
-fn parse_numstat(text: &str) -> DiffStat {
-    let mut stat = DiffStat::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut fields = line.split('\t');
-        stat.files_changed += 1;
-        stat.insertions += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        stat.deletions += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+impl Checkout {
+    /// Take the checkout as setup left it as the attempt's base, and record
+    /// it for a follow-up in this checkout.
+    pub(crate) fn record_setup(&mut self) -> Result<(), CheckoutError> {
+        let tree = self.worktree.snapshot_tree()?;
+        std::fs::write(&self.setup_file, &tree).map_err(|source| CheckoutError::Io {
+            path: self.setup_file.clone(),
+            source,
+        })?;
+        self.setup_tree = Some(tree);
+        Ok(())
     }
-    stat
+
+    /// Commit the agent's changes on the attempt's branch (never what only
+    /// setup wrote).
+    pub(crate) fn commit(&self, message: &str) -> Result<Option<String>, GitError> {
+        match &self.setup_tree {
+            Some(tree) => self.worktree.commit_changes_since(tree, message),
+            None => self.worktree.commit_all(message),
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), CheckoutError> {
+    match std::fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(CheckoutError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A directory name per owner (a token id), safe whatever the id holds.
+fn owner_dir_name(owner: &str) -> String {
+    let digest = Sha256::digest(owner.as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A stable directory name for a repository location.

@@ -121,16 +121,15 @@ pub(crate) async fn run_claimed(
 /// Largest diff kept in the store; the commit on the branch has all of it.
 const MAX_STORED_DIFF: usize = 16 * 1024 * 1024;
 
-/// The diff, or when it is too large to keep in a row, a note saying where
-/// the full change is.
-fn bounded_diff(diff: String, branch: &str, events: &EventLog) -> String {
-    if diff.len() <= MAX_STORED_DIFF {
-        return diff;
+/// The diff, or when git had more than the store keeps (kiln stopped
+/// reading there), a note saying where the full change is.
+fn bounded_diff(diff: kiln_workspace::Diff, branch: &str, events: &EventLog) -> String {
+    if !diff.cut {
+        return diff.text;
     }
     let note = format!(
-        "the diff has {} bytes, more than the {MAX_STORED_DIFF} kept in the store: \
-         fetch branch {branch} from the server's mirror for the full change",
-        diff.len()
+        "the diff is larger than the {MAX_STORED_DIFF} bytes kept in the store: \
+         fetch branch {branch} from the server's mirror for the full change"
     );
     events.emit(EventKind::Warning {
         message: note.clone(),
@@ -218,9 +217,10 @@ async fn run(
         .base_ref
         .as_deref()
         .or(environment.base_branch.as_deref());
-    let checkout = mirrors
+    let mut checkout = mirrors
         .checkout(
             &environment.repo,
+            &environment.owner_token_id,
             base,
             &task.id,
             claimed.attempt.n,
@@ -250,6 +250,11 @@ async fn run(
                 &cancel,
             )
             .await?;
+            // What setup wrote (`.npmrc`, `.env.local`) is the attempt's
+            // base, not the agent's change: it stays out of the diff and the branch.
+            checkout
+                .record_setup()
+                .map_err(|e| format!("cannot record the checkout after setup: {e}"))?;
         }
     }
 
@@ -371,7 +376,7 @@ fn record_result(
     events: &EventLog,
     outcome: &mut AttemptOutcome,
 ) {
-    match checkout.diff() {
+    match checkout.diff(MAX_STORED_DIFF) {
         Ok((diff, stat)) => {
             outcome.diff = Some(bounded_diff(diff, checkout.worktree.branch(), events));
             outcome.diff_stat = Some(stat);
@@ -389,7 +394,7 @@ fn record_result(
         .chars()
         .take(72)
         .collect();
-    match checkout.worktree.commit_all(&format!("kiln: {title}")) {
+    match checkout.commit(&format!("kiln: {title}")) {
         Ok(commit) => {
             outcome.branch = Some(checkout.worktree.branch().to_string());
             outcome.commit_sha = commit;
