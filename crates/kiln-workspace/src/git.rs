@@ -118,6 +118,18 @@ impl Repo {
         run(git_command(&self.git_dir, None), &self.git_dir, args)
     }
 
+    /// [`Repo::git`] with `env` set and `remove` unset: a fetch from an
+    /// untrusted location, which must not be offered the host's credentials.
+    pub fn git_with_env<I, S>(&self, args: I, env: &GitEnv) -> Result<String, GitError>
+    where
+        I: IntoIterator<Item = S> + Clone,
+        S: AsRef<OsStr>,
+    {
+        let mut command = git_command(&self.git_dir, None);
+        env.apply(&mut command);
+        run(command, &self.git_dir, args)
+    }
+
     /// Resolve a revision (`HEAD`, a branch, a sha) to a commit id.
     pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
         let spec = format!("{rev}^{{commit}}");
@@ -374,6 +386,36 @@ where
     S: AsRef<OsStr>,
 {
     run(isolated_command(dir), dir, args)
+}
+
+/// [`run_git`] with `env` set and removed (a clone of an untrusted location).
+pub fn run_git_with_env<I, S>(dir: &Path, args: I, env: &GitEnv) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S> + Clone,
+    S: AsRef<OsStr>,
+{
+    let mut command = isolated_command(dir);
+    env.apply(&mut command);
+    run(command, dir, args)
+}
+
+/// Variables to set and to remove for one git command, beyond the
+/// isolation every kiln git command has.
+#[derive(Debug, Clone, Default)]
+pub struct GitEnv {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl GitEnv {
+    fn apply(&self, command: &mut Command) {
+        for name in &self.remove {
+            command.env_remove(name);
+        }
+        for (name, value) in &self.set {
+            command.env(name, value);
+        }
+    }
 }
 
 /// Delete the directory tree at `path`, which must lie inside `allowed`

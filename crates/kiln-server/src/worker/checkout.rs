@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_store::DiffStat;
-use kiln_workspace::{run_git, BaseCheckouts, Diff, GitError, Repo, Worktree};
+use kiln_workspace::{run_git_with_env, BaseCheckouts, Diff, GitEnv, GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
+
+use crate::repo_access::{CheckedRepo, GIT_FETCH_ENV_REMOVE};
 
 /// How long a fetch serves later checkouts of the same mirror.
 const FETCH_REUSE: Duration = Duration::from_secs(2);
@@ -91,6 +93,7 @@ impl Mirrors {
         task_id: &str,
         n: u32,
         resume: bool,
+        fetch: FetchRules,
     ) -> Result<Checkout, CheckoutError> {
         // One mirror per owner: the sandbox sees its mirror's git directory,
         // so a mirror shared by users would show each one the others' task
@@ -118,6 +121,7 @@ impl Mirrors {
             bases: self.bases.clone(),
             resume,
             fresh,
+            fetch,
         };
         let (result, fetched) = tokio::task::spawn_blocking(move || request.run())
             .await
@@ -139,6 +143,48 @@ struct Request {
     resume: bool,
     /// The mirror was fetched moments ago.
     fresh: bool,
+    fetch: FetchRules,
+}
+
+/// How a mirror's clone and fetch run, as the check of the environment's
+/// repository location prescribes (see `repo_access::CheckedRepo`): only
+/// the checked transport, no redirects, pinned addresses, and none of the
+/// server's own credentials (an empty `HOME`, no ssh agent or keys).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FetchRules {
+    /// `-c` options before `clone`/`fetch`.
+    pub(crate) options: Vec<String>,
+    pub(crate) env: GitEnv,
+}
+
+impl Mirrors {
+    /// The rules for fetching a location that passed `checked`.
+    pub(crate) fn fetch_rules(&self, checked: &CheckedRepo) -> Result<FetchRules, CheckoutError> {
+        let home = self.root.join("git-home");
+        create_private_dir(&home)?;
+        let set = CheckedRepo::git_fetch_env(&home)
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        let remove = GIT_FETCH_ENV_REMOVE.iter().map(|s| s.to_string()).collect();
+        Ok(FetchRules {
+            options: checked.git_fetch_args(),
+            env: GitEnv { set, remove },
+        })
+    }
+}
+
+/// An empty directory only kiln can read, as git's `HOME` for fetches.
+fn create_private_dir(dir: &Path) -> Result<(), CheckoutError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CheckoutError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 impl Request {
@@ -242,14 +288,19 @@ impl Request {
 
     fn sync_mirror(&self) -> Result<(), CheckoutError> {
         if self.mirror.join(".git").exists() {
-            Repo::at(&self.mirror).git([
-                "fetch",
-                "--quiet",
-                "--prune",
-                "origin",
-                "+refs/heads/*:refs/remotes/origin/*",
-                "+refs/tags/*:refs/tags/*",
-            ])?;
+            let mut args = self.fetch.options.clone();
+            args.extend(
+                [
+                    "fetch",
+                    "--quiet",
+                    "--prune",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                ]
+                .map(String::from),
+            );
+            Repo::at(&self.mirror).git_with_env(&args, &self.fetch.env)?;
             return Ok(());
         }
         let parent = self.mirror.parent().unwrap_or(Path::new("/"));
@@ -262,17 +313,19 @@ impl Request {
         let partial = self.mirror.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
         let partial_str = partial.to_string_lossy().into_owned();
-        run_git(
-            parent,
-            &[
+        let mut args = self.fetch.options.clone();
+        args.extend(
+            [
                 "clone",
                 "--quiet",
                 "--no-checkout",
                 "--",
                 &self.repo,
                 &partial_str,
-            ],
-        )?;
+            ]
+            .map(String::from),
+        );
+        run_git_with_env(parent, &args, &self.fetch.env)?;
         std::fs::rename(&partial, &self.mirror).map_err(|source| CheckoutError::Io {
             path: self.mirror.clone(),
             source,

@@ -1,6 +1,7 @@
 //! One claimed attempt from checkout to finish: the path every attempt of
 //! `kiln serve` takes (the agent loop itself is `kiln-agent`'s).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +83,9 @@ pub(crate) async fn run_claimed(
     let outcome = match run.await {
         Ok(outcome) => outcome,
         Err(reason) => {
+            // git's errors name mirror and checkout paths: the server's layout
+            // is not the user's business.
+            let reason = crate::scrub_data_dir(&reason, &shared.config.data_dir);
             let status = if cancel.is_cancelled() {
                 AttemptStatus::Cancelled
             } else {
@@ -217,6 +221,18 @@ async fn run(
         .base_ref
         .as_deref()
         .or(environment.base_branch.as_deref());
+    // Checked again before every clone or fetch: the owner may have lost
+    // admin rights, or the name may resolve elsewhere by now.
+    let checked = crate::repo_access::recheck_environment(shared, &environment)
+        .await
+        .map_err(|e| format!("cannot use the repository {}: {e}", environment.repo))?;
+    let fetch = mirrors
+        .fetch_rules(&checked)
+        .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
+    // Read on every run, follow-ups included: the redactor keeps their
+    // values (and their encodings) out of every event, and setup needs them.
+    let secrets = read_secrets(shared, &environment).await?;
+    events.set_redactor(kiln_agent::Redactor::new(&secrets));
     let mut checkout = mirrors
         .checkout(
             &environment.repo,
@@ -225,6 +241,7 @@ async fn run(
             &task.id,
             claimed.attempt.n,
             claimed.resume,
+            fetch,
         )
         .await
         .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
@@ -241,15 +258,7 @@ async fn run(
             .as_deref()
             .filter(|s| !s.trim().is_empty())
         {
-            run_setup(
-                shared,
-                &environment,
-                sandbox.as_ref(),
-                script,
-                events,
-                &cancel,
-            )
-            .await?;
+            run_setup(&secrets, sandbox.as_ref(), script, events, &cancel).await?;
             // What setup wrote (`.npmrc`, `.env.local`) is the attempt's
             // base, not the agent's change: it stays out of the diff and the branch.
             checkout
@@ -276,6 +285,8 @@ async fn run(
     let mut agent = shared.config.agent.clone();
     agent.mode = task.mode;
     agent.cwd = checkout.worktree.path().to_path_buf();
+    // Nothing above the checkout is read, whatever `.git` the agent leaves.
+    agent.workspace_root = Some(checkout.worktree.path().to_path_buf());
     if let Some(model) = &task.model {
         agent.model = model.clone();
     }
@@ -319,15 +330,11 @@ fn build_sandbox(
     kiln_sandbox::create(policy).map_err(|e| format!("cannot create the sandbox: {e}"))
 }
 
-async fn run_setup(
+async fn read_secrets(
     shared: &Shared,
     environment: &Environment,
-    sandbox: &dyn Sandbox,
-    script: &str,
-    events: &EventLog,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let secrets = shared
+) -> Result<BTreeMap<String, String>, String> {
+    shared
         .store
         .environment_secrets(&environment.id)
         .await
@@ -337,15 +344,45 @@ async fn run_setup(
                 e.to_string()
             }
             other => format!("cannot read the environment's secrets: {other}"),
-        })?;
+        })
+}
+
+async fn run_setup(
+    secrets: &BTreeMap<String, String>,
+    sandbox: &dyn Sandbox,
+    script: &str,
+    events: &EventLog,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let setup = sandbox.run_setup(script, &secrets, Some(tx), cancel.clone());
+    let setup = sandbox.run_setup(script, secrets, Some(tx), cancel.clone());
     let forward = async {
+        // One stream redactor per pipe: a secret printed in two chunks is
+        // still caught (the per-event pass sees only one chunk at a time).
+        let mut redactors: BTreeMap<bool, kiln_agent::StreamRedactor> = BTreeMap::new();
         while let Some(chunk) = rx.recv().await {
-            events.emit(EventKind::SetupOutput {
-                stream: chunk.stream,
-                text: String::from_utf8_lossy(&chunk.data).into_owned(),
-            });
+            let is_stderr = chunk.stream == ExecStream::Stderr;
+            let redactor = redactors
+                .entry(is_stderr)
+                .or_insert_with(|| events.stream_redactor());
+            let text = redactor.push(&String::from_utf8_lossy(&chunk.data));
+            if !text.is_empty() {
+                events.emit(EventKind::SetupOutput {
+                    stream: chunk.stream,
+                    text,
+                });
+            }
+        }
+        for (is_stderr, mut redactor) in redactors {
+            let text = redactor.finish();
+            if !text.is_empty() {
+                let stream = if is_stderr {
+                    ExecStream::Stderr
+                } else {
+                    ExecStream::Stdout
+                };
+                events.emit(EventKind::SetupOutput { stream, text });
+            }
         }
     };
     let (result, ()) = tokio::join!(setup, forward);
@@ -378,7 +415,10 @@ fn record_result(
 ) {
     match checkout.diff(MAX_STORED_DIFF) {
         Ok((diff, stat)) => {
-            outcome.diff = Some(bounded_diff(diff, checkout.worktree.branch(), events));
+            let diff = events
+                .redact(&bounded_diff(diff, checkout.worktree.branch(), events))
+                .into_owned();
+            outcome.diff = Some(diff);
             outcome.diff_stat = Some(stat);
         }
         Err(err) => {
@@ -394,7 +434,8 @@ fn record_result(
         .chars()
         .take(72)
         .collect();
-    match checkout.commit(&format!("kiln: {title}")) {
+    let message = format!("kiln: {title}");
+    match checkout.commit(&events.redact(&message)) {
         Ok(commit) => {
             outcome.branch = Some(checkout.worktree.branch().to_string());
             outcome.commit_sha = commit;
