@@ -112,6 +112,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
 
     let provider = config.provider()?;
     let client = kiln_model::connect(&provider).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let kiln_mount_point = crate::sandbox_policy::KilnMountPoint::note(&workspace_root);
     let sandbox = crate::sandbox_policy::build(&config, &workspace_root, mode)?;
 
     let log_file = match &args.resume {
@@ -150,6 +151,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
 
     let outcome =
         kiln_agent::run_attempt_with(&agent_config, client, sandbox, input, &events, cancel).await;
+    drop(kiln_mount_point);
 
     if let Some((wt, _)) = &worktree {
         report_worktree(wt, &events)?;

@@ -847,3 +847,68 @@ async fn a_misspelt_provider_key_is_an_error_not_a_fallback_to_openai() {
     );
     assert_eq!(kiln.server.requests().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_cannot_plant_git_hooks_or_kiln_config_for_later_runs() {
+    let attack = "git config core.fsmonitor 'touch PWNED-fsmonitor; false'; \
+                  echo 'touch PWNED-hook' > .git/hooks/post-checkout; \
+                  mkdir -p .kiln && printf '[sandbox]\\nbackend = \"none\"\\n' > .kiln/config.toml; \
+                  echo edited >> calc.py; git status --short; echo status-exit=$?";
+    let kiln = Kiln::new(vec![Turn::shell(attack), Turn::message("planted")]).await;
+    let config_before = std::fs::read_to_string(kiln.repo.path().join(".git/config")).unwrap();
+
+    let output = kiln.run(&["exec", "Plant things."]).await;
+    assert_success(&output);
+    let text = command_output(&log_events(&log_path(&output)));
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(
+        text.contains(" M calc.py"),
+        "git status works inside: {text}"
+    );
+    assert!(text.contains("status-exit=0"), "{text}");
+
+    let repo = kiln.repo.path();
+    assert_eq!(
+        std::fs::read_to_string(repo.join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(!repo.join(".git/hooks/post-checkout").exists());
+    assert!(
+        !repo.join(".kiln").exists(),
+        "no .kiln left behind, not even empty"
+    );
+    assert!(
+        kiln.read("calc.py").ends_with("edited\n"),
+        "ordinary edits land"
+    );
+    // The user's next git commands run nothing the agent chose.
+    git_in(repo, &["status", "--short"]);
+    git_in(repo, &["checkout", "-q", "-b", "after-the-run"]);
+    assert!(!repo.join("PWNED-fsmonitor").exists());
+    assert!(!repo.join("PWNED-hook").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_file_pointing_at_another_directory_exposes_nothing() {
+    let other = tempfile::tempdir().unwrap();
+    git_in(other.path(), &["init", "-q"]);
+    std::fs::write(other.path().join(".git/SECRET"), "OTHER-REPO-SECRET\n").unwrap();
+    let target = other.path().join(".git").canonicalize().unwrap();
+    let kiln = Kiln::new(vec![
+        Turn::shell(format!("cat {}/SECRET; echo rc=$?", target.display())),
+        Turn::message("looked"),
+    ])
+    .await;
+    std::fs::remove_dir_all(kiln.repo.path().join(".git")).unwrap();
+    std::fs::write(
+        kiln.repo.path().join(".git"),
+        format!("gitdir: {}\n", target.display()),
+    )
+    .unwrap();
+
+    let output = kiln.run(&["exec", "Read it."]).await;
+    assert_success(&output);
+    let text = command_output(&log_events(&log_path(&output)));
+    assert!(!text.contains("OTHER-REPO-SECRET"), "{text}");
+    assert!(text.contains("rc=1"), "{text}");
+}
