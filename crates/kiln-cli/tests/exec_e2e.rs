@@ -912,3 +912,24 @@ async fn a_git_file_pointing_at_another_directory_exposes_nothing() {
     assert!(!text.contains("OTHER-REPO-SECRET"), "{text}");
     assert!(text.contains("rc=1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_refuses_the_home_directory_as_its_workspace() {
+    let kiln = Kiln::new(vec![Turn::message("ran in home")]).await;
+    let home = kiln.home.path().to_path_buf();
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "USER-SSH-KEY\n").unwrap();
+
+    let output = kiln.run_in(&home, &["exec", "Tidy up."], None).await;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("not inside a git repository"), "{err}");
+    assert!(err.contains("--skip-git-repo-check"), "{err}");
+    assert_eq!(kiln.server.requests().len(), 0);
+
+    let output = kiln
+        .run_in(&home, &["exec", "--skip-git-repo-check", "Tidy up."], None)
+        .await;
+    assert_success(&output);
+    assert_eq!(kiln.server.requests().len(), 1);
+}
