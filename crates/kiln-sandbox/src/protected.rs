@@ -15,10 +15,11 @@
 //! 160000, the gitlinks), not by walking the tree: a workspace of 100 000
 //! files starts its first command in milliseconds, and `git status` recurses
 //! only into gitlinks, never into other repositories that merely lie inside
-//! the tree. The index is parsed here (a few milliseconds for 100 000
-//! entries) rather than asking `git ls-files`, which costs tens; formats this
-//! parser does not read (a split index, SHA-256 object names) fall back to
-//! `git ls-files --stage`.
+//! the tree. The index is parsed here rather than asking `git ls-files`: for
+//! 100 000 entries (a 9 MB index) reading and parsing took 8-17 ms in a
+//! release build on a loaded two-core machine, the parse itself 2-5 ms,
+//! against 30-60 ms for `git ls-files --stage`. Formats this parser does not
+//! read (a split index, SHA-256 object names) fall back to git.
 
 use std::path::{Path, PathBuf};
 
@@ -183,21 +184,27 @@ pub(crate) fn parse_gitlinks(bytes: &[u8]) -> Option<Vec<PathBuf>> {
             }
             name_at += 2;
         }
-        let name = if version == 4 {
+        let length = usize::from(flags & NAME_LENGTH_MASK);
+        // No allocation per entry and no scan of names whose length the
+        // flags give: only gitlinks' names are copied.
+        let name: &[u8] = if version == 4 {
             let (strip, after) = varint(bytes, name_at)?;
             let end = after + bytes.get(after..)?.iter().position(|b| *b == 0)?;
             let keep = previous.len().checked_sub(usize::try_from(strip).ok()?)?;
             previous.truncate(keep);
             previous.extend_from_slice(&bytes[after..end]);
             at = end + 1;
-            previous.clone()
+            &previous
         } else {
-            let end = name_at + bytes.get(name_at..)?.iter().position(|b| *b == 0)?;
+            let end = if length < usize::from(NAME_LENGTH_MASK) {
+                (*bytes.get(name_at + length)? == 0).then_some(name_at + length)?
+            } else {
+                name_at + bytes.get(name_at..)?.iter().position(|b| *b == 0)?
+            };
             // Entries are padded with 1 to 8 NULs to a multiple of 8 bytes.
             at = entry + ((end - entry + 8) & !7);
-            bytes[name_at..end].to_vec()
+            &bytes[name_at..end]
         };
-        let length = usize::from(flags & NAME_LENGTH_MASK);
         if length < usize::from(NAME_LENGTH_MASK) && length != name.len() {
             return None;
         }
@@ -205,7 +212,7 @@ pub(crate) fn parse_gitlinks(bytes: &[u8]) -> Option<Vec<PathBuf>> {
             return None;
         }
         if mode == GITLINK_MODE {
-            found.push(PathBuf::from(std::ffi::OsStr::from_bytes(&name)));
+            found.push(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
         }
     }
     // Extensions follow the entries, each a signature and a length; the
