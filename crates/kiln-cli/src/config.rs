@@ -1,13 +1,22 @@
 //! kiln's configuration: `$KILN_HOME/config.toml`, then `.kiln/config.toml` at
 //! the project root, then `-c key=value` overrides, each layer merged over the
 //! previous one key by key. The keys follow what Codex users already write
-//! (`model`, `model_provider`, `[model_providers.NAME]`, `project_doc_*`).
+//! (`model`, `model_provider`, `[model_providers.NAME]`, `project_doc_*`,
+//! `[projects."PATH"] trust_level`).
+//!
+//! The repository's file is written by whoever wrote the repository (or by
+//! the agent in an earlier run), so unless the user's own file trusts the
+//! project it may only set keys that can neither weaken the sandbox nor
+//! send the model key anywhere: see [`REPOSITORY_KEYS`]. Every unknown key,
+//! in any layer, is an error naming the closest known one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kiln_model::ProviderConfig;
+
+use crate::config_keys::{check_known_keys, dotted_keys};
 use serde::Deserialize;
 use toml::Value;
 
@@ -15,7 +24,7 @@ use toml::Value;
 pub const DEFAULT_PROVIDER: &str = "openai";
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub model: String,
     pub model_provider: String,
@@ -28,6 +37,23 @@ pub struct Config {
     pub project_doc_fallback_filenames: Vec<String>,
     pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
+    /// Per-project settings of the user's own file, keyed by absolute path.
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+/// `[projects."/abs/path"]` in the user's own file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// `trusted`: the project's `.kiln/config.toml` may set every key.
+    pub trust_level: Option<TrustLevel>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustLevel {
+    Trusted,
+    Untrusted,
 }
 
 impl Default for Config {
@@ -41,6 +67,7 @@ impl Default for Config {
             project_doc_fallback_filenames: Vec::new(),
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
+            projects: BTreeMap::new(),
         }
     }
 }
@@ -125,20 +152,111 @@ pub fn project_root(cwd: &Path) -> PathBuf {
     kiln_agent::project_root(cwd).unwrap_or_else(|| cwd.to_path_buf())
 }
 
-/// Load the layered configuration for a run in `cwd`.
+/// What an untrusted repository's `.kiln/config.toml` may set: which model
+/// (on the user's own provider, with the user's own key), how AGENTS.md is
+/// read, and budgets, which it may only lower ([`tighten_only_defaults`]). Never the
+/// sandbox, a provider, or which provider: those could run commands without
+/// isolation or send the user's key and variables to the repository's URL.
+pub const REPOSITORY_KEYS: &[&str] = &[
+    "model",
+    "model_context_window",
+    "project_doc_max_bytes",
+    "project_doc_fallback_filenames",
+    "limits.max_turns",
+    "limits.max_total_tokens",
+    "limits.wall_clock_secs",
+    "limits.command_timeout_secs",
+    "limits.max_command_timeout_secs",
+];
+
+/// Keys an untrusted repository may only lower, with the value that holds
+/// when no layer before it sets one (`None`: unlimited).
+fn tighten_only_defaults() -> [(&'static str, Option<i64>); 6] {
+    let agent = kiln_agent::Limits::default();
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).ok();
+    [
+        (
+            "model_context_window",
+            i64::try_from(agent.context_window).ok(),
+        ),
+        ("limits.max_turns", Some(i64::from(agent.max_turns))),
+        ("limits.max_total_tokens", None),
+        ("limits.wall_clock_secs", None),
+        ("limits.command_timeout_secs", secs(agent.command_timeout)),
+        (
+            "limits.max_command_timeout_secs",
+            secs(agent.max_command_timeout),
+        ),
+    ]
+}
+
+/// Files read from a repository are small; anything larger is not a
+/// configuration file.
+const REPOSITORY_FILE_MAX_BYTES: u64 = 64 * 1024;
+
+/// Load the layered configuration for a run in `cwd`; the project's
+/// `.kiln/config.toml` is the repository's, trusted only as the user's own
+/// file says.
 pub fn load(kiln_home: &Path, cwd: &Path, overrides: &[String]) -> Result<Config> {
+    load_layers(kiln_home, &project_root(cwd), false, overrides)
+}
+
+/// Load the configuration of `kiln serve`: `DATA/.kiln/config.toml` is the
+/// operator's own file, not a repository's, so every key is allowed there.
+pub fn load_for_server(kiln_home: &Path, data_dir: &Path, overrides: &[String]) -> Result<Config> {
+    load_layers(kiln_home, data_dir, true, overrides)
+}
+
+fn load_layers(
+    kiln_home: &Path,
+    root: &Path,
+    root_is_trusted: bool,
+    overrides: &[String],
+) -> Result<Config> {
+    let user_path = kiln_home.join("config.toml");
     let mut merged = Value::Table(Default::default());
-    let layers = [
-        kiln_home.join("config.toml"),
-        project_root(cwd).join(".kiln").join("config.toml"),
-    ];
-    for path in layers {
-        if let Some(layer) = read_layer(&path)? {
-            merge(&mut merged, layer);
-        }
+    if let Some(user) = read_user_layer(&user_path)? {
+        check_known_keys(&user, &user_path.display().to_string())?;
+        merge(&mut merged, Value::Table(user));
     }
+
+    // Run in a home directory outside any repository (`--skip-git-repo-check`),
+    // the "project's" file is the user's own, already read.
+    let same_file = |a: &Path, b: &Path| {
+        a.canonicalize()
+            .ok()
+            .is_some_and(|a| b.canonicalize().ok() == Some(a))
+    };
+    let repository_path = root.join(".kiln").join("config.toml");
+    let repository = if same_file(&repository_path, &user_path) {
+        None
+    } else {
+        read_repository_layer(root)?
+    };
+    if let Some(repository) = repository {
+        let source = repository_path.display().to_string();
+        check_known_keys(&repository, &source)?;
+        let repository = if root_is_trusted {
+            repository
+        } else if project_is_trusted(&merged, root) {
+            if repository.contains_key("projects") {
+                bail!(
+                    "{source} sets `projects`: only your own {} may say which projects are \
+                     trusted; remove the table from the repository's file",
+                    user_path.display()
+                );
+            }
+            repository
+        } else {
+            untrusted_layer(repository, &merged, &source, root, &user_path)?
+        };
+        merge(&mut merged, Value::Table(repository));
+    }
+
     for raw in overrides {
-        merge(&mut merged, parse_override(raw)?);
+        let layer = parse_override(raw)?;
+        check_known_keys(&layer, &format!("-c {raw}"))?;
+        merge(&mut merged, Value::Table(layer));
     }
     merged
         .try_into()
@@ -146,24 +264,181 @@ pub fn load(kiln_home: &Path, cwd: &Path, overrides: &[String]) -> Result<Config
         .context("fix the key in config.toml or the -c override that sets it")
 }
 
-fn read_layer(path: &Path) -> Result<Option<Value>> {
+fn read_user_layer(path: &Path) -> Result<Option<toml::Table>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|err| {
+    parse_layer(&text, path).map(Some)
+}
+
+fn parse_layer(text: &str, path: &Path) -> Result<toml::Table> {
+    toml::from_str(text).map_err(|err| {
         anyhow::anyhow!(
             "{} is not valid TOML: {err}fix that line or move the file aside",
             path.display()
         )
-    })?;
-    Ok(Some(Value::Table(table)))
+    })
+}
+
+fn read_repository_layer(root: &Path) -> Result<Option<toml::Table>> {
+    let path = root.join(".kiln").join("config.toml");
+    match read_repository_file(root, &[".kiln", "config.toml"])? {
+        Some(text) => parse_layer(&text, &path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Read `root/<parts…>` as a regular file inside the repository: no
+/// component may be a symbolic link (a committed `.kiln -> /etc` or
+/// `config.toml -> ~/.ssh/id_ed25519` must not make kiln read host files),
+/// at most [`REPOSITORY_FILE_MAX_BYTES`]. `Ok(None)` when it does not exist.
+pub fn read_repository_file(root: &Path, parts: &[&str]) -> Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let Some((file_name, dirs)) = parts.split_last() else {
+        bail!("no file named to read from {}", root.display());
+    };
+    let mut dir = root.to_path_buf();
+    for part in dirs {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => bail!(
+                "{} is not a directory (a symbolic link?): kiln reads repository files only \
+                 inside the repository; replace it with a directory or remove it",
+                dir.display()
+            ),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", dir.display())),
+        }
+    }
+    let path = dir.join(file_name);
+    // O_NOFOLLOW refuses a link as the last component; O_NONBLOCK keeps a
+    // planted FIFO from blocking the open.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => bail!(
+            "{} is a symbolic link: kiln reads repository files only when they are regular \
+             files inside the repository; replace the link with the file",
+            path.display()
+        ),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file: replace it with one or remove it",
+            path.display()
+        );
+    }
+    let mut text = String::new();
+    file.take(REPOSITORY_FILE_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    if text.len() as u64 > REPOSITORY_FILE_MAX_BYTES {
+        bail!(
+            "{} is larger than {} KiB: a configuration file this size is not one; shorten it",
+            path.display(),
+            REPOSITORY_FILE_MAX_BYTES / 1024
+        );
+    }
+    Ok(Some(text))
+}
+
+/// Whether the user's own layers say `[projects."<root>"] trust_level = "trusted"`.
+fn project_is_trusted(user: &Value, root: &Path) -> bool {
+    let Some(projects) = user.get("projects").and_then(Value::as_table) else {
+        return false;
+    };
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    projects.iter().any(|(path, project)| {
+        let trusted = project.get("trust_level").and_then(Value::as_str) == Some("trusted");
+        let path = Path::new(path);
+        trusted && path.canonicalize().unwrap_or_else(|_| path.to_path_buf()) == root
+    })
+}
+
+/// The repository's layer when the project is not trusted: refused when it
+/// sets any key outside [`REPOSITORY_KEYS`]; budgets lowered only.
+fn untrusted_layer(
+    mut layer: toml::Table,
+    before: &Value,
+    source: &str,
+    root: &Path,
+    user_path: &Path,
+) -> Result<toml::Table> {
+    let mut refused = dotted_keys(&layer);
+    refused.retain(|key| !REPOSITORY_KEYS.contains(&key.as_str()));
+    if !refused.is_empty() {
+        let listed = refused
+            .iter()
+            .map(|key| format!("`{key}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        bail!(
+            "{source} sets {listed}, which a repository may not set: it could weaken the \
+             sandbox or send your model key elsewhere (a repository may set only {}). Set it in \
+             your own {} (or with -c KEY=VALUE), or, if you trust this repository, add to \
+             {}: [projects.{}] trust_level = \"trusted\"",
+            REPOSITORY_KEYS.join(", "),
+            user_path.display(),
+            user_path.display(),
+            toml_key(&root.display().to_string()),
+        );
+    }
+    for (key, default) in tighten_only_defaults() {
+        let Some(wanted) = get_path(&Value::Table(layer.clone()), key).and_then(Value::as_integer)
+        else {
+            continue;
+        };
+        let ceiling = get_path(before, key)
+            .and_then(Value::as_integer)
+            .or(default);
+        if let Some(ceiling) = ceiling.filter(|ceiling| wanted > *ceiling) {
+            set_path(&mut layer, key, Value::Integer(ceiling));
+        }
+    }
+    Ok(layer)
+}
+
+fn toml_key(text: &str) -> String {
+    Value::String(text.to_string()).to_string()
+}
+
+fn get_path<'a>(value: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted
+        .split('.')
+        .try_fold(value, |value, part| value.get(part))
+}
+
+fn set_path(table: &mut toml::Table, dotted: &str, new: Value) {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return;
+    };
+    let mut table = table;
+    for part in parts {
+        match table.get_mut(part).and_then(Value::as_table_mut) {
+            Some(inner) => table = inner,
+            None => return,
+        }
+    }
+    table.insert(last.to_string(), new);
 }
 
 /// `a.b.c=value`: the value is TOML (`42`, `true`, `"text"`, `[1,2]`); a bare
 /// word that is not TOML is taken as a string, as users type `-c model=o3`.
-fn parse_override(raw: &str) -> Result<Value> {
+fn parse_override(raw: &str) -> Result<toml::Table> {
     let Some((key, value)) = raw.split_once('=') else {
         bail!("-c {raw:?} is not key=value: write for example -c model=gpt-5-codex");
     };
@@ -176,11 +451,12 @@ fn parse_override(raw: &str) -> Result<Value> {
         .ok()
         .and_then(|mut table| table.remove("v"))
         .unwrap_or_else(|| Value::String(value.to_string()));
-    let nested = key.rsplit('.').fold(parsed, |inner, part| {
-        let mut table = toml::Table::new();
-        table.insert(part.trim().to_string(), inner);
-        Value::Table(table)
-    });
+    let mut parts = key.rsplit('.');
+    let innermost = parts.next().unwrap_or(key).trim().to_string();
+    let mut nested = toml::Table::from_iter([(innermost, parsed)]);
+    for part in parts {
+        nested = toml::Table::from_iter([(part.trim().to_string(), Value::Table(nested))]);
+    }
     Ok(nested)
 }
 

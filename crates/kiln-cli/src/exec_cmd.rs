@@ -40,6 +40,10 @@ pub struct Args {
     /// Override a configuration key for this run, e.g. -c model_provider=ollama.
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Run even when the workspace would be your home directory (or one of
+    /// its parents) outside any git repository.
+    #[arg(long)]
+    pub skip_git_repo_check: bool,
     /// The task; `-` reads it from stdin.
     pub prompt: String,
 }
@@ -87,6 +91,10 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
         )
     })?;
 
+    if !args.skip_git_repo_check {
+        refuse_home_as_workspace(&cwd)?;
+    }
+
     let mut overrides = args.overrides.clone();
     if let Some(model) = &args.model {
         overrides.push(format!("model={}", toml_string(model)));
@@ -112,6 +120,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
 
     let provider = config.provider()?;
     let client = kiln_model::connect(&provider).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let kiln_mount_point = crate::sandbox_policy::KilnMountPoint::note(&workspace_root);
     let sandbox = crate::sandbox_policy::build(&config, &workspace_root, mode)?;
 
     let log_file = match &args.resume {
@@ -150,6 +159,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
 
     let outcome =
         kiln_agent::run_attempt_with(&agent_config, client, sandbox, input, &events, cancel).await;
+    drop(kiln_mount_point);
 
     if let Some((wt, _)) = &worktree {
         report_worktree(wt, &events)?;
@@ -174,6 +184,28 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
             ExitCode::from(130)
         }
     })
+}
+
+/// Outside a repository the workspace is the working directory itself: in
+/// `$HOME` (or `/`, `/home`) that hands the agent every file the user has,
+/// `~/.ssh` and `~/.kiln` included.
+fn refuse_home_as_workspace(cwd: &Path) -> Result<()> {
+    if kiln_agent::project_root(cwd).is_some() {
+        return Ok(());
+    }
+    let Some(home) = std::env::var_os("HOME").filter(|home| !home.is_empty()) else {
+        return Ok(());
+    };
+    let home = PathBuf::from(home);
+    let home = home.canonicalize().unwrap_or(home);
+    if home.starts_with(cwd) {
+        bail!(
+            "{} is not inside a git repository, so it would be the workspace, and it holds your              home directory {}: the agent could read and change every file in it. cd into a              project (or pass -C DIR), or pass --skip-git-repo-check to run here anyway",
+            cwd.display(),
+            home.display()
+        );
+    }
+    Ok(())
 }
 
 fn read_prompt(raw: &str) -> Result<String> {

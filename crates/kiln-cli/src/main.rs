@@ -3,6 +3,7 @@
 mod api_client;
 mod apply_patch_cmd;
 mod config;
+mod config_keys;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;

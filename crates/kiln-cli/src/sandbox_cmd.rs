@@ -158,6 +158,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
              write everything your user can, and use the network"
         );
     }
+    let _kiln_mount_point = crate::sandbox_policy::KilnMountPoint::note(&workspace);
     let sandbox = kiln_sandbox::create(policy)?;
     if args.verbose {
         eprintln!("kiln sandbox: {}", sandbox.describe());

@@ -108,7 +108,7 @@ async fn serve(args: Args) -> Result<()> {
             toml::Value::String(backend.clone())
         ));
     }
-    let config = config::load(&home, &data_dir, &overrides)?;
+    let config = config::load_for_server(&home, &data_dir, &overrides)?;
     let provider = config.provider()?;
     let agent =
         crate::exec_cmd::agent_config(&config, &provider.name, Mode::Code, data_dir.clone(), &home);

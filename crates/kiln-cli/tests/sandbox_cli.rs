@@ -415,3 +415,84 @@ fn marker_processes(marker: &str) -> usize {
         })
         .count()
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", both(&out));
+}
+
+#[test]
+fn repository_metadata_is_read_only_inside_the_sandbox() {
+    let ws = Workspace::new();
+    git(&ws.dir, &["init", "-q"]);
+    std::fs::write(ws.dir.join("file.txt"), "one\n").unwrap();
+    git(&ws.dir, &["add", "."]);
+    git(&ws.dir, &["commit", "-q", "-m", "one"]);
+    // A checked-out nested repository recorded as a gitlink: `git status`
+    // in the outer repository runs git inside it.
+    let nested = ws.dir.join("sub");
+    std::fs::create_dir(&nested).unwrap();
+    git(&nested, &["init", "-q"]);
+    git(&nested, &["commit", "-q", "--allow-empty", "-m", "n"]);
+    git(&ws.dir, &["add", "sub"]);
+    git(&ws.dir, &["commit", "-q", "-m", "sub"]);
+    let read = |path: &str| std::fs::read_to_string(ws.dir.join(path)).unwrap();
+    let config = read(".git/config");
+    let nested_config = read("sub/.git/config");
+
+    for attack in [
+        "echo '[core]\n\tfsmonitor = touch /tmp/pwned' >> .git/config",
+        "git config core.fsmonitor 'touch PWNED'",
+        "echo 'touch PWNED' > .git/hooks/pre-commit",
+        "echo '[core]\n\tfsmonitor = touch ../PWNED' >> sub/.git/config",
+        "mv .git .git-moved",
+        "mkdir -p .kiln && echo 'model = \"x\"' > .kiln/config.toml",
+    ] {
+        let out = ws.run(&["--", "sh", "-c", attack]);
+        assert_ne!(out.status.code(), Some(0), "{attack}: {}", both(&out));
+        assert!(
+            both(&out).contains("Read-only file system")
+                || both(&out).contains("Device or resource busy"),
+            "{attack}: {}",
+            both(&out)
+        );
+    }
+    assert_eq!(read(".git/config"), config);
+    assert_eq!(read("sub/.git/config"), nested_config);
+    assert!(!ws.dir.join(".git/hooks/pre-commit").exists());
+    assert!(
+        !ws.dir.join(".kiln").exists(),
+        "not even the empty mount point is left"
+    );
+
+    let out = ws.run(&[
+        "--",
+        "sh",
+        "-c",
+        "echo two >> file.txt && git status --short",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(text(&out.stdout).contains(" M file.txt"), "{}", both(&out));
+    assert_eq!(read("file.txt"), "one\ntwo\n");
+
+    std::fs::create_dir(ws.dir.join(".kiln")).unwrap();
+    std::fs::write(ws.dir.join(".kiln/config.toml"), "model = \"mine\"\n").unwrap();
+    let out = ws.run(&[
+        "--",
+        "sh",
+        "-c",
+        "cat .kiln/config.toml; echo x >> .kiln/config.toml",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        text(&out.stdout).contains("model = \"mine\""),
+        "readable: {}",
+        both(&out)
+    );
+    assert_eq!(read(".kiln/config.toml"), "model = \"mine\"\n");
+}

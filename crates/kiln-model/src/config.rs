@@ -42,7 +42,11 @@ impl fmt::Display for WireApi {
 
 /// One model provider: where it is, how to authenticate, which wire API it
 /// speaks and how patiently to talk to it.
+///
+/// Unknown keys are refused: a misspelt `base_url` would otherwise fall back
+/// to the OpenAI API and send it the provider's key.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// The provider's name as the user refers to it (the table key when loaded
     /// from `[model_providers.NAME]` without a `name`).
@@ -89,6 +93,10 @@ pub struct ProviderConfig {
     /// Waits between retries. Not a configuration key: the defaults suit every provider.
     #[serde(skip)]
     pub retry: RetryPolicy,
+    /// Codex's switch for ChatGPT sign-in. kiln has none, so it changes
+    /// nothing; accepted so that Codex provider tables load unchanged.
+    #[serde(default, skip_serializing)]
+    pub requires_openai_auth: bool,
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -141,6 +149,24 @@ mod duration_millis {
 }
 
 impl ProviderConfig {
+    /// Every key a `[model_providers.NAME]` table may hold, for callers that
+    /// name the closest one when a key is unknown.
+    pub const KEYS: &'static [&'static str] = &[
+        "name",
+        "base_url",
+        "env_key",
+        "env_key_instructions",
+        "api_key",
+        "wire_api",
+        "query_params",
+        "http_headers",
+        "env_http_headers",
+        "request_max_retries",
+        "stream_max_retries",
+        "stream_idle_timeout_ms",
+        "requires_openai_auth",
+    ];
+
     /// A provider with defaults for everything but its name, URL, key variable and wire API.
     pub fn new(
         name: impl Into<String>,
@@ -162,6 +188,7 @@ impl ProviderConfig {
             stream_max_retries: DEFAULT_STREAM_MAX_RETRIES,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             retry: RetryPolicy::default(),
+            requires_openai_auth: false,
         }
     }
 

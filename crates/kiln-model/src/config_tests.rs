@@ -102,3 +102,39 @@ fn debug_output_hides_the_key() {
     let serialised = toml::to_string(&config).unwrap();
     assert!(!serialised.contains("sk-secret-value"));
 }
+
+#[test]
+fn a_misspelt_key_is_refused_instead_of_falling_back_to_openai() {
+    let error = toml::from_str::<ProviderConfig>(
+        "base_ur = \"http://corp.internal/v1\"\nenv_key = \"CORP_KEY\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("unknown field `base_ur`"), "{error}");
+}
+
+#[test]
+fn every_listed_key_is_a_key_the_table_accepts() {
+    let samples = [
+        ("name", "\"n\""),
+        ("base_url", "\"http://h/v1\""),
+        ("env_key", "\"K\""),
+        ("env_key_instructions", "\"get one\""),
+        ("api_key", "\"sk\""),
+        ("wire_api", "\"chat\""),
+        ("query_params", "{ a = \"b\" }"),
+        ("http_headers", "{ a = \"b\" }"),
+        ("env_http_headers", "{ a = \"B\" }"),
+        ("request_max_retries", "1"),
+        ("stream_max_retries", "1"),
+        ("stream_idle_timeout_ms", "1000"),
+        ("requires_openai_auth", "false"),
+    ];
+    let listed: Vec<&str> = samples.iter().map(|(key, _)| *key).collect();
+    assert_eq!(listed, ProviderConfig::KEYS);
+    let text: String = samples
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+    toml::from_str::<ProviderConfig>(&text).unwrap();
+}

@@ -107,6 +107,9 @@ pub(crate) struct Phase {
     /// unreachable) rather than the host's namespace.
     pub user_mode_network: bool,
     pub read_only: bool,
+    /// `.git`, submodules' `.git` and `.kiln/` read-only inside the
+    /// writable workspace ([`crate::protected`]).
+    pub protect_repository_metadata: bool,
 }
 
 impl Phase {
@@ -116,6 +119,7 @@ impl Phase {
             network: policy.network,
             user_mode_network: policy.network && slirp_available,
             read_only: policy.read_only,
+            protect_repository_metadata: !policy.read_only,
         }
     }
 
@@ -125,6 +129,8 @@ impl Phase {
             network: true,
             user_mode_network: slirp_available,
             read_only: false,
+            // The environment's own script: `git submodule update` must work.
+            protect_repository_metadata: false,
         }
     }
 }
@@ -243,6 +249,11 @@ pub(crate) fn build_view(
             dst: workspace.to_path_buf(),
         }
     });
+    // After the workspace, so that these read-only mounts lie over it.
+    if phase.protect_repository_metadata {
+        let metadata = crate::protected::repository_metadata_mounts(workspace);
+        view.mounts.extend(metadata);
+    }
     view
 }
 

@@ -44,6 +44,7 @@ mod filesystem;
 mod none;
 mod podman;
 mod policy;
+mod protected;
 mod runner;
 mod seccomp;
 mod size;
