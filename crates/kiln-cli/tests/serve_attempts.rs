@@ -409,3 +409,93 @@ async fn base_ref_picks_the_starting_branch_and_an_unknown_one_fails_the_attempt
         feature_head
     );
 }
+
+/// base64 of `bytes` (standard alphabet, padded), written out here so the
+/// test does not share kiln's encoder.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_setup_leaks_reaches_no_event_stored_diff_or_commit_message() {
+    const SECRET: &str = "tok-9f8e7d6c5b4a-live";
+    let repo = fixtures::repo("calc-py");
+    // A careless model: it reads what setup left, copies it and repeats it.
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::shell("cat .env.local; base64 .env.local; cp .env.local notes.txt"),
+        Turn::message(format!("Done. The token is {SECRET}.")),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                // The value printed in two pieces, as two output chunks.
+                "setup_script": "printf '%s' \"${API_TOKEN:0:9}\"; sleep 0.3; echo \"${API_TOKEN:9}\"; \
+                                 echo \"$API_TOKEN\" > .env.local",
+                "secrets": {"API_TOKEN": SECRET},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": format!("Rotate {SECRET} in the notes")}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished(ADMIN_TOKEN, id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    let encoded = base64(format!("{SECRET}\n").as_bytes());
+    let events = server.events(ADMIN_TOKEN, id, None).await.all(LONG).await;
+    let everything: String = events.iter().map(|e| e.data.to_string()).collect();
+    assert!(everything.contains("[REDACTED:API_TOKEN]"), "{everything}");
+    assert!(!everything.contains(SECRET), "{everything}");
+    assert!(!everything.contains(&encoded), "{everything}");
+    // The prompt is the user's own text, kept as written; what kiln and
+    // the model produced is not.
+    let produced = task["attempts"].to_string();
+    assert!(
+        produced.contains("The token is [REDACTED:API_TOKEN]"),
+        "{task:#}"
+    );
+    assert!(!produced.contains(SECRET), "{task:#}");
+
+    let (status, diff) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/diff"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 200);
+    let diff = diff.as_str().unwrap_or_default();
+    assert!(diff.contains("notes.txt"), "{diff}");
+    assert!(!diff.contains(SECRET), "{diff}");
+
+    let sha = task["attempts"][0]["commit_sha"].as_str().unwrap();
+    let message = git(
+        &mirror_dir(install.data_dir()),
+        &["log", "-1", "--format=%B", sha],
+    );
+    assert!(message.contains("[REDACTED:API_TOKEN]"), "{message}");
+    assert!(!message.contains(SECRET), "{message}");
+}

@@ -46,7 +46,9 @@ async fn one_users_sandbox_never_sees_another_users_task_branches() {
     ]))
     .await;
     let install = serve_support::Installation::new();
-    let server = KilnServer::start(&install, &model, 1).await;
+    // Ordinary users may name a host path only where the operator allows it.
+    let allowed = repo.path().to_string_lossy().into_owned();
+    let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &allowed]).await;
     let alice = new_user(&server, "alice").await;
     let bob = new_user(&server, "bob").await;
     server.environment(&alice, "calc", repo.path()).await;
