@@ -284,75 +284,35 @@ fn parse_layer(text: &str, path: &Path) -> Result<toml::Table> {
 
 fn read_repository_layer(root: &Path) -> Result<Option<toml::Table>> {
     let path = root.join(".kiln").join("config.toml");
-    match read_repository_file(root, &[".kiln", "config.toml"])? {
+    match read_repository_file(root, ".kiln/config.toml")? {
         Some(text) => parse_layer(&text, &path).map(Some),
         None => Ok(None),
     }
 }
 
-/// Read `root/<parts…>` as a regular file inside the repository: no
-/// component may be a symbolic link (a committed `.kiln -> /etc` or
-/// `config.toml -> ~/.ssh/id_ed25519` must not make kiln read host files),
-/// at most [`REPOSITORY_FILE_MAX_BYTES`]. `Ok(None)` when it does not exist.
-pub fn read_repository_file(root: &Path, parts: &[&str]) -> Result<Option<String>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let Some((file_name, dirs)) = parts.split_last() else {
-        bail!("no file named to read from {}", root.display());
-    };
-    let mut dir = root.to_path_buf();
-    for part in dirs {
-        dir.push(part);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => bail!(
-                "{} is not a directory (a symbolic link?): kiln reads repository files only \
-                 inside the repository; replace it with a directory or remove it",
-                dir.display()
-            ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("cannot read {}", dir.display())),
-        }
-    }
-    let path = dir.join(file_name);
-    // O_NOFOLLOW refuses a link as the last component; O_NONBLOCK keeps a
-    // planted FIFO from blocking the open.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-    {
+/// Read `root/relative` through kiln's one confined reader
+/// ([`kiln_agent::workspace_file`]): a regular file inside the repository
+/// (a committed `.kiln -> /etc` or `config.toml -> ~/.ssh/id_ed25519` is
+/// refused), at most [`REPOSITORY_FILE_MAX_BYTES`]. `Ok(None)` when it does
+/// not exist.
+pub fn read_repository_file(root: &Path, relative: &str) -> Result<Option<String>> {
+    let path = root.join(relative);
+    let limit = usize::try_from(REPOSITORY_FILE_MAX_BYTES).unwrap_or(usize::MAX);
+    let file = match kiln_agent::workspace_file::read(root, relative, limit) {
         Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => bail!(
-            "{} is a symbolic link: kiln reads repository files only when they are regular \
-             files inside the repository; replace the link with the file",
-            path.display()
-        ),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        Err(err) if err.is_not_found() => return Ok(None),
+        Err(err) => bail!("cannot use {}: {err}", path.display()),
     };
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        bail!(
-            "{} is not a regular file: replace it with one or remove it",
-            path.display()
-        );
-    }
-    let mut text = String::new();
-    file.take(REPOSITORY_FILE_MAX_BYTES + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
-    if text.len() as u64 > REPOSITORY_FILE_MAX_BYTES {
+    if file.size > REPOSITORY_FILE_MAX_BYTES {
         bail!(
             "{} is larger than {} KiB: a configuration file this size is not one; shorten it",
             path.display(),
             REPOSITORY_FILE_MAX_BYTES / 1024
         );
     }
-    Ok(Some(text))
+    String::from_utf8(file.bytes)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
+        .map(Some)
 }
 
 /// Whether the user's own layers say `[projects."<root>"] trust_level = "trusted"`.
