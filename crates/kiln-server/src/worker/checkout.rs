@@ -87,14 +87,13 @@ impl Mirrors {
     /// with `resume`, a checkout continuing from the branch's last commit.
     pub(crate) async fn checkout(
         &self,
-        repo: &str,
-        owner: &str,
+        source: Source<'_>,
         base: Option<&str>,
         task_id: &str,
         n: u32,
         resume: bool,
-        fetch: FetchRules,
     ) -> Result<Checkout, CheckoutError> {
+        let Source { repo, owner, fetch } = source;
         // One mirror per owner: the sandbox sees its mirror's git directory,
         // so a mirror shared by users would show each one the others' task
         // branches (prompts, diffs, setup products) and let a `base_ref`
@@ -144,6 +143,14 @@ struct Request {
     /// The mirror was fetched moments ago.
     fresh: bool,
     fetch: FetchRules,
+}
+
+/// Where an attempt's repository comes from: its location, whose mirror
+/// holds it, and how that mirror may be fetched.
+pub(crate) struct Source<'a> {
+    pub(crate) repo: &'a str,
+    pub(crate) owner: &'a str,
+    pub(crate) fetch: FetchRules,
 }
 
 /// How a mirror's clone and fetch run, as the check of the environment's

@@ -25,15 +25,13 @@ fn clone_under(data: &Path, source: &Path, rules: FetchRules) -> Result<Checkout
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(mirrors.checkout(
-        &source.to_string_lossy(),
-        "tok_owner",
-        None,
-        "task1",
-        1,
-        false,
-        rules,
-    ))
+    let repo = source.to_string_lossy();
+    let source = Source {
+        repo: &repo,
+        owner: "tok_owner",
+        fetch: rules,
+    };
+    runtime.block_on(mirrors.checkout(source, None, "task1", 1, false))
 }
 
 #[test]

@@ -14,7 +14,7 @@ use kiln_store::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::checkout::{Checkout, Mirrors};
+use super::checkout::{Checkout, Mirrors, Source};
 use super::event_sink::StoreSink;
 use super::supervise::Supervisor;
 use crate::state::Shared;
@@ -233,16 +233,13 @@ async fn run(
     // values (and their encodings) out of every event, and setup needs them.
     let secrets = read_secrets(shared, &environment).await?;
     events.set_redactor(kiln_agent::Redactor::new(&secrets));
+    let source = Source {
+        repo: &environment.repo,
+        owner: &environment.owner_token_id,
+        fetch,
+    };
     let mut checkout = mirrors
-        .checkout(
-            &environment.repo,
-            &environment.owner_token_id,
-            base,
-            &task.id,
-            claimed.attempt.n,
-            claimed.resume,
-            fetch,
-        )
+        .checkout(source, base, &task.id, claimed.attempt.n, claimed.resume)
         .await
         .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
     if let Some(reason) = &checkout.full_checkout_reason {
