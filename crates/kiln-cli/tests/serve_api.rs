@@ -220,6 +220,64 @@ async fn malformed_invalid_and_oversized_requests_get_4xx_naming_the_problem() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_repository_url_is_in_no_api_answer_error_or_database_file() {
+    const TOKEN: &str = "ghp_url-token-7Qx9pL2m";
+    let model = ScriptedServer::start(Script::new(vec![Turn::message("done")])).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let user = server.new_user("mallory").await;
+
+    let repo = format!("https://ci-bot:{TOKEN}@git.example.com/team/app.git");
+    let (status, created) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "private", "repo": repo}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(!created.to_string().contains(TOKEN), "{created}");
+    assert_eq!(created["repo"], "https://git.example.com/team/app.git");
+    assert_eq!(created["repo_has_credential"], true, "{created}");
+    let (status, listed) = server.get("/api/environments", ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(!listed.to_string().contains(TOKEN), "{listed}");
+
+    // A location refused to a non-admin is named without its credential.
+    let (status, refused) = server
+        .post(
+            "/api/environments",
+            &user,
+            json!({"name": "local", "repo": format!("https://ci-bot:{TOKEN}@127.0.0.1:9/app.git")}),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(!refused.to_string().contains(TOKEN), "{refused}");
+    // So is one that would send it over plain http.
+    let (status, refused) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "clear", "repo": format!("http://ci-bot:{TOKEN}@git.example.com/app.git")}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(!refused.to_string().contains(TOKEN), "{refused}");
+
+    // Nor is it anywhere on the server's disk in plaintext (the database
+    // and its write-ahead log included).
+    for entry in std::fs::read_dir(install.data_dir()).unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            assert!(
+                !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                "the token is in {} in plaintext",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_stream_resumed_with_last_event_id_gets_exactly_the_missed_events() {
     let (server, _model, _install, _repo) = server_with(vec![
         Turn::shell("echo one; echo two"),

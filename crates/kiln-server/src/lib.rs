@@ -64,7 +64,8 @@ pub use config::{ConnectionLimits, MetricsAccess, ServerConfig, DEFAULT_BODY_LIM
 pub use data_dir::{secure_data_dir, secure_data_files, DataDirLock};
 pub use error::ApiError;
 pub use repo_access::{
-    scrub_data_dir, CheckedRepo, RepoAccess, RepoAccessError, GIT_FETCH_ENV_REMOVE,
+    git_credential_env, scrub_data_dir, CheckedRepo, RepoAccess, RepoAccessError,
+    GIT_FETCH_ENV_REMOVE,
 };
 pub use secret_key::{
     load_or_create_secret_key, KeyOrigin, SecretKeyFileError, SECRET_KEY_FILE, SECRET_KEY_VAR,

@@ -18,7 +18,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 
-use kiln_store::Environment;
+use kiln_store::{Environment, RepoCredential};
 
 use crate::error::ApiError;
 use crate::state::Shared;
@@ -127,6 +127,55 @@ impl CheckedRepo {
             ),
         ]
     }
+}
+
+/// Variables that hand git an environment's repository credential
+/// ([`kiln_store::Store::environment_repo_credential`]) for one clone or
+/// fetch of `repo`, the environment's URL as stored (without the
+/// credential); pass that clean URL to git, set these after removing
+/// [`GIT_FETCH_ENV_REMOVE`] (they replace its `GIT_CONFIG_COUNT`).
+///
+/// The credential becomes an `Authorization: Basic …` header that git sends
+/// only to URLs under `repo` (`http.<repo>.extraHeader`), given through
+/// `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/`GIT_CONFIG_VALUE_0`: unlike a URL
+/// with the credential, it is not written into the mirror's `.git/config`,
+/// which every sandbox of the environment reads, and unlike `-c`, it is not
+/// in git's arguments, which any local user can read in `/proc`.
+///
+/// Only `https`, and `http` to a loopback host (the credential never leaves
+/// the machine), get one: anywhere else the header would cross the network
+/// readable (or, for ssh and git URLs, mean nothing), so the fetch is
+/// refused rather than sent without it. The store refuses such URLs when
+/// an environment is created; this guards rows it did not check.
+pub fn git_credential_env(
+    repo: &str,
+    credential: &RepoCredential,
+) -> Result<Vec<(&'static str, String)>, RepoAccessError> {
+    let refuse = || {
+        Err(RepoAccessError::Unsupported(format!(
+            "{repo} has a stored credential, which kiln sends only over https (or http to this machine): create the environment again with an https URL"
+        )))
+    };
+    match parse_location(repo)? {
+        Location::Remote { scheme, host, .. } => {
+            let loopback = match &host {
+                Host::Ip(ip) => ip.is_loopback(),
+                Host::Name(name) => name == "localhost" || name.ends_with(".localhost"),
+            };
+            if !(scheme == "https" || (scheme == "http" && loopback)) {
+                return refuse();
+            }
+        }
+        Location::HostPath(_) => return refuse(),
+    }
+    Ok(vec![
+        ("GIT_CONFIG_COUNT", "1".to_string()),
+        ("GIT_CONFIG_KEY_0", format!("http.{repo}.extraHeader")),
+        (
+            "GIT_CONFIG_VALUE_0",
+            format!("Authorization: {}", credential.basic_authorization()),
+        ),
+    ])
 }
 
 /// A repository location as git will read it.

@@ -36,6 +36,7 @@ fn operations_are_send(store: &Store, who: &Principal, attempt: &AttemptRef) {
     send(store.list_environments(who));
     send(store.environment(who, "e"));
     send(store.environment_secrets("e"));
+    send(store.environment_repo_credential("e"));
     send(store.create_task(who, &task));
     send(store.task(who, "t"));
     send(store.list_tasks(who, &TaskQuery::default()));

@@ -16,8 +16,14 @@ use sqlx::{Row, Transaction};
 
 /// The migrations, embedded in the binary. Each file in `migrations/` is
 /// listed here (a test checks the two agree).
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "repo_credential",
+        include_str!("../migrations/0002_repo_credential.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct EmbeddedMigrations;

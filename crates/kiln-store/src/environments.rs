@@ -1,6 +1,8 @@
 //! Environments: where and how attempts run. Secrets are stored with the
 //! environment, sealed under the store's key (`secrets.rs`), and only
-//! [`Store::environment_secrets`] returns their values.
+//! [`Store::environment_secrets`] returns their values. A credential in the
+//! repository URL is split out and sealed the same way (`repo_url.rs`); only
+//! [`Store::environment_repo_credential`] returns it.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::from_millis;
 use crate::db::{query, DbRow};
 use crate::error::{OpError, Result, StoreError};
-use crate::secrets;
+use crate::repo_url::{self, RepoCredential};
+use crate::secrets::{self, Sealed};
 use crate::tokens::Principal;
 use crate::Store;
 
@@ -20,7 +23,8 @@ use crate::Store;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NewEnvironment {
     pub name: String,
-    /// A local path or a git URL.
+    /// A local path or a git URL. A user name and password or token in an
+    /// https URL are split out and stored sealed, never shown again.
     pub repo: String,
     /// `None`: the repository's default branch.
     #[serde(default)]
@@ -42,13 +46,19 @@ pub struct NewEnvironment {
     pub image: Option<String>,
 }
 
-/// An environment as the API shows it: secret names, never their values.
+/// An environment as the API shows it: secret names, never their values,
+/// and the repository URL without its credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
     pub id: String,
     pub owner_token_id: String,
     pub name: String,
+    /// The repository location, without any credential it was given with.
     pub repo: String,
+    /// Whether a credential from the repository URL is stored (sealed) for
+    /// the server's clones and fetches.
+    #[serde(default)]
+    pub repo_has_credential: bool,
     pub base_branch: Option<String>,
     pub setup_script: Option<String>,
     pub env: BTreeMap<String, String>,
@@ -62,18 +72,25 @@ pub struct Environment {
 macro_rules! select_environment {
     () => {
         "SELECT id, owner_token_id, name, repo, base_branch, setup_script,
-            env_json, secrets_json, network, image, created_at FROM environments "
+            env_json, secrets_json, repo_credential, network, image, created_at
+            FROM environments "
     };
 }
 
 fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     let env = parse_map("environment variables", &row.text("env_json")?)?;
     let secret_names = secrets::names(&row.text("secrets_json")?)?;
+    // A row from before credentials were split out (opened without a key,
+    // so not yet sealed) still never shows its credential.
+    let repo = repo_url::split(&row.text("repo")?);
+    let repo_has_credential =
+        repo.credential.is_some() || !secrets::names(&row.text("repo_credential")?)?.is_empty();
     Ok(Environment {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
         name: row.text("name")?,
-        repo: row.text("repo")?,
+        repo: repo.clean,
+        repo_has_credential,
         base_branch: row.opt_text("base_branch")?,
         setup_script: row.opt_text("setup_script")?,
         env,
@@ -96,27 +113,36 @@ impl Store {
         new: &NewEnvironment,
     ) -> Result<Environment> {
         validate(new)?;
+        let repo = repo_url::split(new.repo.trim());
+        repo.check_new()?;
         let env_json = to_json(&new.env)?;
         self.run("create environment", || async {
             let id = self.new_id("env_");
             // Sealed per try: the id is the associated data.
             let secrets_json = secrets::seal(self.inner.secret_key.as_ref(), &id, &new.secrets)?;
+            let repo_credential = seal_repo_credential(
+                self.inner.secret_key.as_ref(),
+                &id,
+                repo.credential.as_ref(),
+            )?;
             let mut tx = self.begin().await?;
             let inserted = tx
                 .execute(
                     query(
                         "INSERT INTO environments (id, owner_token_id, name, repo, base_branch,
-                            setup_script, env_json, secrets_json, network, image, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                            setup_script, env_json, secrets_json, repo_credential, network,
+                            image, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     )
                     .bind(&id)
                     .bind(&owner.token_id)
                     .bind(new.name.trim())
-                    .bind(new.repo.trim())
+                    .bind(&repo.clean)
                     .bind(new.base_branch.as_deref())
                     .bind(new.setup_script.as_deref())
                     .bind(&env_json)
                     .bind(&secrets_json)
+                    .bind(&repo_credential)
                     .bind(new.network)
                     .bind(new.image.as_deref())
                     .bind(self.now_ms()),
@@ -226,6 +252,122 @@ impl Store {
         .await
     }
 
+    /// The credential that came in the environment's repository URL, for
+    /// the server's own clone or fetch of [`Environment::repo`] (see
+    /// `RepoCredential::basic_authorization`); `None` when it had none.
+    /// Never return it to an API client or put it where the sandbox reads.
+    ///
+    /// Fails like [`Store::environment_secrets`] when it was sealed under
+    /// another key or altered in the database.
+    pub async fn environment_repo_credential(
+        &self,
+        environment_id: &str,
+    ) -> Result<Option<RepoCredential>> {
+        self.run("read the environment's repository credential", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query("SELECT repo, repo_credential FROM environments WHERE id = $1")
+                        .bind(environment_id),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
+            let parts = secrets::open_as(
+                Sealed::RepoCredential,
+                self.inner.secret_key.as_ref(),
+                environment_id,
+                &row.text("repo_credential")?,
+            )?;
+            if !parts.is_empty() {
+                return Ok(Some(RepoCredential::from_parts(parts)));
+            }
+            // Not split yet: written before credentials were split out and
+            // opened since only without a key.
+            Ok(repo_url::split(&row.text("repo")?).credential)
+        })
+        .await
+    }
+
+    /// Splits the credential out of every environment's `repo` still
+    /// carrying one (written before credentials were split out) and seals it
+    /// under this store's key. [`Store::open`] runs it when given a key;
+    /// running it again is harmless. Returns the environments it changed.
+    pub async fn seal_repo_url_credentials(&self) -> Result<Vec<String>> {
+        let key = self
+            .inner
+            .secret_key
+            .as_ref()
+            .ok_or(StoreError::NoSecretKey)?;
+        let rows = self
+            .run("read environment repositories", || async {
+                let rows = self
+                    .inner
+                    .db
+                    .fetch_all(query(
+                        "SELECT id, repo, repo_credential FROM environments ORDER BY id",
+                    ))
+                    .await?;
+                let mut found = Vec::new();
+                for row in rows {
+                    found.push((
+                        row.text("id")?,
+                        row.text("repo")?,
+                        row.text("repo_credential")?,
+                    ));
+                }
+                Ok(found)
+            })
+            .await?;
+        let mut sealed_ids = Vec::new();
+        for (id, stored_repo, stored_credential) in rows {
+            let split = repo_url::split(&stored_repo);
+            let Some(credential) = &split.credential else {
+                continue;
+            };
+            // A credential sealed already wins over one left in the URL: it
+            // is the one the environment was created (or last sealed) with.
+            let already = secrets::names(&stored_credential).is_ok_and(|n| !n.is_empty());
+            let sealed = if already {
+                stored_credential.clone()
+            } else {
+                seal_repo_credential(Some(key), &id, Some(credential))?
+            };
+            let updated = self
+                .run("seal an environment's repository credential", || async {
+                    let mut tx = self.begin().await?;
+                    // Guarded by the old text: a concurrent writer (another
+                    // server on the same PostgreSQL) wins.
+                    let updated = tx
+                        .execute(
+                            query(
+                                "UPDATE environments SET repo = $1, repo_credential = $2
+                                 WHERE id = $3 AND repo = $4 AND repo_credential = $5",
+                            )
+                            .bind(&split.clean)
+                            .bind(&sealed)
+                            .bind(&id)
+                            .bind(&stored_repo)
+                            .bind(&stored_credential),
+                        )
+                        .await?;
+                    self.commit(tx, Vec::new()).await?;
+                    Ok(updated)
+                })
+                .await?;
+            if updated == 1 {
+                sealed_ids.push(id);
+            }
+        }
+        if !sealed_ids.is_empty() {
+            tracing::info!(
+                environments = ?sealed_ids,
+                "moved credentials out of repository URLs into sealed storage"
+            );
+        }
+        Ok(sealed_ids)
+    }
+
     /// Seals every environment's secrets still stored in plaintext (written
     /// before secrets were encrypted, or by a store without a key) under this
     /// store's key, and reports environments sealed under another key.
@@ -333,6 +475,16 @@ pub struct SealReport {
     pub other_key: Vec<String>,
     /// Neither plaintext JSON nor a sealed form this kiln reads.
     pub unreadable: Vec<String>,
+}
+
+/// The `repo_credential` column for `credential`: `{}` without one.
+fn seal_repo_credential(
+    key: Option<&secrets::SecretKey>,
+    environment_id: &str,
+    credential: Option<&RepoCredential>,
+) -> Result<String, StoreError> {
+    let parts = credential.map(RepoCredential::to_parts).unwrap_or_default();
+    secrets::seal_as(Sealed::RepoCredential, key, environment_id, &parts)
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> Result<String> {

@@ -5,7 +5,9 @@
 //! notifications so that SSE streams and workers wake without polling.
 //! Environment secrets are encrypted at rest under a key the caller gives
 //! ([`StoreOptions::secret_key`]); only [`Store::environment_secrets`]
-//! decrypts them.
+//! decrypts them. So is a credential in an environment's repository URL,
+//! split out of the `repo` everyone sees; only
+//! [`Store::environment_repo_credential`] returns it.
 //!
 //! **One SQL text, two native drivers.** Every query and the migrations in
 //! `migrations/` are written once in SQL that both databases accept (TEXT,
@@ -62,6 +64,7 @@ mod ids;
 mod messages;
 mod options;
 mod queue;
+mod repo_url;
 mod secrets;
 mod store;
 mod tasks;
@@ -78,6 +81,7 @@ pub use options::{redact_url, DatabaseTarget, StoreOptions, SQLITE_FILE_NAME};
 pub use queue::{
     AttemptOutcome, CancelOutcome, ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport,
 };
+pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
 pub use tasks::{

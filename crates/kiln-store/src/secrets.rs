@@ -161,12 +161,34 @@ struct SealedV1 {
     values: BTreeMap<String, String>,
 }
 
-/// The associated data of one value: its environment and its name, so a
-/// sealed value copied to another environment (or under another name) in
+/// What a sealed column holds. Each kind seals under its own associated
+/// data, so a value moved from one column to the other in the database
+/// fails to open: a repository URL's credential never turns into a
+/// variable of the setup script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sealed {
+    /// `environments.secrets_json`: the setup script's variables.
+    SetupSecrets,
+    /// `environments.repo_credential`: the credential split out of `repo`
+    /// (`repo_url.rs`), for the server's own git only.
+    RepoCredential,
+}
+
+impl Sealed {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Sealed::SetupSecrets => b"kiln environment secret v1\0",
+            Sealed::RepoCredential => b"kiln repository credential v1\0",
+        }
+    }
+}
+
+/// The associated data of one value: what it is, its environment and its
+/// name, so a sealed value copied to another environment, column or name in
 /// the database fails to open instead of being handed to the wrong setup.
-fn associated_data(environment_id: &str, name: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(32 + environment_id.len() + name.len());
-    aad.extend_from_slice(b"kiln environment secret v1\0");
+fn associated_data(kind: Sealed, environment_id: &str, name: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(40 + environment_id.len() + name.len());
+    aad.extend_from_slice(kind.domain());
     aad.extend_from_slice(environment_id.as_bytes());
     aad.push(0);
     aad.extend_from_slice(name.as_bytes());
@@ -181,6 +203,16 @@ pub(crate) fn seal(
     environment_id: &str,
     secrets: &BTreeMap<String, String>,
 ) -> Result<String, StoreError> {
+    seal_as(Sealed::SetupSecrets, key, environment_id, secrets)
+}
+
+/// [`seal`] for a column of another kind.
+pub(crate) fn seal_as(
+    kind: Sealed,
+    key: Option<&SecretKey>,
+    environment_id: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, StoreError> {
     if secrets.is_empty() {
         return Ok("{}".to_string());
     }
@@ -191,7 +223,7 @@ pub(crate) fn seal(
     for (name, value) in secrets {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let aad = associated_data(environment_id, name);
+        let aad = associated_data(kind, environment_id, name);
         let ciphertext = cipher
             .encrypt(
                 &XNonce::from(nonce),
@@ -237,6 +269,16 @@ pub(crate) fn open(
     environment_id: &str,
     stored: &str,
 ) -> Result<BTreeMap<String, String>, StoreError> {
+    open_as(Sealed::SetupSecrets, key, environment_id, stored)
+}
+
+/// [`open`] for a column of another kind.
+pub(crate) fn open_as(
+    kind: Sealed,
+    key: Option<&SecretKey>,
+    environment_id: &str,
+    stored: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
     let Some(body) = stored.strip_prefix(V1_PREFIX) else {
         return parse_plaintext(stored);
     };
@@ -261,7 +303,7 @@ pub(crate) fn open(
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| tampered())?;
-        let aad = associated_data(environment_id, &name);
+        let aad = associated_data(kind, environment_id, &name);
         let plaintext = cipher
             .decrypt(
                 &XNonce::from(nonce),

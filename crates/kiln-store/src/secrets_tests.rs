@@ -140,3 +140,22 @@ fn generated_keys_differ() {
     assert_ne!(first.to_hex(), second.to_hex());
     assert_eq!(first.to_hex().len(), 64);
 }
+
+#[test]
+fn a_repository_credential_never_opens_as_a_setup_secret() {
+    let key = key(1);
+    let stored = seal_as(
+        Sealed::RepoCredential,
+        Some(&key),
+        "env_a",
+        &one_secret("tok-1234"),
+    )
+    .unwrap();
+    assert!(!stored.contains("tok-1234"), "{stored}");
+    let err = open(Some(&key), "env_a", &stored).unwrap_err();
+    assert!(matches!(err, StoreError::SecretTampered { .. }), "{err}");
+    assert_eq!(
+        open_as(Sealed::RepoCredential, Some(&key), "env_a", &stored).unwrap(),
+        one_secret("tok-1234")
+    );
+}

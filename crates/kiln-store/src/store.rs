@@ -149,6 +149,7 @@ impl Store {
         };
         if store.inner.secret_key.is_some() {
             store.seal_plaintext_secrets().await?;
+            store.seal_repo_url_credentials().await?;
         }
         Ok(store)
     }

@@ -11,6 +11,7 @@ mod notifications;
 mod opening;
 mod queue;
 mod recovery;
+mod repo_credentials;
 mod secrets;
 mod tasks;
 mod tokens;

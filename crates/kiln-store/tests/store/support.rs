@@ -112,6 +112,77 @@ impl TestStore {
         }
     }
 
+    /// Every text column of an environment's row, read past the store: what
+    /// someone with a copy of the database sees.
+    pub async fn raw_environment_row(&self, environment_id: &str) -> Vec<String> {
+        use sqlx::{Column, Row};
+        let sql = "SELECT * FROM environments WHERE id = $1";
+        let texts = |names: Vec<String>, values: Vec<Option<String>>| {
+            names
+                .into_iter()
+                .zip(values)
+                .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+                .collect::<Vec<_>>()
+        };
+        match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                let row = sqlx::query(sql)
+                    .bind(environment_id)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+                let names = row.columns().iter().map(|c| c.name().to_string()).collect();
+                let values = (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i).ok().flatten())
+                    .collect();
+                texts(names, values)
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                let row = sqlx::query(sql)
+                    .bind(environment_id)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+                let names = row.columns().iter().map(|c| c.name().to_string()).collect();
+                let values = (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i).ok().flatten())
+                    .collect();
+                texts(names, values)
+            }
+        }
+    }
+
+    /// Overwrites the `repo` column of an environment, as a kiln from before
+    /// URL credentials were split out would have written it.
+    pub async fn set_raw_repo(&self, environment_id: &str, repo: &str) {
+        let sql = "UPDATE environments SET repo = $1 WHERE id = $2";
+        let updated = match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(repo)
+                    .bind(environment_id)
+                    .execute(&mut db)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(repo)
+                    .bind(environment_id)
+                    .execute(&mut db)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        };
+        assert_eq!(updated, 1, "no environment {environment_id}");
+    }
+
     /// Overwrites the `secrets_json` column of an environment, as an older
     /// kiln or someone with access to the database would.
     pub async fn set_raw_secrets(&self, environment_id: &str, stored: &str) {
