@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, Turn};
 use serde_json::json;
-use serve_support::{git, mirror_dir, Installation, KilnServer, ADMIN_TOKEN};
+use serve_support::{base64, git, mirror_dir, Installation, KilnServer, ADMIN_TOKEN};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -408,27 +408,6 @@ async fn base_ref_picks_the_starting_branch_and_an_unknown_one_fails_the_attempt
         git(&mirror, &["rev-parse", &format!("kiln/{id}/1")]),
         feature_head
     );
-}
-
-/// base64 of `bytes` (standard alphabet, padded), written out here so the
-/// test does not share kiln's encoder.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,17 +9,9 @@ use std::time::Duration;
 
 use kiln_testkit::{fixtures, Script, ScriptedServer, ScriptedToolCall, Turn};
 use serde_json::{json, Value};
-use serve_support::{git, mirror_dirs, KilnServer, ADMIN_TOKEN};
+use serve_support::{base64, git, mirror_dirs, KilnServer, ADMIN_TOKEN};
 
 const LONG: Duration = Duration::from_secs(120);
-
-async fn new_user(server: &KilnServer, name: &str) -> String {
-    let (status, token) = server
-        .post("/api/tokens", ADMIN_TOKEN, json!({ "name": name }))
-        .await;
-    assert_eq!(status, 201, "{token}");
-    token["secret"].as_str().unwrap().to_string()
-}
 
 async fn outputs(server: &KilnServer, token: &str, id: &str) -> String {
     let events = server.events(token, id, None).await.all(LONG).await;
@@ -49,8 +41,8 @@ async fn one_users_sandbox_never_sees_another_users_task_branches() {
     // Ordinary users may name a host path only where the operator allows it.
     let allowed = repo.path().to_string_lossy().into_owned();
     let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &allowed]).await;
-    let alice = new_user(&server, "alice").await;
-    let bob = new_user(&server, "bob").await;
+    let alice = server.new_user("alice").await;
+    let bob = server.new_user("bob").await;
     server.environment(&alice, "calc", repo.path()).await;
     server.environment(&bob, "calc", repo.path()).await;
 
@@ -269,4 +261,60 @@ async fn a_follow_up_never_deletes_the_directory_a_planted_git_file_names() {
         "the server deleted the directory the agent's .git file named: {done:#}"
     );
     assert_eq!(done["status"], "succeeded", "{done:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_repository_url_reaches_the_clone_and_nothing_a_sandbox_or_the_api_shows() {
+    const TOKEN: &str = "ghp_url-token-Zq81mK3v";
+    let served = tempfile::tempdir().unwrap();
+    kiln_testkit::git_http::bare_repository(served.path());
+    let authorization = format!("Basic {}", base64(format!("deploy-bot:{TOKEN}").as_bytes()));
+    let base = kiln_testkit::git_http::serve_with_basic_auth(served.path().into(), authorization);
+    let clean_url = format!("{base}/app.git");
+    let url_with_token = clean_url.replacen("http://", &format!("http://deploy-bot:{TOKEN}@"), 1);
+
+    // The agent looks everywhere git keeps a remote's location.
+    let model = ScriptedServer::start(Script::new(vec![
+        shell(
+            "git remote -v; cat \"$(git rev-parse --git-common-dir)/config\"; \
+             git config --list --show-origin; cat README.md",
+        ),
+        Turn::message("Looked around."),
+    ]))
+    .await;
+    let install = serve_support::Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "private", "repo": url_with_token}),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    assert_eq!(env["repo"], clean_url.as_str(), "{env}");
+
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "private", "prompt": "look"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let done = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let seen = outputs(&server, ADMIN_TOKEN, &id).await;
+    // The clone worked (the server refuses git without the token) …
+    assert!(seen.contains("hello"), "{seen}");
+    assert!(seen.contains(&clean_url), "{seen}");
+    // … and the token is nowhere the agent, the events or the API show.
+    let events = server.events(ADMIN_TOKEN, &id, None).await.all(LONG).await;
+    let everything: String = events.iter().map(|e| e.data.to_string()).collect();
+    let (_, listed) = server.get("/api/environments", ADMIN_TOKEN).await;
+    for shown in [&seen, &everything, &listed.to_string(), &done.to_string()] {
+        assert!(!shown.contains(TOKEN), "{shown}");
+    }
+    let mirror = mirror_dirs(install.data_dir()).remove(0);
+    let config = std::fs::read_to_string(mirror.join(".git/config")).unwrap();
+    assert!(!config.contains(TOKEN), "{config}");
 }

@@ -41,6 +41,7 @@
 
 mod chat_sse;
 pub mod fixtures;
+pub mod git_http;
 pub mod postgres;
 mod render;
 mod responses_sse;

@@ -20,7 +20,9 @@ use kiln_store::DiffStat;
 use kiln_workspace::{run_git_with_env, BaseCheckouts, Diff, GitEnv, GitError, Repo, Worktree};
 use sha2::{Digest, Sha256};
 
-use crate::repo_access::{CheckedRepo, GIT_FETCH_ENV_REMOVE};
+use kiln_store::RepoCredential;
+
+use crate::repo_access::{git_credential_env, CheckedRepo, GIT_FETCH_ENV_REMOVE};
 
 /// How long a fetch serves later checkouts of the same mirror.
 const FETCH_REUSE: Duration = Duration::from_secs(2);
@@ -37,6 +39,8 @@ pub(crate) enum CheckoutError {
     },
     #[error("base ref {wanted:?} does not exist in {repo}: use a branch, tag or commit of that repository")]
     UnknownRef { wanted: String, repo: String },
+    #[error("{0}")]
+    Credential(String),
     #[error("the checkout task stopped: {0}")]
     Join(String),
 }
@@ -165,14 +169,31 @@ pub(crate) struct FetchRules {
 }
 
 impl Mirrors {
-    /// The rules for fetching a location that passed `checked`.
-    pub(crate) fn fetch_rules(&self, checked: &CheckedRepo) -> Result<FetchRules, CheckoutError> {
+    /// The rules for fetching `repo`, a location that passed `checked`,
+    /// with the credential its environment stores (sent as a header for
+    /// that URL only, from git's environment: never in its arguments or in
+    /// the mirror's config, which sandboxes can read).
+    pub(crate) fn fetch_rules(
+        &self,
+        checked: &CheckedRepo,
+        repo: &str,
+        credential: Option<&RepoCredential>,
+    ) -> Result<FetchRules, CheckoutError> {
         let home = self.root.join("git-home");
         create_private_dir(&home)?;
-        let set = CheckedRepo::git_fetch_env(&home)
+        let mut set: Vec<(String, String)> = CheckedRepo::git_fetch_env(&home)
             .into_iter()
             .map(|(name, value)| (name.to_string(), value))
             .collect();
+        if let Some(credential) = credential {
+            let header = git_credential_env(repo, credential)
+                .map_err(|err| CheckoutError::Credential(err.to_string()))?;
+            set.extend(
+                header
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value)),
+            );
+        }
         let remove = GIT_FETCH_ENV_REMOVE.iter().map(|s| s.to_string()).collect();
         Ok(FetchRules {
             options: checked.git_fetch_args(),
@@ -295,6 +316,10 @@ impl Request {
 
     fn sync_mirror(&self) -> Result<(), CheckoutError> {
         if self.mirror.join(".git").exists() {
+            let mirror = Repo::at(&self.mirror);
+            // A mirror cloned by an older kiln may hold a credential in its
+            // URL, in a config file every sandbox of the owner can read.
+            mirror.git(["remote", "set-url", "--", "origin", &self.repo])?;
             let mut args = self.fetch.options.clone();
             args.extend(
                 [
@@ -307,7 +332,7 @@ impl Request {
                 ]
                 .map(String::from),
             );
-            Repo::at(&self.mirror).git_with_env(&args, &self.fetch.env)?;
+            mirror.git_with_env(&args, &self.fetch.env)?;
             return Ok(());
         }
         let parent = self.mirror.parent().unwrap_or(Path::new("/"));

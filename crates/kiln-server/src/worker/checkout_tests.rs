@@ -49,7 +49,7 @@ fn a_fetch_runs_only_the_transport_the_location_check_allowed() {
     let refused = clone_under(
         data.path(),
         source.path(),
-        mirrors.fetch_rules(&https).unwrap(),
+        mirrors.fetch_rules(&https, "", None).unwrap(),
     )
     .err()
     .expect("a host path cloned under https-only rules");
@@ -62,7 +62,7 @@ fn a_fetch_runs_only_the_transport_the_location_check_allowed() {
         protocol: "file",
         curl_resolve: None,
     };
-    let rules = mirrors.fetch_rules(&file).unwrap();
+    let rules = mirrors.fetch_rules(&file, "", None).unwrap();
     let checkout = clone_under(data.path(), source.path(), rules.clone()).unwrap();
     assert!(checkout.worktree.path().join("calc.py").exists());
 

@@ -226,13 +226,30 @@ async fn run(
     let checked = crate::repo_access::recheck_environment(shared, &environment)
         .await
         .map_err(|e| format!("cannot use the repository {}: {e}", environment.repo))?;
+    let credential = shared
+        .store
+        .environment_repo_credential(&environment.id)
+        .await
+        .map_err(|e| format!("cannot read the repository's credential: {e}"))?;
     let fetch = mirrors
-        .fetch_rules(&checked)
+        .fetch_rules(&checked, &environment.repo, credential.as_ref())
         .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
     // Read on every run, follow-ups included: the redactor keeps their
     // values (and their encodings) out of every event, and setup needs them.
     let secrets = read_secrets(shared, &environment).await?;
-    events.set_redactor(kiln_agent::Redactor::new(&secrets));
+    let mut redacted: Vec<(String, String)> = secrets
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if let Some(credential) = &credential {
+        redacted.extend(
+            credential
+                .redaction_values()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value)),
+        );
+    }
+    events.set_redactor(kiln_agent::Redactor::new(redacted));
     let source = Source {
         repo: &environment.repo,
         owner: &environment.owner_token_id,
