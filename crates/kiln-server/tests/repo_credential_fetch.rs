@@ -7,29 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln_testkit::git_http::{bare_repository, serve_with_basic_auth};
+use kiln_testkit::git_http::{bare_repository, git, serve_with_basic_auth};
 
 use kiln_server::{git_credential_env, CheckedRepo, RepoAccess, GIT_FETCH_ENV_REMOVE};
 use kiln_store::RepoCredential;
 
 const USER: &str = "ci-bot-deployer";
 const TOKEN: &str = "ghp_url-token-7Qx9pL2m";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// git as the worker runs it for a mirror: the location's `-c` options, the
 /// isolated environment, and the credential's variables when given.
