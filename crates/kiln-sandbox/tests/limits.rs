@@ -254,8 +254,10 @@ async fn filling_home_or_tmp_past_their_cap_fails_with_enospc() {
         sandbox.describe()
     );
     for dir in ["/tmp", "$HOME"] {
-        let script =
-            format!("head -c 16M /dev/zero > {dir}/big; echo status=$?; wc -c < {dir}/big");
+        // One pipe (2>&1) so the error, the status and the size come in order.
+        let script = format!(
+            "head -c 16M /dev/zero 2>&1 > {dir}/big; echo status=$?; echo written=$(wc -c < {dir}/big)"
+        );
         let out = sh(&sandbox, &f.workspace, &script).await;
         assert!(
             out.output.contains("No space left on device"),
@@ -263,7 +265,14 @@ async fn filling_home_or_tmp_past_their_cap_fails_with_enospc() {
             out.output
         );
         assert!(!out.output.contains("status=0"), "{dir}: {}", out.output);
-        let written: u64 = out.output.lines().last().unwrap().trim().parse().unwrap();
+        let written: u64 = out
+            .output
+            .lines()
+            .find_map(|line| line.strip_prefix("written="))
+            .unwrap_or_else(|| panic!("{dir}: no size in {:?}", out.output))
+            .trim()
+            .parse()
+            .unwrap();
         assert!(written <= 8 << 20, "{dir}: {written} bytes written");
         // Freeing the space makes it usable again.
         let out = sh(
