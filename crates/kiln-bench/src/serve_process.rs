@@ -59,6 +59,13 @@ impl ServeProcess {
             .arg(workers.to_string())
             .arg("--data-dir")
             .arg(&data)
+            // One client on loopback watches every task of the burst: its
+            // event streams and connections are one per task, beyond the
+            // per-token and per-address caps a shared server defaults to.
+            .arg("--max-streams-per-token")
+            .arg((workers * 2).max(16).to_string())
+            .arg("--max-connections-per-ip")
+            .arg((workers * 4).max(64).to_string())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
