@@ -172,6 +172,32 @@ impl Redactor {
                 cwd: r(cwd),
                 instructions: instructions.into_iter().map(r).collect(),
             },
+            EventKind::SetupFinished {
+                success,
+                exit_code,
+                duration_ms,
+                reason,
+            } => EventKind::SetupFinished {
+                success,
+                exit_code,
+                duration_ms,
+                reason: reason.map(r),
+            },
+            EventKind::DiffReady {
+                stat,
+                bytes,
+                cut,
+                diff,
+                fetch,
+            } => EventKind::DiffReady {
+                stat,
+                bytes,
+                cut,
+                diff: diff.map(r),
+                fetch,
+            },
+            EventKind::CommitCreated { branch, sha } => EventKind::CommitCreated { branch, sha },
+            EventKind::TaskStatus { task_id, status } => EventKind::TaskStatus { task_id, status },
             EventKind::SetupOutput { stream, text } => EventKind::SetupOutput {
                 stream,
                 text: r(text),

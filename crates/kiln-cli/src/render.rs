@@ -186,6 +186,40 @@ impl HumanRenderer {
                     out += &format!("  {mark} {}\n", item.step);
                 }
             }
+            EventKind::SetupFinished {
+                success,
+                duration_ms,
+                reason,
+                ..
+            } => {
+                let secs = *duration_ms as f64 / 1000.0;
+                let verdict = if *success {
+                    s.green("setup done")
+                } else {
+                    s.red(&format!(
+                        "setup failed: {}",
+                        reason.as_deref().unwrap_or("unknown reason")
+                    ))
+                };
+                out += &format!("{verdict} {}\n", s.dim(&format!("· {secs:.1}s")));
+            }
+            EventKind::DiffReady { stat, .. } => {
+                out += &format!(
+                    "{} {} files changed, {} {}\n",
+                    s.bold("diff"),
+                    stat.files_changed,
+                    s.green(&format!("+{}", stat.insertions)),
+                    s.red(&format!("-{}", stat.deletions)),
+                );
+            }
+            EventKind::CommitCreated { branch, sha } => {
+                out += &format!(
+                    "{} {} on branch {branch}; bring it in with: git merge {branch}\n",
+                    s.bold("committed"),
+                    &sha[..sha.len().min(12)],
+                );
+            }
+            EventKind::TaskStatus { .. } => {}
             EventKind::Usage { .. } => {}
             EventKind::ContextCompacted { tokens_before, .. } => {
                 out += &s.dim(&format!(

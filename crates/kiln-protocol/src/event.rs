@@ -82,7 +82,15 @@ pub struct FileChange {
     pub diff: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Files changed, lines added and removed by an attempt's diff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiffStat {
+    pub files_changed: u64,
+    pub insertions: u64,
+    pub deletions: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptStatus {
     Succeeded,
@@ -193,6 +201,40 @@ pub enum EventKind {
     Warning { message: String },
     #[serde(rename = "error")]
     Error { message: String },
+    /// The environment's setup script ended (it ran before the agent, with
+    /// network and setup-only secrets).
+    #[serde(rename = "setup.finished")]
+    SetupFinished {
+        success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        /// Why it failed (timed out, killed, exit code), for people.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The attempt's change against its base is known. `diff` holds it when it
+    /// is small enough to travel in the log; otherwise `fetch` says where it is.
+    #[serde(rename = "diff.ready")]
+    DiffReady {
+        stat: DiffStat,
+        /// Size of the whole diff in bytes.
+        bytes: u64,
+        /// kiln stopped reading the diff at its size cap.
+        #[serde(default)]
+        cut: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fetch: Option<String>,
+    },
+    /// The attempt's change was committed on its branch.
+    #[serde(rename = "commit.created")]
+    CommitCreated { branch: String, sha: String },
+    /// The task this attempt belongs to changed status (`queued`, `running`,
+    /// `succeeded`, `failed`, `cancelled`). Streamed to clients so none polls.
+    #[serde(rename = "task.status")]
+    TaskStatus { task_id: String, status: String },
     #[serde(rename = "attempt.finished")]
     AttemptFinished {
         status: AttemptStatus,

@@ -18,11 +18,14 @@ mod event;
 mod item;
 mod mode;
 mod plan;
+mod report;
+pub mod worker;
 
 pub use event::{
-    AttemptStatus, CitationCheck, Event, EventKind, EventSink, ExecStream, FileChange,
+    AttemptStatus, CitationCheck, DiffStat, Event, EventKind, EventSink, ExecStream, FileChange,
     FileChangeKind, Usage,
 };
 pub use item::{Item, Role};
 pub use mode::Mode;
 pub use plan::{PlanItem, StepStatus};
+pub use report::AttemptReport;

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_protocol::{AttemptStatus, Event, EventKind};
-use kiln_store::{AttemptOutcome, AttemptRef, NewEnvironment, NewTask, Store, StoreOptions};
+use kiln_store::{AttemptRef, AttemptReport, NewEnvironment, NewTask, Store, StoreOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .finish(
                         &worker,
                         &claimed.attempt,
-                        &AttemptOutcome::new(AttemptStatus::Succeeded),
+                        &AttemptReport::new(AttemptStatus::Succeeded),
                     )
                     .await?;
                 done += 1;

@@ -24,7 +24,7 @@ fn operations_are_send(store: &Store, who: &Principal, attempt: &AttemptRef) {
     fn send<T: Send>(_: T) {}
     let env = NewEnvironment::default();
     let task = NewTask::new("e", "p");
-    let outcome = AttemptOutcome::new(kiln_protocol::AttemptStatus::Failed);
+    let outcome = AttemptReport::new(kiln_protocol::AttemptStatus::Failed);
     let lease = std::time::Duration::from_secs(1);
     send(Store::open(StoreOptions::sqlite_in_dir("/tmp")));
     send(store.create_token("n", false));

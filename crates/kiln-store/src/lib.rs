@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use kiln_store::{AttemptOutcome, NewEnvironment, NewTask, Store, StoreOptions};
+//! use kiln_store::{AttemptReport, NewEnvironment, NewTask, Store, StoreOptions};
 //! use kiln_protocol::{AttemptStatus, Event, EventKind};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -45,7 +45,7 @@
 //! assert_eq!(claimed.task.id, task.task.id);
 //! let event = Event::new(claimed.next_seq, EventKind::Warning { message: "hello".into() });
 //! store.append_event(&claimed.attempt, &event).await.unwrap();
-//! store.finish("worker-1", &claimed.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded)).await.unwrap();
+//! store.finish("worker-1", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded)).await.unwrap();
 //!
 //! let detail = store.task(&me, &task.task.id).await.unwrap();
 //! assert_eq!(detail.task.status, kiln_store::TaskStatus::Succeeded);
@@ -76,17 +76,16 @@ pub use db::Backend;
 pub use environments::{Environment, NewEnvironment, SealReport};
 pub use error::{Result, StoreError};
 pub use events::{Appended, StoredEvent, MAX_EVENTS_PER_READ};
+pub use kiln_protocol::{AttemptReport, DiffStat};
 pub use messages::{Message, MAX_MESSAGE_BYTES};
 pub use options::{redact_url, DatabaseTarget, StoreOptions, SQLITE_FILE_NAME};
-pub use queue::{
-    AttemptOutcome, CancelOutcome, ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport,
-};
+pub use queue::{CancelOutcome, ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
 pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
 pub use tasks::{
-    Attempt, AttemptRef, AttemptState, DiffStat, NewTask, Task, TaskDetail, TaskPage, TaskQuery,
-    TaskStatus, MAX_ATTEMPTS, MAX_PAGE,
+    Attempt, AttemptRef, AttemptState, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus,
+    MAX_ATTEMPTS, MAX_PAGE,
 };
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
 

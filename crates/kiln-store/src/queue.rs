@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_protocol::{AttemptStatus, EventKind, Usage};
+use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, Usage};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,7 @@ use crate::clock::{duration_millis, from_millis};
 use crate::db::{query, Backend};
 use crate::error::{OpError, Result, StoreError};
 use crate::store::refresh_task_status;
-use crate::tasks::{select_task, task_from_row, AttemptRef, DiffStat, Task};
+use crate::tasks::{select_task, task_from_row, AttemptRef, Task};
 use crate::tokens::Principal;
 use crate::Store;
 
@@ -61,34 +61,6 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
     /// The user cancelled the task: stop the attempt and finish it as cancelled.
     pub cancel_requested: bool,
-}
-
-/// How an attempt ended, as its worker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptOutcome {
-    pub status: AttemptStatus,
-    pub reason: Option<String>,
-    pub final_message: Option<String>,
-    pub diff: Option<String>,
-    pub diff_stat: Option<DiffStat>,
-    pub usage: Usage,
-    pub branch: Option<String>,
-    pub commit_sha: Option<String>,
-}
-
-impl AttemptOutcome {
-    pub fn new(status: AttemptStatus) -> Self {
-        AttemptOutcome {
-            status,
-            reason: None,
-            final_message: None,
-            diff: None,
-            diff_stat: None,
-            usage: Usage::default(),
-            branch: None,
-            commit_sha: None,
-        }
-    }
 }
 
 /// What [`Store::cancel_task`] did.
@@ -247,7 +219,7 @@ impl Store {
         &self,
         worker_id: &str,
         attempt: &AttemptRef,
-        outcome: &AttemptOutcome,
+        outcome: &AttemptReport,
     ) -> Result<()> {
         let stat = outcome.diff_stat;
         self.run("finish an attempt", || async {

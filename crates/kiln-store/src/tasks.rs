@@ -1,7 +1,7 @@
 //! Tasks and their attempts as users see them.
 
 use chrono::{DateTime, Utc};
-use kiln_protocol::{Mode, Usage};
+use kiln_protocol::{DiffStat, Mode, Usage};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -173,14 +173,6 @@ pub struct Task {
     pub status: TaskStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// Files changed, lines added and removed by an attempt's diff.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct DiffStat {
-    pub files_changed: u64,
-    pub insertions: u64,
-    pub deletions: u64,
 }
 
 /// One attempt of a task, without its diff text (see [`Store::attempt_diff`]).

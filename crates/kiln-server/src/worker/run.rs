@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_agent::{AttemptInput, EventLog};
+use kiln_protocol::AttemptReport as AttemptOutcome;
 use kiln_protocol::{AttemptStatus, EventKind, EventSink, ExecStream};
 use kiln_sandbox::{Backend, OutputChunk, Sandbox};
-use kiln_store::{
-    AttemptOutcome, AttemptRef, ClaimedAttempt, Environment, StoreError, MAX_EVENTS_PER_READ,
-};
+use kiln_store::{AttemptRef, ClaimedAttempt, Environment, StoreError, MAX_EVENTS_PER_READ};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use kiln_protocol::{AttemptStatus, Event, EventKind};
-use kiln_store::{AttemptOutcome, AttemptRef, AttemptState, StoreError, TaskStatus};
+use kiln_store::{AttemptRef, AttemptReport, AttemptState, StoreError, TaskStatus};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -47,7 +47,7 @@ on_both_backends! {
             let event = Event::new(claimed.next_seq, EventKind::Warning { message: "done".into() });
             t.store.append_event(&claimed.attempt, &event).await.unwrap();
             t.store
-                .finish("w", &claimed.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded))
+                .finish("w", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded))
                 .await
                 .unwrap();
         }

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kiln_protocol::{AttemptStatus, Usage};
-use kiln_store::{AttemptOutcome, AttemptRef, AttemptState, DiffStat, StoreError, TaskStatus};
+use kiln_store::{AttemptRef, AttemptReport, AttemptState, DiffStat, StoreError, TaskStatus};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -75,7 +75,7 @@ on_both_backends! {
         let task = t.task(&me, 1).await;
         let claimed = t.store.claim_next("w", LEASE).await.unwrap().unwrap();
         t.clock.advance(Duration::from_secs(5));
-        let outcome = AttemptOutcome {
+        let outcome = AttemptReport {
             status: AttemptStatus::Succeeded,
             reason: None,
             final_message: Some("Fixed it 【F:src/a.rs†L1-L2】".into()),
@@ -84,6 +84,8 @@ on_both_backends! {
             usage: Usage { input_tokens: 100, cached_input_tokens: 40, output_tokens: 7 },
             branch: Some(format!("kiln/{}/1", task.task.id)),
             commit_sha: Some("0123abcd".into()),
+            citations: Vec::new(),
+            history: Vec::new(),
         };
         t.store.finish("w", &claimed.attempt, &outcome).await.unwrap();
 
@@ -115,12 +117,12 @@ on_both_backends! {
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
         let err = t
             .store
-            .finish("w2", &claimed.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded))
+            .finish("w2", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
         t.store
-            .finish("w1", &claimed.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded))
+            .finish("w1", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded))
             .await
             .unwrap();
         // Finished: the holder's lease is over too.
@@ -172,7 +174,7 @@ on_both_backends! {
         assert!(t.store.heartbeat("w", &running.attempt, LEASE).await.unwrap().cancel_requested);
         assert!(t.store.cancel_requested(&running.attempt).await.unwrap());
         t.store
-            .finish("w", &running.attempt, &AttemptOutcome::new(AttemptStatus::Cancelled))
+            .finish("w", &running.attempt, &AttemptReport::new(AttemptStatus::Cancelled))
             .await
             .unwrap();
         assert_eq!(t.store.task(&me, &id).await.unwrap().task.status, TaskStatus::Cancelled);
@@ -199,7 +201,7 @@ on_both_backends! {
         t.task(&me, 1).await;
         let a = t.store.claim_next("w", LEASE).await.unwrap().unwrap();
         t.store.claim_next("w", LEASE).await.unwrap().unwrap();
-        t.store.finish("w", &a.attempt, &AttemptOutcome::new(AttemptStatus::Failed)).await.unwrap();
+        t.store.finish("w", &a.attempt, &AttemptReport::new(AttemptStatus::Failed)).await.unwrap();
         let stats = t.store.queue_stats().await.unwrap();
         assert_eq!((stats.queued, stats.running, stats.failed, stats.depth()), (2, 1, 1, 2));
     }

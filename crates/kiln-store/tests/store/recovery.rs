@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use kiln_protocol::{AttemptStatus, Event, EventKind};
-use kiln_store::{AttemptOutcome, AttemptState, RecoverScope, StoreError, TaskStatus};
+use kiln_store::{AttemptReport, AttemptState, RecoverScope, StoreError, TaskStatus};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -51,12 +51,12 @@ on_both_backends! {
         assert_eq!(again.next_seq, 3);
         let err = t
             .store
-            .finish("w1", &claimed.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded))
+            .finish("w1", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
         t.store
-            .finish("w2", &again.attempt, &AttemptOutcome::new(AttemptStatus::Succeeded))
+            .finish("w2", &again.attempt, &AttemptReport::new(AttemptStatus::Succeeded))
             .await
             .unwrap();
         assert_eq!(t.store.task(&me, &id).await.unwrap().task.status, TaskStatus::Succeeded);

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kiln_protocol::{AttemptStatus, Mode};
-use kiln_store::{AttemptOutcome, AttemptState, NewTask, StoreError, TaskQuery, TaskStatus};
+use kiln_store::{AttemptReport, AttemptState, NewTask, StoreError, TaskQuery, TaskStatus};
 
 on_both_backends! {
     async fn new_task_is_queued_with_all_its_attempts(t) {
@@ -69,15 +69,15 @@ on_both_backends! {
 
         let a1 = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
         assert_eq!(status(t.store.task(&me, &id).await.unwrap()), TaskStatus::Running);
-        t.store.finish("w", &a1, &AttemptOutcome::new(AttemptStatus::Failed)).await.unwrap();
+        t.store.finish("w", &a1, &AttemptReport::new(AttemptStatus::Failed)).await.unwrap();
         // Two attempts still wait: the task is still in progress.
         assert_eq!(status(t.store.task(&me, &id).await.unwrap()), TaskStatus::Running);
 
         let a2 = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
         let a3 = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
-        t.store.finish("w", &a2, &AttemptOutcome::new(AttemptStatus::Cancelled)).await.unwrap();
+        t.store.finish("w", &a2, &AttemptReport::new(AttemptStatus::Cancelled)).await.unwrap();
         assert_eq!(status(t.store.task(&me, &id).await.unwrap()), TaskStatus::Running);
-        t.store.finish("w", &a3, &AttemptOutcome::new(AttemptStatus::Succeeded)).await.unwrap();
+        t.store.finish("w", &a3, &AttemptReport::new(AttemptStatus::Succeeded)).await.unwrap();
         // One success makes the best-of-N task a success.
         assert_eq!(status(t.store.task(&me, &id).await.unwrap()), TaskStatus::Succeeded);
     }
@@ -87,14 +87,14 @@ on_both_backends! {
         let task = t.task(&me, 2).await;
         let lease = Duration::from_secs(60);
         let a1 = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
-        t.store.finish("w", &a1, &AttemptOutcome::new(AttemptStatus::Failed)).await.unwrap();
+        t.store.finish("w", &a1, &AttemptReport::new(AttemptStatus::Failed)).await.unwrap();
         t.store.cancel_task(&me, &task.task.id).await.unwrap();
         let detail = t.store.task(&me, &task.task.id).await.unwrap();
         assert_eq!(detail.task.status, TaskStatus::Cancelled);
 
         let only_failed = t.task(&me, 1).await;
         let a = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
-        t.store.finish("w", &a, &AttemptOutcome::new(AttemptStatus::Failed)).await.unwrap();
+        t.store.finish("w", &a, &AttemptReport::new(AttemptStatus::Failed)).await.unwrap();
         let detail = t.store.task(&me, &only_failed.task.id).await.unwrap();
         assert_eq!(detail.task.status, TaskStatus::Failed);
     }
@@ -213,7 +213,7 @@ on_both_backends! {
                     AttemptStatus::Failed
                 };
                 finishers.push(tokio::spawn(async move {
-                    store.finish("w", &attempt, &AttemptOutcome::new(status)).await.unwrap();
+                    store.finish("w", &attempt, &AttemptReport::new(status)).await.unwrap();
                 }));
             }
             for finisher in finishers {

@@ -1,0 +1,63 @@
+//! How an attempt ended: the one report every front door gets back from
+//! `kiln_agent::run`, that the store records and a remote worker uploads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AttemptStatus, CitationCheck, DiffStat, Item, Usage};
+
+/// The result of one attempt (or one follow-up run of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub status: AttemptStatus,
+    /// Why the attempt failed or stopped, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The model's last message, from the turn that ended without tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_message: Option<String>,
+    /// Tokens used over the whole run, compaction included.
+    #[serde(default)]
+    pub usage: Usage,
+    /// The verdict on each citation of the final message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<CitationCheck>,
+    /// The whole attempt's change against its base (redacted), when the
+    /// attempt had a checkout of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_stat: Option<DiffStat>,
+    /// The branch holding the attempt's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_sha: Option<String>,
+    /// The conversation at the end, ready for a follow-up. Not sent over the
+    /// wire: the event log holds it.
+    #[serde(skip)]
+    pub history: Vec<Item>,
+}
+
+impl AttemptReport {
+    pub fn new(status: AttemptStatus) -> Self {
+        AttemptReport {
+            status,
+            reason: None,
+            final_message: None,
+            usage: Usage::default(),
+            citations: Vec::new(),
+            diff: None,
+            diff_stat: None,
+            branch: None,
+            commit_sha: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// A report of an attempt that ended before the agent could run.
+    pub fn failed(status: AttemptStatus, reason: impl Into<String>) -> Self {
+        let mut report = AttemptReport::new(status);
+        report.reason = Some(reason.into());
+        report
+    }
+}
