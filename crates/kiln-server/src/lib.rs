@@ -44,6 +44,7 @@ mod auth;
 mod config;
 mod data_dir;
 mod error;
+pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
 mod openapi;
