@@ -47,6 +47,7 @@ mod error;
 pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
+pub(crate) mod model_proxy;
 mod openapi;
 mod repo_access;
 mod routes;
