@@ -55,6 +55,9 @@ pub(crate) const RECEIVE_BODY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 const COMMAND_LIST_LIMIT: usize = 64 * 1024;
 /// Largest pkt-line git writes or accepts (its `LARGE_PACKET_MAX`).
 const PKT_LINE_MAX: usize = 65520;
+/// How long a request body may send nothing before it is given up on (and
+/// git with it), so a stalled client does not hold a git process forever.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 /// How much of git's stderr is kept for the server's log.
 const STDERR_KEPT: usize = 8 * 1024;
 /// Compressed bytes decoded at a time, so one chunk of a gzip bomb cannot
@@ -500,7 +503,12 @@ impl Incoming {
             if self.ended {
                 return Ok(None);
             }
-            let decoded = match self.stream.next().await {
+            let next = tokio::time::timeout(BODY_IDLE, self.stream.next())
+                .await
+                .map_err(|_| {
+                    BodyError::Broken(format!("nothing arrived for {} s", BODY_IDLE.as_secs()))
+                })?;
+            let decoded = match next {
                 Some(Ok(chunk)) => self.decode(&chunk)?,
                 Some(Err(error)) => return Err(BodyError::Broken(error.to_string())),
                 None => {

@@ -682,3 +682,71 @@ fn only_kiln_attempt_branches_scope_a_git_service() {
         );
     }
 }
+
+/// Processes running `git receive-pack` on `mirror`.
+fn receive_packs_on(mirror: &Path) -> usize {
+    let needle = mirror.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains("receive-pack") && cmdline.contains(&needle))
+        .count()
+}
+
+/// Waits until `condition` holds, failing the test after a minute.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_whose_client_goes_away_mid_pack_leaves_no_git_running_and_no_ref_moved() {
+    let fixture = fixture().await;
+    let ours = git(&fixture.mirror, &["rev-parse", OURS])
+        .trim()
+        .to_string();
+    let before = mirror_refs(&fixture.mirror);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let mut start = push_body(&[format!("{ours} {} refs/heads/{OURS}", "b".repeat(40))]);
+    // The start of a pack that never ends.
+    start.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x05");
+    sender.send(Ok(Bytes::from(start))).await.unwrap();
+    let url = format!("{}/git-receive-pack", fixture.url);
+    let push = tokio::spawn(async move {
+        let answer = reqwest::Client::new()
+            .post(url)
+            .header(
+                header::CONTENT_TYPE,
+                "application/x-git-receive-pack-request",
+            )
+            .body(reqwest::Body::wrap_stream(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+            ))
+            .send()
+            .await;
+        // Hold the connection open until the test drops it.
+        futures::future::pending::<()>().await;
+        drop(answer);
+    });
+    until("git receive-pack started", || {
+        receive_packs_on(&fixture.mirror) == 1
+    })
+    .await;
+
+    push.abort();
+    let _ = push.await;
+    until("git receive-pack ended", || {
+        receive_packs_on(&fixture.mirror) == 0
+    })
+    .await;
+    drop(sender);
+    assert_eq!(mirror_refs(&fixture.mirror), before);
+}
