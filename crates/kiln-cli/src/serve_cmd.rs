@@ -35,6 +35,10 @@ pub struct Args {
     /// Seconds a worker's claim lasts without a heartbeat.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub lease_secs: u64,
+    /// On SIGTERM/Ctrl-C, seconds running attempts get to finish before
+    /// the server exits (they are taken up again at the next start).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub drain_secs: u64,
     /// Sandbox backend for attempts: bwrap (default) or none (no isolation).
     #[arg(long, value_name = "BACKEND")]
     pub sandbox: Option<String>,
@@ -133,6 +137,7 @@ async fn serve(args: Args) -> Result<()> {
     server_config.max_parallel = args.max_parallel.max(1);
     server_config.max_tries = args.max_tries.max(1);
     server_config.lease = Duration::from_secs(args.lease_secs.max(3));
+    server_config.drain = Duration::from_secs(args.drain_secs);
     server_config.repo_access = repo_access;
     server_config.body_limit = args.max_body_bytes;
     server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {

@@ -184,7 +184,8 @@ async fn sigterm_stops_the_server_with_a_stream_open_and_the_attempt_resumes_on_
     ]))
     .await;
     let install = Installation::new();
-    let server = KilnServer::start(&install, &model, 1).await;
+    // No drain: the attempt is still running when the server exits.
+    let server = KilnServer::start_with(&install, &model, 1, &["--drain-secs", "0"]).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
     let task = server
         .task(
@@ -298,4 +299,42 @@ async fn a_follow_up_finds_what_setup_and_the_first_turn_left_in_the_checkout() 
     );
     let warned: Vec<_> = events.iter().filter(|e| e.kind == "warning").collect();
     assert!(warned.is_empty(), "copy-on-write, no warnings: {warned:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_attempt_finish_before_the_server_exits() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![
+        // A command that outlasts the signal (the test signals at its start).
+        Turn::shell("sleep 2; echo 'draining' > DRAIN.md"),
+        Turn::message("Finished while the server drained."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "write DRAIN.md"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut events = server.events(ADMIN_TOKEN, &id, None).await;
+    events.until("exec.begin", LONG).await;
+
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+
+    // The attempt finished in the first server's run: the restarted server
+    // finds it done, run once, not taken up again from scratch.
+    let server = KilnServer::start(&install, &model, 1).await;
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["final_message"],
+        "Finished while the server drained."
+    );
+    assert_eq!(task["attempts"][0]["tries"], 1, "{task:#}");
+    assert_eq!(model.requests().len(), 2, "no second run asked the model");
 }

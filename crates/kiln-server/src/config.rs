@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub max_parallel: usize,
     /// How long a claim lasts without a heartbeat (renewed every third of it).
     pub lease: Duration,
+    /// How long a stopping server lets running attempts finish; those still
+    /// running then are left to the next start (or another worker).
+    pub drain: Duration,
     /// Claims an attempt gets before an interruption fails it.
     pub max_tries: u32,
     pub body_limit: usize,
@@ -99,6 +102,7 @@ impl ServerConfig {
             sandbox,
             max_parallel: 4,
             lease: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
             max_tries: 3,
             body_limit: DEFAULT_BODY_LIMIT,
             repo_access: RepoAccess::default(),

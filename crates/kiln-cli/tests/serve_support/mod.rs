@@ -105,10 +105,20 @@ impl KilnServer {
     }
 
     /// SIGTERM, then the exit status (30 s at most).
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit().await
+    }
+
+    /// SIGTERM, without waiting: the server drains and exits.
+    pub fn send_sigterm(&self) {
         let pid = self.child.id().expect("a running server") as i32;
         // SAFETY: kill(2) with a pid we spawned and a valid signal number.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// The exit status, once the server exits (30 s at most).
+    pub async fn wait_exit(mut self) -> std::process::ExitStatus {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("kiln serve exits within 30 s of SIGTERM")

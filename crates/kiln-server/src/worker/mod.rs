@@ -42,7 +42,8 @@ pub(crate) fn worker_ids(config: &crate::ServerConfig) -> Vec<String> {
 }
 
 /// Runs the workers and the lease sweeper until `shutdown`. Attempts in
-/// flight are left `running` in the store and recovered at the next start,
+/// flight then get `config.drain` to finish; those still running after it
+/// are left `running` in the store and recovered at the next start,
 /// exactly as after a crash.
 pub(crate) async fn run_pool(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mirrors = Arc::new(Mirrors::new(&shared.config.data_dir));
@@ -74,10 +75,21 @@ async fn worker_loop(
         {
             Ok(Some(claimed)) => {
                 tracing::info!("{worker_id} runs {}", claimed.attempt);
+                let attempt = claimed.attempt.clone();
+                let run = run::run_claimed(&shared, &mirrors, &worker_id, claimed);
+                tokio::pin!(run);
                 tokio::select! {
-                    _ = run::run_claimed(&shared, &mirrors, &worker_id, claimed) => {}
-                    // Leave the attempt running in the store: the next start recovers it.
-                    _ = shutdown.cancelled() => return,
+                    _ = &mut run => {}
+                    _ = shutdown.cancelled() => {
+                        // Drain: the attempt may finish within the deadline.
+                        // Past it, it stays `running` in the store and the
+                        // next start (or the lease sweeper of another server)
+                        // takes it up again.
+                        if tokio::time::timeout(shared.config.drain, &mut run).await.is_err() {
+                            tracing::warn!("{attempt} still ran when the drain deadline passed; left to the next start");
+                        }
+                        return;
+                    }
                 }
             }
             Ok(None) => {

@@ -1,6 +1,7 @@
 //! What watches a running attempt from outside the agent loop: lease
 //! heartbeats, cancellation requests, and user messages for steering.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +43,7 @@ impl Supervisor {
             cancel,
             steering,
             lease_lost: lease_lost.clone(),
+            pending: Mutex::new(VecDeque::new()),
         };
         let handle = tokio::spawn(watch.run(stop.clone()));
         Supervisor {
@@ -84,6 +86,10 @@ struct Watch {
     steering: mpsc::Sender<String>,
     lease_lost: Arc<AtomicBool>,
     forwarded: Arc<Mutex<Vec<String>>>,
+    /// Messages taken from the store that the agent's channel had no room
+    /// for yet: handed on as it reads, never by waiting in this loop, which
+    /// must keep renewing the lease however many messages a user sends.
+    pending: Mutex<VecDeque<String>>,
 }
 
 impl Watch {
@@ -97,9 +103,16 @@ impl Watch {
             self.forward_messages().await;
             let task_id = self.attempt.task_id.clone();
             let n = self.attempt.n;
+            let waiting = self.has_pending();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = heartbeat.tick() => self.heartbeat().await,
+                permit = self.steering.reserve(), if waiting => {
+                    if let (Ok(permit), Some(text)) = (permit, self.next_pending()) {
+                        permit.send(text);
+                    }
+                    continue;
+                }
                 wake = subscription.wait_for(|change| match change {
                     Change::Cancel { task_id: t } => *t == task_id,
                     Change::Messages { task_id: t, attempt } => *t == task_id && *attempt == n,
@@ -138,15 +151,39 @@ impl Watch {
         match self.store.take_undelivered(&self.attempt).await {
             Ok(messages) => {
                 for message in messages {
+                    // Counted as forwarded when taken: one the agent never
+                    // reads (still pending, or the channel closed) becomes a
+                    // follow-up, by the caller's comparison with what it used.
                     if let Ok(mut forwarded) = self.forwarded.lock() {
                         forwarded.push(message.text.clone());
                     }
-                    // A closed channel (the agent ended) is noticed by the
-                    // caller, which compares `forwarded` with what the agent used.
-                    let _ = self.steering.send(message.text).await;
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.push_back(message.text);
+                    }
                 }
             }
             Err(err) => tracing::warn!("reading messages of {} failed: {err}", self.attempt),
         }
+        // As many as the channel has room for now; the rest when it has.
+        while let Some(text) = self.next_pending() {
+            match self.steering.try_send(text) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(text)) => {
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.push_front(text);
+                    }
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending.lock().is_ok_and(|p| !p.is_empty())
+    }
+
+    fn next_pending(&self) -> Option<String> {
+        self.pending.lock().ok().and_then(|mut p| p.pop_front())
     }
 }
