@@ -1,6 +1,7 @@
 //! `kiln doctor` end to end: the built binary checks this machine, its own
 //! configuration and a model endpoint over real HTTP (the scripted server,
 //! a port nothing listens on, a server that rejects every key).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::path::Path;

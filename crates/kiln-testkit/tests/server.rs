@@ -1,4 +1,5 @@
 //! The scripted server over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
