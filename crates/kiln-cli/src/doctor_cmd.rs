@@ -133,6 +133,16 @@ async fn run_checks(args: &Args) -> Vec<Check> {
     checks.push(check_overlay());
     match load_config(args) {
         Ok(config) => {
+            if config.sandbox.backend == "none" {
+                // Commands run unsandboxed as configured: kiln works without it.
+                for check in checks.iter_mut().filter(|c| c.name == "bubblewrap") {
+                    if check.status == Status::Problem {
+                        check.status = Status::Warning;
+                        check.detail
+                            .push_str(" (the configuration runs commands without a sandbox: sandbox.backend = \"none\")");
+                    }
+                }
+            }
             checks.push(Check::ok(
                 "config",
                 format!(
