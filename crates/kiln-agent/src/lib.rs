@@ -4,8 +4,8 @@
 //! [`run_attempt`] assembles the context (a system prompt for the [`Mode`],
 //! the repository's `AGENTS.md` guidance found by [`discover_instructions`],
 //! the conversation), streams model turns from a [`ModelClient`], runs the tool
-//! calls they make (`shell` through a [`Sandbox`], `apply_patch` through
-//! `kiln-patch`, `update_plan`), and keeps going until the model answers
+//! calls they make through a [`ToolRegistry`] (`shell` through a [`Sandbox`],
+//! `apply_patch` through `kiln-patch`, `update_plan`), and keeps going until the model answers
 //! without calling a tool, a budget in [`Limits`] runs out, or the caller
 //! cancels. Every step is an [`Event`](kiln_protocol::Event) numbered by an
 //! [`EventLog`]; [`history_from_events`] turns a log back into a conversation
@@ -96,4 +96,8 @@ pub use plan::{
     MAX_DIFF_IN_EVENT, MAX_REPORTED_DIFF,
 };
 pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
+pub use tools::{
+    ApplyPatchTool, DuplicateTool, ShellTool, Tool, ToolContext, ToolRegistry, ToolResult,
+    UpdatePlanTool,
+};
 pub use workspace_file::{WorkspaceFile, WorkspaceFileError};

@@ -1,5 +1,6 @@
 //! The conversation over time: compaction near the context window, steering
 //! messages during a run, and resuming a run from its event log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

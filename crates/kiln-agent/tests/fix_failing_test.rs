@@ -1,5 +1,6 @@
 //! The task kiln exists for: a failing test fixed over several turns, on a
 //! real repository, with real commands and a model over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

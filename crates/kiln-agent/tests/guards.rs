@@ -1,4 +1,5 @@
 //! Budgets and cancellation end an attempt with a clear reason, promptly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! A provider that fails: transient failures retry the turn with a warning,
 //! permanent ones end the attempt with the provider's message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

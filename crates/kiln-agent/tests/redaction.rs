@@ -1,5 +1,6 @@
 //! Secret values never reach the model, the log or anything that stores or
 //! streams events, whatever form a command prints them in.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

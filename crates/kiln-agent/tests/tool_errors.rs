@@ -1,5 +1,6 @@
 //! Tool calls that go wrong reach the model as tool errors it can act on;
 //! none of them ends or crashes the attempt.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -4,6 +4,7 @@ mod api_client;
 mod apply_patch_cmd;
 mod config;
 mod config_keys;
+mod doctor_cmd;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Env(env_cmd::Args),
     /// API tokens on a kiln server (admin): create, list, revoke.
     Token(token_cmd::Args),
+    /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
+    Doctor(doctor_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+        Command::Doctor(args) => doctor_cmd::run(args),
     }
 }
 

@@ -1,4 +1,5 @@
 //! `kiln apply-patch` runs the scenario suite of kiln-patch through the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../kiln-patch/tests/support/scenarios.rs"]
 mod scenarios;

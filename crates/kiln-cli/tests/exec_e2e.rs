@@ -1,5 +1,6 @@
 //! `kiln exec` / `kiln ask` end to end: the built binary, a fixture git
 //! repository, the scripted model server over real HTTP, the real sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

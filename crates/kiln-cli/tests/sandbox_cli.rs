@@ -1,5 +1,6 @@
 //! `kiln sandbox` through the binary: the escape suite as a user would run
 //! it, with the exit statuses and messages a user sees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! The `kiln serve` HTTP API's contract: authentication and ownership,
 //! errors that name the problem, and resumable SSE event streams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

@@ -1,5 +1,6 @@
 //! `kiln serve` runs tasks end to end: the built binary, real HTTP, the
 //! scripted model server, real git mirrors and worktrees, the real sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

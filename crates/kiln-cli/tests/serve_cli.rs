@@ -1,4 +1,5 @@
 //! The `kiln env|task|token` client subcommands against a real `kiln serve`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

@@ -2,6 +2,7 @@
 //! anonymous client would make them: environments that make the server
 //! clone its own disk or probe its network, slow and greedy connections,
 //! a revoked token's stream, anonymous metrics, a readable data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

@@ -2,6 +2,7 @@
 //! second ordinary user reading the first one's branches, and setup
 //! products that must not become the agent's diff. The built binary, real
 //! HTTP, the scripted model server, real git and the real sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

@@ -1,5 +1,6 @@
 //! How attempts of `kiln serve` live and end: cancellation mid-command,
 //! a server killed with SIGKILL and restarted, steering and follow-ups.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

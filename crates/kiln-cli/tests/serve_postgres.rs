@@ -1,5 +1,6 @@
 //! `kiln serve --database-url postgres://…`: the same server on PostgreSQL,
 //! started by the test itself (`kiln_testkit::postgres`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

@@ -1,4 +1,5 @@
 //! Chat Completions streams in the shapes real servers send, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

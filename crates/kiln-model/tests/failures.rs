@@ -1,4 +1,5 @@
 //! How the client survives and reports failures, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

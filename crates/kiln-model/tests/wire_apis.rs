@@ -1,5 +1,6 @@
 //! Both wire APIs against the scripted server over real HTTP: streamed text,
 //! tool calls, usage, and what goes out on the wire.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

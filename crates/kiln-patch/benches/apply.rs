@@ -2,6 +2,7 @@
 //! runs per scenario and the throughput over the file size. Each run starts from a
 //! freshly written file; only `kiln_patch::apply` (read, seek, rebuild, diff, write)
 //! is timed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! Library behaviour that the scenario data cannot express: file modes, the
 //! two-step plan/commit, the structured report, and rollback during a commit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

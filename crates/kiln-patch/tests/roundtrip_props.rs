@@ -1,5 +1,6 @@
 //! Property: the patch generated from random edits of a random file applies back to
 //! exactly the edited file (LF and CRLF, with and without a final newline).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/roundtrip.rs"]
 mod roundtrip;

@@ -1,4 +1,5 @@
 //! Runs every case of the scenario suite (`tests/fixtures/scenarios`) through the library.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/scenarios.rs"]
 mod scenarios;

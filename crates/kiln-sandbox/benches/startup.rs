@@ -3,6 +3,7 @@
 //! the run count and CODEX_BIN to a `codex` binary (the native one from the
 //! npm package `@openai/codex`) to compare with `codex sandbox -- true`, and
 //! KILN_BENCH_IMAGE to a local image to measure the podman backend.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

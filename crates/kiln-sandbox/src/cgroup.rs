@@ -94,6 +94,32 @@ impl ControllerHomes {
     }
 }
 
+/// Where this machine lets kiln create cgroups, probed once per process.
+fn homes() -> &'static ControllerHomes {
+    // The hierarchy does not change while kiln runs, and probing it
+    // (mkdir + rmdir of a memory cgroup) costs milliseconds.
+    static HOMES: OnceLock<ControllerHomes> = OnceLock::new();
+    HOMES.get_or_init(ControllerHomes::probe)
+}
+
+/// For each limit kiln can set (memory, processes, cpu), the cgroup version
+/// that would enforce it here, or `None` when kiln would fall back to an
+/// rlimit (or, for cpu, to nothing).
+pub(crate) fn controller_versions() -> [(&'static str, Option<&'static str>); 3] {
+    let homes = homes();
+    let version = |home: &Option<ControllerHome>| {
+        home.as_ref().map(|home| match home.version {
+            Version::V2 => "cgroup v2",
+            Version::V1 => "cgroup v1",
+        })
+    };
+    [
+        (Controller::Memory.name(), version(&homes.memory)),
+        (Controller::Pids.name(), version(&homes.pids)),
+        (Controller::Cpu.name(), version(&homes.cpu)),
+    ]
+}
+
 /// An rlimit applied in the child before exec.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rlimit {
@@ -107,8 +133,7 @@ impl LimitPlan {
     pub fn discover(limits: &Limits) -> LimitPlan {
         // The hierarchy does not change while kiln runs, and probing it
         // (mkdir + rmdir of a memory cgroup) costs milliseconds: once per process.
-        static HOMES: OnceLock<ControllerHomes> = OnceLock::new();
-        let homes = HOMES.get_or_init(ControllerHomes::probe);
+        let homes = homes();
         LimitPlan {
             memory: homes
                 .memory

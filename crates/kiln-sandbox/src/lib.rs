@@ -216,3 +216,18 @@ pub fn create(policy: SandboxPolicy) -> Result<Arc<dyn Sandbox>, SandboxError> {
         Backend::None => Ok(Arc::new(none::UnsandboxedRunner::new(policy)?)),
     }
 }
+
+/// For each resource limit kiln can set (`memory`, `pids`, `cpu`), the
+/// cgroup version that enforces it on this machine, or `None` when kiln
+/// falls back to an rlimit (memory, processes) or cannot limit it (cpu).
+/// For `kiln doctor`; probes the cgroup hierarchy once per process.
+pub fn limit_enforcement() -> [(&'static str, Option<&'static str>); 3] {
+    cgroup::controller_versions()
+}
+
+/// Whether the seccomp filter every sandboxed command gets can be built for
+/// this machine's architecture. (The kernel applies it when bubblewrap
+/// starts a command: starting one proves the rest.)
+pub fn seccomp_filter_builds() -> Result<(), SandboxError> {
+    seccomp::CompiledFilters::build().map(|_| ())
+}

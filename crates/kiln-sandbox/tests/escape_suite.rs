@@ -2,6 +2,7 @@
 //! network, files, secrets or kernel settings (limits are in `limits.rs`).
 //! Real namespaces, real processes; where it can, each check has a control
 //! showing that the same command does reach the thing without the sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Limits: processes, memory, time (per command, overall, cancellation,
 //! shutdown) and output. Each one ends the command, names itself in the
 //! outcome, and leaves the sandbox usable; real cgroups and processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The podman backend against a real container runtime, with an image built
 //! locally from busybox (no registry is involved).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

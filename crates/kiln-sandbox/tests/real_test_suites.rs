@@ -1,5 +1,6 @@
 //! The positive side: real test suites run inside the default sandbox,
 //! with the toolchains kiln found on its PATH.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -10,6 +10,7 @@
 //! minute, the process's peak memory (VmHWM: the server, the model server
 //! and this client together), and the time from `POST /api/tasks` to the
 //! attempt's `attempt.started` and to its first `exec.begin` (median, p99).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

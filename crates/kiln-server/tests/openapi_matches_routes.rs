@@ -1,5 +1,6 @@
 //! Every operation `/api/openapi.json` documents is served by the router,
 //! and the document served is the one the crate builds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kiln_server::{Server, ServerConfig};
 use kiln_store::{Store, StoreOptions};

@@ -3,6 +3,7 @@
 //! holds only the clean URL. The remote is real smart HTTP (`git
 //! http-backend` behind a small server on 127.0.0.1 that requires Basic
 //! auth).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,6 +3,7 @@
 //! `cargo run --release -p kiln-store --example store_bench [DATABASE_URL]`
 //! (default: a SQLite file in a temp dir). For PostgreSQL, pass a URL of an
 //! empty database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

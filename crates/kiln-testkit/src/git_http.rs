@@ -1,6 +1,9 @@
 //! A git server for tests of kiln's clones and fetches: real smart HTTP
 //! (`git http-backend`) behind a small HTTP server on 127.0.0.1 that
 //! answers 401 to any request without the expected `Authorization` header.
+//!
+//! Like an `assert!`, it fails the test that called it by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

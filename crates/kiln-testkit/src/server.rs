@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
@@ -176,6 +176,8 @@ impl ScriptedServer {
             .route("/responses", post(answer))
             .route("/v1/chat/completions", post(answer))
             .route("/chat/completions", post(answer))
+            .route("/v1/models", get(list_models))
+            .route("/models", get(list_models))
             .fallback(unknown_route)
             .with_state(Arc::clone(&shared));
         // Without TCP_NODELAY a streamed answer's second small write waits
@@ -316,6 +318,28 @@ fn user_message_text(body: &Value) -> String {
 fn json_error(status: StatusCode, message: String) -> Response {
     let body = json!({"error": {"message": message, "type": "kiln_testkit", "code": null}});
     (status, axum::Json(body)).into_response()
+}
+
+/// What `kiln doctor` asks to see that the endpoint answers and the key is
+/// accepted: one model, the scripted one. Recorded like every request, so a
+/// test can check the credentials that came with it.
+async fn list_models(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared
+        .lock()
+        .requests
+        .push(record(&method, &uri, &headers, &body));
+    shared.request_arrived.notify_waiters();
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": "kiln-testkit", "object": "model", "owned_by": "kiln-testkit"}]
+    }))
+    .into_response()
 }
 
 async fn unknown_route(

@@ -1,4 +1,5 @@
 //! Fixture repositories are real git repositories with one commit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

@@ -1,4 +1,5 @@
 //! Throwaway PostgreSQL servers: real `initdb` and `postgres` processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;

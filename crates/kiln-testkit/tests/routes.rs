@@ -1,4 +1,5 @@
 //! Routed scripts: each marker gets its own conversation with its own cursor.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kiln_testkit::{Route, Script, ScriptedServer, Turn};
 use serde_json::{json, Value};

@@ -1,5 +1,6 @@
 //! The scenario scripts: their JSON copies stay in sync, and the patch they
 //! carry really fixes the fixture.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

@@ -1,4 +1,5 @@
 //! The scripted server over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -197,12 +198,33 @@ async fn fragmented_turn_delivers_the_same_bytes() {
 #[tokio::test]
 async fn unknown_route_is_a_recorded_404() {
     let server = ScriptedServer::start(Script::new(vec![])).await;
-    let answer = reqwest::get(format!("{}/models", server.base_url()))
+    let answer = reqwest::get(format!("{}/embeddings", server.base_url()))
         .await
         .unwrap();
     assert_eq!(answer.status(), 404);
-    assert_eq!(server.requests()[0].path, "/v1/models");
+    assert_eq!(server.requests()[0].path, "/v1/embeddings");
     assert_eq!(server.turns_served(), 0);
+}
+
+#[tokio::test]
+async fn models_lists_the_scripted_model_and_records_the_request() {
+    let server = ScriptedServer::start(Script::new(vec![Turn::message("kept")])).await;
+    let answer = reqwest::Client::new()
+        .get(format!("{}/models", server.base_url()))
+        .bearer_auth("sk-listed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["data"][0]["id"], "kiln-testkit");
+    let request = &server.requests()[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("GET", "/v1/models")
+    );
+    assert_eq!(request.header("authorization"), Some("Bearer sk-listed"));
+    assert_eq!(server.turns_remaining(), 1, "listing models serves no turn");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The standalone `kiln-testkit-server` binary: prints its URL first, serves
 //! the script, and logs the requests it got when stopped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

@@ -52,6 +52,13 @@ pub fn unavailable_reason() -> Option<String> {
     }
 }
 
+/// Whether an overlay with its upper layer in `dir` can be mounted now:
+/// [`enable`] must have succeeded. For `kiln doctor`, which asks before any
+/// checkout needs it.
+pub fn probe(dir: &Path) -> Result<(), String> {
+    check_upper_dir(dir)
+}
+
 fn enter_private_namespace() -> Result<Privilege, String> {
     if std::env::var_os("KILN_OVERLAY").is_some_and(|v| v == "0" || v == "off") {
         return Err("KILN_OVERLAY=off".into());

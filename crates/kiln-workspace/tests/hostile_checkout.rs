@@ -1,5 +1,6 @@
 //! An agent writes every file of its checkout, `.git` included, and kiln's
 //! own git then runs on the host: these are the attacks on that git.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

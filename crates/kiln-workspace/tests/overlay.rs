@@ -1,5 +1,6 @@
 //! Copy-on-write checkouts, in a process that entered its private mount
 //! namespace before any thread started (as `kiln exec` and `kiln serve` do).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

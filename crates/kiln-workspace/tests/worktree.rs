@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use kiln_workspace::{BaseCheckouts, GitError, Repo};

@@ -4,22 +4,26 @@
 use kiln_protocol::{PlanItem, StepStatus};
 use serde_json::{Map, Value};
 
-/// A tool call kiln understood.
+/// The arguments of a `shell` (or `exec_command`) call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ToolRequest {
-    Shell {
-        argv: Vec<String>,
-        workdir: Option<String>,
-        timeout_ms: Option<u64>,
-    },
-    ApplyPatch {
-        patch: String,
-        workdir: Option<String>,
-    },
-    UpdatePlan {
-        explanation: Option<String>,
-        plan: Vec<PlanItem>,
-    },
+pub(crate) struct ShellArgs {
+    pub(crate) argv: Vec<String>,
+    pub(crate) workdir: Option<String>,
+    pub(crate) timeout_ms: Option<u64>,
+}
+
+/// The arguments of an `apply_patch` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PatchArgs {
+    pub(crate) patch: String,
+    pub(crate) workdir: Option<String>,
+}
+
+/// The arguments of an `update_plan` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlanArgs {
+    pub(crate) explanation: Option<String>,
+    pub(crate) plan: Vec<PlanItem>,
 }
 
 pub(crate) const SHELL: &str = "shell";
@@ -29,44 +33,28 @@ pub(crate) const UPDATE_PLAN: &str = "update_plan";
 /// on Codex call it even when it is not offered, so it is accepted as `shell`.
 pub(crate) const EXEC_COMMAND: &str = "exec_command";
 
-const SHELL_SHAPE: &str = r#"{"command": ["bash", "-lc", "python3 -m pytest -q"], "workdir": "optional/dir", "timeout_ms": 60000}"#;
-const APPLY_PATCH_SHAPE: &str =
+pub(crate) const SHELL_SHAPE: &str = r#"{"command": ["bash", "-lc", "python3 -m pytest -q"], "workdir": "optional/dir", "timeout_ms": 60000}"#;
+pub(crate) const APPLY_PATCH_SHAPE: &str =
     r#"{"input": "*** Begin Patch\n*** Update File: path\n@@\n-old\n+new\n*** End Patch"}"#;
-const EXEC_COMMAND_SHAPE: &str = r#"{"cmd": "python3 -m pytest -q", "workdir": "optional/dir"}"#;
-const UPDATE_PLAN_SHAPE: &str = r#"{"explanation": "optional", "plan": [{"step": "Run the tests", "status": "completed"}, {"step": "Fix the bug", "status": "in_progress"}]}"#;
+pub(crate) const EXEC_COMMAND_SHAPE: &str =
+    r#"{"cmd": "python3 -m pytest -q", "workdir": "optional/dir"}"#;
+pub(crate) const UPDATE_PLAN_SHAPE: &str = r#"{"explanation": "optional", "plan": [{"step": "Run the tests", "status": "completed"}, {"step": "Fix the bug", "status": "in_progress"}]}"#;
 
-/// Parse a call to `name` with `arguments` (the model's raw JSON text).
+/// Parse the raw JSON `arguments` of a call to `name` with `parse`.
 ///
 /// The error is the text sent back to the model: what was wrong and the
-/// shape that was expected.
-pub(crate) fn parse_tool_call(
+/// `shape` that was expected.
+pub(crate) fn parse_arguments<T>(
     name: &str,
     arguments: &str,
-    available: &[&str],
-) -> Result<ToolRequest, String> {
-    let aliased = name == EXEC_COMMAND && available.contains(&SHELL);
-    if !available.contains(&name) && !aliased {
-        return Err(format!(
-            "unknown tool `{name}`; the available tools are: {}",
-            available.join(", ")
-        ));
-    }
-    let shape = match name {
-        SHELL => SHELL_SHAPE,
-        EXEC_COMMAND => EXEC_COMMAND_SHAPE,
-        APPLY_PATCH => APPLY_PATCH_SHAPE,
-        _ => UPDATE_PLAN_SHAPE,
-    };
+    shape: &str,
+    parse: impl FnOnce(&Map<String, Value>) -> Result<T, String>,
+) -> Result<T, String> {
     let invalid = |problem: String| {
         format!("invalid arguments for `{name}`: {problem}; expected arguments like {shape}")
     };
     let object = parse_object(arguments).map_err(invalid)?;
-    match name {
-        SHELL => parse_shell(&object).map_err(invalid),
-        EXEC_COMMAND => parse_exec_command(&object).map_err(invalid),
-        APPLY_PATCH => parse_apply_patch(&object).map_err(invalid),
-        _ => parse_update_plan(&object).map_err(invalid),
-    }
+    parse(&object).map_err(invalid)
 }
 
 fn parse_object(arguments: &str) -> Result<Map<String, Value>, String> {
@@ -83,7 +71,7 @@ fn parse_object(arguments: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
-fn parse_shell(object: &Map<String, Value>) -> Result<ToolRequest, String> {
+pub(crate) fn parse_shell(object: &Map<String, Value>) -> Result<ShellArgs, String> {
     let argv = match object.get("command") {
         None => return Err("missing field `command`".to_string()),
         // One string is a shell script, as many models send it.
@@ -118,7 +106,7 @@ fn parse_shell(object: &Map<String, Value>) -> Result<ToolRequest, String> {
         }
     };
     let (workdir, timeout_ms) = shell_options(object)?;
-    Ok(ToolRequest::Shell {
+    Ok(ShellArgs {
         argv,
         workdir,
         timeout_ms,
@@ -144,7 +132,7 @@ fn shell_options(object: &Map<String, Value>) -> Result<(Option<String>, Option<
     Ok((workdir, timeout_ms))
 }
 
-fn parse_exec_command(object: &Map<String, Value>) -> Result<ToolRequest, String> {
+pub(crate) fn parse_exec_command(object: &Map<String, Value>) -> Result<ShellArgs, String> {
     let script = match object.get("cmd") {
         None => return Err("missing field `cmd`".to_string()),
         Some(Value::String(script)) if script.trim().is_empty() => {
@@ -154,14 +142,14 @@ fn parse_exec_command(object: &Map<String, Value>) -> Result<ToolRequest, String
         Some(other) => return Err(format!("`cmd` is {}, but must be a string", kind(other))),
     };
     let (workdir, timeout_ms) = shell_options(object)?;
-    Ok(ToolRequest::Shell {
+    Ok(ShellArgs {
         argv: vec!["bash".to_string(), "-lc".to_string(), script],
         workdir,
         timeout_ms,
     })
 }
 
-fn parse_apply_patch(object: &Map<String, Value>) -> Result<ToolRequest, String> {
+pub(crate) fn parse_apply_patch(object: &Map<String, Value>) -> Result<PatchArgs, String> {
     // `patch` is what some models call the field; accept it as well.
     let patch = match (object.get("input"), object.get("patch")) {
         (Some(Value::String(text)), _) | (None, Some(Value::String(text))) => text.clone(),
@@ -173,13 +161,13 @@ fn parse_apply_patch(object: &Map<String, Value>) -> Result<ToolRequest, String>
             ))
         }
     };
-    Ok(ToolRequest::ApplyPatch {
+    Ok(PatchArgs {
         patch,
         workdir: optional_string(object, "workdir")?,
     })
 }
 
-fn parse_update_plan(object: &Map<String, Value>) -> Result<ToolRequest, String> {
+pub(crate) fn parse_update_plan(object: &Map<String, Value>) -> Result<PlanArgs, String> {
     let explanation = optional_string(object, "explanation")?;
     let steps = match object.get("plan") {
         None => return Err("missing field `plan`".to_string()),
@@ -191,7 +179,7 @@ fn parse_update_plan(object: &Map<String, Value>) -> Result<ToolRequest, String>
         .enumerate()
         .map(|(i, step)| parse_plan_item(i, step))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ToolRequest::UpdatePlan { explanation, plan })
+    Ok(PlanArgs { explanation, plan })
 }
 
 fn parse_plan_item(index: usize, value: &Value) -> Result<PlanItem, String> {

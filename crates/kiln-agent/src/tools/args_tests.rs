@@ -1,21 +1,43 @@
 use super::*;
 
-const ALL: [&str; 3] = [SHELL, APPLY_PATCH, UPDATE_PLAN];
+fn shell(arguments: &str) -> Result<ShellArgs, String> {
+    parse_arguments(SHELL, arguments, SHELL_SHAPE, parse_shell)
+}
 
-fn parse(name: &str, arguments: &str) -> Result<ToolRequest, String> {
-    parse_tool_call(name, arguments, &ALL)
+fn exec_command(arguments: &str) -> Result<ShellArgs, String> {
+    parse_arguments(
+        EXEC_COMMAND,
+        arguments,
+        EXEC_COMMAND_SHAPE,
+        parse_exec_command,
+    )
+}
+
+fn apply_patch(arguments: &str) -> Result<PatchArgs, String> {
+    parse_arguments(APPLY_PATCH, arguments, APPLY_PATCH_SHAPE, parse_apply_patch)
+}
+
+fn update_plan(arguments: &str) -> Result<PlanArgs, String> {
+    parse_arguments(UPDATE_PLAN, arguments, UPDATE_PLAN_SHAPE, parse_update_plan)
+}
+
+/// Only the error matters to the table test below.
+fn problem_of<T>(parsed: Result<T, String>) -> String {
+    match parsed {
+        Ok(_) => "parsed".to_string(),
+        Err(err) => err,
+    }
 }
 
 #[test]
 fn shell_accepts_an_argv_array_with_workdir_and_timeout() {
-    let request = parse(
-        SHELL,
+    let request = shell(
         r#"{"command": ["python3", "-m", "unittest"], "workdir": "tests", "timeout_ms": 1500.5}"#,
     )
     .unwrap();
     assert_eq!(
         request,
-        ToolRequest::Shell {
+        ShellArgs {
             argv: vec!["python3".into(), "-m".into(), "unittest".into()],
             workdir: Some("tests".into()),
             timeout_ms: Some(1501),
@@ -25,10 +47,10 @@ fn shell_accepts_an_argv_array_with_workdir_and_timeout() {
 
 #[test]
 fn shell_turns_a_single_string_into_a_bash_script() {
-    let request = parse(SHELL, "  {\"command\" : \"ls -la | head\"}\n").unwrap();
+    let request = shell("  {\"command\" : \"ls -la | head\"}\n").unwrap();
     assert_eq!(
         request,
-        ToolRequest::Shell {
+        ShellArgs {
             argv: vec!["bash".into(), "-lc".into(), "ls -la | head".into()],
             workdir: None,
             timeout_ms: None,
@@ -37,19 +59,8 @@ fn shell_turns_a_single_string_into_a_bash_script() {
 }
 
 #[test]
-fn unknown_tool_names_the_available_ones() {
-    let err = parse("browse_web", "{}").unwrap_err();
-    assert_eq!(
-        err,
-        "unknown tool `browse_web`; the available tools are: shell, apply_patch, update_plan"
-    );
-    let ask_only = parse_tool_call(APPLY_PATCH, "{}", &[SHELL, UPDATE_PLAN]).unwrap_err();
-    assert!(ask_only.contains("unknown tool `apply_patch`"));
-}
-
-#[test]
 fn bad_json_is_explained_with_the_expected_shape() {
-    let err = parse(SHELL, r#"{"command": ["ls""#).unwrap_err();
+    let err = shell(r#"{"command": ["ls""#).unwrap_err();
     assert!(err.starts_with("invalid arguments for `shell`: the arguments are not valid JSON"));
     assert!(err.contains(r#"expected arguments like {"command": ["bash", "-lc""#));
 }
@@ -101,7 +112,11 @@ fn each_argument_problem_is_named() {
         (UPDATE_PLAN, r#"{"plan": ["a"]}"#, "`plan[0]` is a string"),
     ];
     for (name, arguments, expected) in cases {
-        let err = parse(name, arguments).unwrap_err();
+        let err = match name {
+            SHELL => problem_of(shell(arguments)),
+            APPLY_PATCH => problem_of(apply_patch(arguments)),
+            _ => problem_of(update_plan(arguments)),
+        };
         assert!(err.contains(expected), "{name} {arguments}: {err}");
         assert!(err.contains("expected arguments like"), "{err}");
     }
@@ -111,8 +126,8 @@ fn each_argument_problem_is_named() {
 fn apply_patch_takes_input_or_patch() {
     for arguments in [r#"{"input": "P"}"#, r#"{"patch": "P"}"#] {
         assert_eq!(
-            parse(APPLY_PATCH, arguments).unwrap(),
-            ToolRequest::ApplyPatch {
+            apply_patch(arguments).unwrap(),
+            PatchArgs {
                 patch: "P".into(),
                 workdir: None
             }
@@ -122,14 +137,11 @@ fn apply_patch_takes_input_or_patch() {
 
 #[test]
 fn update_plan_reads_steps_and_statuses() {
-    let request = parse(
-        UPDATE_PLAN,
+    let request = update_plan(
         r#"{"explanation": "start", "plan": [{"step": "a", "status": "completed"}, {"step": "b", "status": "in_progress"}, {"step": "c", "status": "pending"}]}"#,
     )
     .unwrap();
-    let ToolRequest::UpdatePlan { explanation, plan } = request else {
-        panic!("not a plan: {request:?}");
-    };
+    let PlanArgs { explanation, plan } = request;
     assert_eq!(explanation.as_deref(), Some("start"));
     let statuses: Vec<_> = plan.iter().map(|p| p.status).collect();
     assert_eq!(
@@ -144,22 +156,16 @@ fn update_plan_reads_steps_and_statuses() {
 
 #[test]
 fn codex_exec_command_is_accepted_as_shell() {
-    let request = parse(
-        EXEC_COMMAND,
-        r#"{"cmd": "ls -la", "workdir": "src", "yield_time_ms": 1000}"#,
-    )
-    .unwrap();
+    let request =
+        exec_command(r#"{"cmd": "ls -la", "workdir": "src", "yield_time_ms": 1000}"#).unwrap();
     assert_eq!(
         request,
-        ToolRequest::Shell {
+        ShellArgs {
             argv: vec!["bash".into(), "-lc".into(), "ls -la".into()],
             workdir: Some("src".into()),
             timeout_ms: None,
         }
     );
-    let err = parse(EXEC_COMMAND, r#"{"command": ["ls"]}"#).unwrap_err();
+    let err = exec_command(r#"{"command": ["ls"]}"#).unwrap_err();
     assert!(err.contains("missing field `cmd`"), "{err}");
-    // Only where `shell` itself is available.
-    let err = parse_tool_call(EXEC_COMMAND, r#"{"cmd": "ls"}"#, &[UPDATE_PLAN]).unwrap_err();
-    assert!(err.starts_with("unknown tool `exec_command`"), "{err}");
 }

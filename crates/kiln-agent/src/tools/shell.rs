@@ -1,15 +1,22 @@
 //! The `shell` tool: one command through the sandbox, its output streamed to
 //! the event log as a terminal chunk and summarised for the model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kiln_model::ToolSpec;
+use kiln_patch::ShellPatch;
 use kiln_protocol::{EventKind, ExecStream};
 use kiln_sandbox::{ExecOutcome, ExecRequest, OutputChunk, Sandbox};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ToolResult;
+use super::args::{
+    parse_arguments, parse_exec_command, parse_shell, APPLY_PATCH, EXEC_COMMAND,
+    EXEC_COMMAND_SHAPE, SHELL, SHELL_SHAPE,
+};
+use super::{Tool, ToolContext, ToolResult};
 use crate::chunks::{chunk_id, new_capture};
 use crate::output::{CapturedOutput, Utf8Decoder};
 use crate::{EventLog, StreamRedactor};
@@ -20,6 +27,139 @@ pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// Output pieces buffered between the sandbox and the event log.
 const OUTPUT_CHANNEL_CAPACITY: usize = 256;
+
+/// The `shell` tool (also called as Codex's `exec_command`).
+pub struct ShellTool {
+    /// Shown in the spec; a call's own `timeout_ms` overrides it.
+    default_timeout: Duration,
+}
+
+impl ShellTool {
+    pub fn new(default_timeout: Duration) -> Self {
+        ShellTool { default_timeout }
+    }
+}
+
+#[async_trait::async_trait]
+impl Tool for ShellTool {
+    fn name(&self) -> &str {
+        SHELL
+    }
+
+    fn aliases(&self) -> &[&str] {
+        &[EXEC_COMMAND]
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: SHELL.to_string(),
+            description: "Run a command in the workspace sandbox (no network) and get its exit \
+                code and output. Pass the program and its arguments as an array; for pipes, \
+                globs or `&&`, use [\"bash\", \"-lc\", \"SCRIPT\"]. The output starts with a \
+                header naming its terminal chunk id (e.g. `[chunk t3] exit code 1, 0.4s`), which \
+                citations use; long output keeps its beginning and end."
+                .to_string(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "command": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "The program and its arguments, e.g. [\"bash\", \"-lc\", \"rg -n parse src\"]."
+                    },
+                    "workdir": {
+                        "type": "string",
+                        "description": "Directory to run in, relative to the working directory (default: the working directory)."
+                    },
+                    "timeout_ms": {
+                        "type": "number",
+                        "description": format!(
+                            "Kill the command after this many milliseconds (default {}).",
+                            self.default_timeout.as_millis()
+                        )
+                    }
+                },
+                "required": ["command"],
+                "additionalProperties": false
+            }),
+        }
+    }
+
+    /// Commands run in the sandbox, which mounts the workspace read-only in
+    /// Ask mode: the sandbox, not the registry, keeps them from writing.
+    fn changes_files(&self) -> bool {
+        false
+    }
+
+    async fn call(&self, arguments: &str, ctx: &mut ToolContext<'_>) -> ToolResult {
+        let parsed = if ctx.called_as() == EXEC_COMMAND {
+            parse_arguments(
+                EXEC_COMMAND,
+                arguments,
+                EXEC_COMMAND_SHAPE,
+                parse_exec_command,
+            )
+        } else {
+            parse_arguments(ctx.called_as(), arguments, SHELL_SHAPE, parse_shell)
+        };
+        let args = match parsed {
+            Ok(args) => args,
+            Err(problem) => return ToolResult::error(problem),
+        };
+        if let Some(found) = patch_in_shell_command(&args.argv) {
+            // A leading `cd DIR &&` is relative to the call's workdir.
+            let workdir = match (args.workdir, found.workdir) {
+                (Some(base), Some(cd)) => Some(Path::new(&base).join(cd).display().to_string()),
+                (base, cd) => cd.or(base),
+            };
+            let patch_arguments = json!({"input": found.patch, "workdir": workdir}).to_string();
+            return ctx.call_tool(APPLY_PATCH, &patch_arguments).await;
+        }
+        let workdir = match ctx.resolve_workdir(args.workdir.as_deref()) {
+            Ok(dir) => dir,
+            Err(problem) => return ToolResult::error(problem),
+        };
+        let limits = ctx.limits();
+        let timeout = args
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(limits.command_timeout)
+            .min(limits.max_command_timeout);
+        let tool_output_max_bytes = limits.tool_output_max_bytes;
+        let chunk = ctx.next_chunk();
+        let run = ShellRun {
+            sandbox: ctx.sandbox().as_ref(),
+            events: ctx.events(),
+            cancel: ctx.cancel(),
+            call_id: ctx.call_id(),
+            chunk,
+            tool_output_max_bytes,
+            grace: CANCEL_GRACE,
+        };
+        let (result, captured) = run.run(args.argv, workdir, timeout).await;
+        ctx.keep_chunk(chunk, captured);
+        result
+    }
+}
+
+/// The patch of a shell call that is really a patch: `apply_patch <<'EOF' …
+/// EOF` (optionally after `cd DIR &&`) as a `bash -lc` script, or
+/// `["apply_patch", PATCH]`.
+fn patch_in_shell_command(argv: &[String]) -> Option<ShellPatch> {
+    match argv {
+        [program, patch] if program == APPLY_PATCH || program == "applypatch" => Some(ShellPatch {
+            patch: patch.clone(),
+            workdir: None,
+        }),
+        [shell, flag, script]
+            if matches!(shell.as_str(), "bash" | "sh" | "/bin/bash" | "/bin/sh")
+                && matches!(flag.as_str(), "-lc" | "-c") =>
+        {
+            kiln_patch::patch_from_shell_command(script)
+        }
+        _ => None,
+    }
+}
 
 pub(super) struct ShellRun<'a> {
     pub(super) sandbox: &'a dyn Sandbox,

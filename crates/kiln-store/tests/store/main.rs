@@ -1,4 +1,5 @@
 //! Behaviour of the store, each test run on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
 mod support;
