@@ -1,6 +1,7 @@
 //! `kiln task logs -f` against a stand-in server that sends a given event
 //! stream over real HTTP: the exit status says how the task ended, and a
 //! hostile stream or task id cannot make the client misbehave.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Output;
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! happens. No worker pool runs here: the test moves the task through the
 //! store itself, and the store's safety-net poll is an hour, so a frame that
 //! arrives at all was sent because of the change notification.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
