@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use crate::bench::Bench;
 use crate::report::{median, Row, Target};
 use crate::repos::fresh_git_copy;
-use crate::serve_process::{Memory, ServeProcess};
+use crate::serve_process::{Memory, ServeProcess, WorkerProcesses};
 use crate::session::{mb, ms, RunDir};
 use crate::tools::Tool;
 
@@ -51,15 +51,27 @@ const TARGET_TASKS: usize = 50;
 /// with as many workers and measure them. Failed attempts go to
 /// `bench.failures` and out of the timings.
 pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
-    let name = format!("parallel ({tasks} attempts via kiln serve)");
+    let mut rows = burst_rows(bench, tasks, 0)?;
+    rows.extend(burst_rows(bench, tasks, REMOTE_WORKERS)?);
+    Ok(rows)
+}
+
+/// Remote workers of the second burst, on this same machine.
+const REMOTE_WORKERS: usize = 2;
+
+/// The rows of `bench.runs` bursts: through the in-process pool when
+/// `remote_workers` is 0, else through that many `kiln worker` processes
+/// (`kiln serve --no-local-workers`) sharing the `tasks` slots.
+fn burst_rows(bench: &mut Bench, tasks: usize, remote_workers: usize) -> Result<Vec<Row>> {
+    let name = if remote_workers == 0 {
+        format!("parallel ({tasks} attempts via kiln serve)")
+    } else {
+        format!("parallel ({tasks} attempts via {remote_workers} kiln workers)")
+    };
     let mut bursts = Vec::with_capacity(bench.runs);
     for round in 0..bench.runs {
-        eprintln!(
-            "  parallel burst {}/{}: {tasks} tasks",
-            round + 1,
-            bench.runs
-        );
-        let burst = one_burst(bench, tasks)?;
+        eprintln!("  {name} burst {}/{}: {tasks} tasks", round + 1, bench.runs);
+        let burst = one_burst(bench, tasks, remote_workers)?;
         for outcome in &burst.outcomes {
             if let Some(reason) = &outcome.failure {
                 let reason = format!("{}: {reason}", marker(outcome.index));
@@ -71,8 +83,9 @@ pub fn run(bench: &mut Bench, tasks: usize) -> Result<Vec<Row>> {
     Ok(rows(&name, tasks, &bursts))
 }
 
-/// One fresh server (data directory, mirror, model server) and one burst.
-fn one_burst(bench: &Bench, tasks: usize) -> Result<Burst> {
+/// One fresh server (data directory, mirror, model server), its remote
+/// workers if any, and one burst.
+fn one_burst(bench: &Bench, tasks: usize, remote_workers: usize) -> Result<Burst> {
     let dir = RunDir::fresh(&bench.work, "parallel")?;
     let repo = dir.root.join("repo");
     fresh_git_copy(
@@ -82,10 +95,31 @@ fn one_burst(bench: &Bench, tasks: usize) -> Result<Burst> {
     let script_path = dir.root.join("script.json");
     std::fs::write(&script_path, serde_json::to_string(&task_script(tasks))?)?;
     let model = bench.tools.start_server(&script_path)?;
-    let mut server =
-        ServeProcess::start(&bench.tools.kiln, &dir, &model.base_url, ADMIN_TOKEN, tasks)?;
+    let mut server = ServeProcess::start(
+        &bench.tools.kiln,
+        &dir,
+        &model.base_url,
+        ADMIN_TOKEN,
+        tasks,
+        remote_workers == 0,
+    )?;
+    let workers = match remote_workers {
+        0 => None,
+        n => {
+            let tokens = worker_tokens(&server.url, n)?;
+            let per_worker = tasks.div_ceil(n);
+            Some(WorkerProcesses::start(
+                &bench.tools.kiln,
+                &dir,
+                &server.url,
+                &tokens,
+                per_worker,
+            )?)
+        }
+    };
 
-    let measured = measure(&server, &repo, tasks);
+    let measured = measure(&server, workers.as_ref(), &repo, tasks);
+    drop(workers);
     let memory = server.stop_sampling();
     let exited_early = server.has_exited();
     let status = server.stop();
@@ -135,7 +169,42 @@ struct TaskOutcome {
     failure: Option<String>,
 }
 
-fn measure(server: &ServeProcess, repo: &Path, tasks: usize) -> Result<Burst> {
+/// `count` worker tokens from the server (as `kiln token create --worker` makes them).
+fn worker_tokens(url: &str, count: usize) -> Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("cannot build the HTTP client")?;
+    runtime.block_on(async {
+        let mut tokens = Vec::with_capacity(count);
+        for i in 0..count {
+            let body = json!({"name": format!("bench-worker-{i}"), "worker": true});
+            let (status, created) = post(&client, url, "/api/tokens", &body).await?;
+            let secret = created["secret"].as_str().filter(|_| status == 201);
+            let Some(secret) = secret else {
+                bail!("POST /api/tokens (worker) answered {status}: {created}");
+            };
+            tokens.push(secret.to_string());
+        }
+        Ok(tokens)
+    })
+}
+
+fn measure(
+    server: &ServeProcess,
+    workers: Option<&WorkerProcesses>,
+    repo: &Path,
+    tasks: usize,
+) -> Result<Burst> {
+    let cpu_now = || match (server.cpu_time(), workers.map(WorkerProcesses::cpu_time)) {
+        (Some(server), Some(Some(workers))) => Some(server + workers),
+        (Some(server), None) => Some(server),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,7 +229,7 @@ fn measure(server: &ServeProcess, repo: &Path, tasks: usize) -> Result<Burst> {
             bail!("the warm-up task failed, so the burst would too: {reason}");
         }
 
-        let cpu_before = server.cpu_time();
+        let cpu_before = cpu_now();
         let started = Instant::now();
         let mut running = tokio::task::JoinSet::new();
         for index in 0..tasks {
@@ -171,7 +240,7 @@ fn measure(server: &ServeProcess, repo: &Path, tasks: usize) -> Result<Burst> {
             outcomes.push(joined.context("a task's client panicked")?);
         }
         let wall = started.elapsed();
-        let cpu = match (cpu_before, server.cpu_time()) {
+        let cpu = match (cpu_before, cpu_now()) {
             (Some(before), Some(after)) => after.checked_sub(before),
             _ => None,
         };

@@ -43,12 +43,15 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
+    /// `kiln serve` with `workers` in-process workers, or with none
+    /// (`--no-local-workers`) when `local_workers` is false.
     pub fn start(
         kiln: &Path,
         dir: &RunDir,
         model_url: &str,
         admin_token: &str,
         workers: usize,
+        local_workers: bool,
     ) -> Result<Self> {
         let home = dir.home();
         let data: PathBuf = dir.root.join("data");
@@ -66,6 +69,7 @@ impl ServeProcess {
             .arg((workers * 2).max(16).to_string())
             .arg("--max-connections-per-ip")
             .arg((workers * 4).max(64).to_string())
+            .args((!local_workers).then_some("--no-local-workers"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
@@ -181,6 +185,72 @@ impl Drop for ServeProcess {
         self.sampling.store(false, Ordering::Relaxed);
         if !self.stopped {
             kill_group(&mut self.child);
+        }
+    }
+}
+
+/// `kiln worker` processes running attempts for one `kiln serve`; killed
+/// (with whatever they started) when dropped.
+pub struct WorkerProcesses {
+    children: Vec<Child>,
+}
+
+impl WorkerProcesses {
+    /// `count` workers for the server at `url`, each with its worker token
+    /// from `tokens`, its own data directory under `dir`, and `max_parallel` slots.
+    pub fn start(
+        kiln: &Path,
+        dir: &RunDir,
+        url: &str,
+        tokens: &[String],
+        max_parallel: usize,
+    ) -> Result<Self> {
+        let mut children = Vec::with_capacity(tokens.len());
+        for (i, token) in tokens.iter().enumerate() {
+            let name = format!("bench-worker-{i}");
+            let data = dir.root.join(&name);
+            let home = dir.root.join(format!("{name}-home"));
+            std::fs::create_dir_all(&home)?;
+            let stderr = std::fs::File::create(dir.root.join(format!("{name}.stderr")))?;
+            let child = Command::new(kiln)
+                .args(["worker", "--server", url, "--name", &name, "--max-parallel"])
+                .arg(max_parallel.to_string())
+                .arg("--data-dir")
+                .arg(&data)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", &home)
+                .env("KILN_HOME", &home)
+                .env("KILN_TOKEN", token)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("cannot start {} worker", kiln.display()))?;
+            children.push(child);
+        }
+        Ok(WorkerProcesses { children })
+    }
+
+    /// User + system time of the workers and their reaped children so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let mut ticks = 0;
+        for child in &self.children {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+            ticks += cpu_ticks_from_stat(&stat)?;
+        }
+        // SAFETY: sysconf has no memory effects.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
+}
+
+impl Drop for WorkerProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            kill_group(child);
         }
     }
 }

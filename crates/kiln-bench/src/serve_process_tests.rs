@@ -55,7 +55,7 @@ fn a_server_that_exits_before_listening_is_reported_with_its_stderr() {
         &dir,
         "echo 'kiln: no model provider configured' >&2\nexit 3",
     );
-    let err = ServeProcess::start(&kiln, &dir, "http://127.0.0.1:9/v1", "t", 4)
+    let err = ServeProcess::start(&kiln, &dir, "http://127.0.0.1:9/v1", "t", 4, true)
         .err()
         .unwrap();
     let message = format!("{err:#}");
@@ -87,6 +87,7 @@ exec sleep 300"#,
         "http://127.0.0.1:9/v1",
         "token-for-the-test",
         7,
+        true,
     )
     .unwrap();
     assert_eq!(server.url, "http://127.0.0.1:4321");
