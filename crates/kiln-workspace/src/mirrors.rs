@@ -137,14 +137,20 @@ impl Mirrors {
             .join(mirror_name(name))
     }
 
-    /// Fetch `source`'s mirror now (cloning it the first time) and resolve
-    /// `base` in it (the remote's default branch when `None`): the mirror's
-    /// directory and the base commit. For a server that lets another machine
-    /// check out from its mirror.
+    /// Brings `source`'s mirror up to date for an attempt on `branch` that
+    /// runs on another machine (`kiln worker`, which fetches from the
+    /// mirror) and returns the mirror with the commit the run starts from.
+    /// A fresh run (`fresh_branch`) starts from what `base` resolves to (the
+    /// remote's default branch when `None`), and its branch is set there so
+    /// that the worker can fetch it whatever `base` is (a commit no
+    /// advertised ref points at included); a follow-up continues the
+    /// branch's tip, which must exist.
     pub async fn prepare(
         &self,
         source: Source<'_>,
         base: Option<&str>,
+        branch: &str,
+        fresh_branch: bool,
     ) -> Result<(PathBuf, String), CheckoutError> {
         let Source {
             url,
@@ -158,25 +164,29 @@ impl Mirrors {
             locks.entry(mirror.clone()).or_default().clone()
         };
         let mut last_fetch = lock.lock().await;
+        let fresh = last_fetch.is_some_and(|at| at.elapsed() < FETCH_REUSE);
         let request = Request {
             repo: url.to_string(),
             start: OwnedStart::Fresh {
                 base: base.map(str::to_string),
             },
-            branch: String::new(),
+            branch: branch.to_string(),
             dest: PathBuf::new(),
             mirror: mirror.clone(),
             bases: self.bases.clone(),
-            fresh: false,
+            fresh,
             fetch,
         };
-        let result = tokio::task::spawn_blocking(move || {
-            request.sync_mirror()?;
-            request.resolve_base(&Repo::at(&request.mirror))
+        let (result, fetched) = tokio::task::spawn_blocking(move || {
+            let mut fetched = None;
+            let result = request.prepare_remote(fresh_branch, &mut fetched);
+            (result, fetched)
         })
         .await
         .map_err(|err| CheckoutError::Join(err.to_string()))?;
-        *last_fetch = Some(Instant::now());
+        if let Some(at) = fetched {
+            *last_fetch = Some(at);
+        }
         result.map(|commit| (mirror, commit))
     }
 }
@@ -465,6 +475,39 @@ impl Request {
                 wanted: base.unwrap_or("HEAD").to_string(),
                 repo: self.repo.clone(),
             })
+    }
+}
+
+impl Request {
+    fn prepare_remote(
+        &self,
+        fresh_branch: bool,
+        fetched: &mut Option<Instant>,
+    ) -> Result<String, CheckoutError> {
+        if !self.fresh {
+            self.sync_mirror()?;
+            *fetched = Some(Instant::now());
+        }
+        let repo = Repo::at(&self.mirror);
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        if !fresh_branch {
+            return repo
+                .resolve(&branch_ref)
+                .map_err(|_| CheckoutError::UnknownRef {
+                    wanted: self.branch.clone(),
+                    repo: self.repo.clone(),
+                });
+        }
+        let commit = match self.resolve_base(&repo) {
+            Err(_) if fetched.is_none() => {
+                self.sync_mirror()?;
+                *fetched = Some(Instant::now());
+                self.resolve_base(&repo)?
+            }
+            other => other?,
+        };
+        repo.git(["update-ref", &branch_ref, &commit])?;
+        Ok(commit)
     }
 }
 
