@@ -578,6 +578,19 @@ async fn git_and_the_model_are_served_to_the_lease_holder() {
         git(&mirror, &["rev-parse", &format!("refs/heads/{branch}")]),
         head
     );
+    // A finish must name the commit that is on the branch.
+    let bogus = json!({"report": {"status": "succeeded", "branch": "main", "commit_sha": base}});
+    let (status, body) = server
+        .post(&attempt_path(&claimed, "finish"), &lease, bogus)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("push the branch"),
+        "{body}"
+    );
     let refused = git_with_lease(
         &checkout,
         &lease,
@@ -628,7 +641,14 @@ async fn git_and_the_model_are_served_to_the_lease_holder() {
         )
         .await;
     assert_eq!(status, 401, "{body}");
-    let _ = id;
+    let good = json!({"report": {"status": "succeeded", "branch": "main", "commit_sha": head}});
+    let (status, body) = server
+        .post(&attempt_path(&claimed, "finish"), &lease, good)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, shown) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
+    assert_eq!(shown["attempts"][0]["branch"], branch.as_str(), "{shown}");
+    assert_eq!(shown["attempts"][0]["commit_sha"], head.as_str(), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,6 +349,7 @@ pub(super) async fn finish(
     let holder = crate::auth::lease(&state, &headers, &attempt).await?;
     let redactor = redactor_for(&state.inner, &attempt).await?;
     let mut report = body.report;
+    check_pushed_commit(&state, &attempt, &mut report).await?;
     let redact = |text: Option<String>| text.map(|t| redactor.redact(&t).into_owned());
     report.diff = redact(report.diff);
     report.final_message = redact(report.final_message);
@@ -358,6 +359,40 @@ pub(super) async fn finish(
         continue_with_unread(&state.inner, &attempt, body.unread_messages).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The branch and commit a report names are the server's to vouch for:
+/// the branch is always the attempt's, and a commit must be what the
+/// worker pushed there (the tip of the mirror's branch).
+async fn check_pushed_commit(
+    state: &AppState,
+    attempt: &AttemptRef,
+    report: &mut AttemptReport,
+) -> Result<(), ApiError> {
+    let branch = attempt_branch(attempt);
+    if report.branch.is_some() {
+        report.branch = Some(branch.clone());
+    }
+    let Some(claimed) = report.commit_sha.clone() else {
+        return Ok(());
+    };
+    let (mirror, _) = mirror_of(state, attempt).await?;
+    let branch_ref = format!("refs/heads/{branch}");
+    let tip = tokio::task::spawn_blocking(move || {
+        kiln_workspace::Repo::at(&mirror).resolve(&branch_ref).ok()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("reading the attempt's branch failed: {e}")))?;
+    if tip.as_deref() != Some(claimed.as_str()) {
+        return Err(ApiError::invalid(
+            "report.commit_sha",
+            format!(
+                "{claimed} is not the tip of {branch} on the server: push the branch (git push to its git_path) before finishing"
+            ),
+        ));
+    }
+    report.branch = Some(branch);
+    Ok(())
 }
 
 /// Messages the worker's agent never read, and any that came after its
@@ -443,6 +478,15 @@ async fn git_scope(
     attempt: &AttemptRef,
 ) -> Result<(std::path::PathBuf, AttemptRefs), ApiError> {
     crate::auth::lease(state, headers, attempt).await?;
+    mirror_of(state, attempt).await
+}
+
+/// The mirror of the attempt's environment's repository, and the refs of
+/// it the attempt may see.
+async fn mirror_of(
+    state: &AppState,
+    attempt: &AttemptRef,
+) -> Result<(std::path::PathBuf, AttemptRefs), ApiError> {
     let shared = &state.inner;
     let system = crate::worker::system_principal();
     let task = shared.store.task(&system, &attempt.task_id).await?.task;
