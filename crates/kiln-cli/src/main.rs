@@ -14,6 +14,8 @@ mod sandbox_policy;
 mod serve_cmd;
 mod task_cmd;
 mod token_cmd;
+mod worker_cmd;
+mod worker_run;
 
 use std::future::Future;
 use std::process::{ExitCode, Termination};
@@ -52,6 +54,9 @@ enum Command {
     Token(token_cmd::Args),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
+    /// Run attempts for a kiln server on this machine, or `kiln worker
+    /// list` the workers a server has seen.
+    Worker(worker_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
+        Command::Worker(args) => worker_cmd::run(args),
     }
 }
 

@@ -8,6 +8,7 @@ use kiln_store::Store;
 use crate::metrics::Metrics;
 use crate::slots::Slots;
 use crate::ServerConfig;
+use kiln_workspace::Mirrors;
 
 /// Cheap to clone: one `Arc` inside.
 #[derive(Clone)]
@@ -27,6 +28,11 @@ pub(crate) struct Shared {
     pub(crate) revocations: tokio::sync::watch::Sender<u64>,
     /// Open event streams per token id.
     pub(crate) streams: Slots<String>,
+    /// The repository mirrors, shared by the in-process pool and the
+    /// claims of remote workers (one lock per mirror for both).
+    pub(crate) mirrors: Arc<Mirrors>,
+    /// The model pass-through's connections to the provider.
+    pub(crate) provider_http: reqwest::Client,
 }
 
 impl AppState {

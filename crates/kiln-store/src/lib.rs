@@ -69,6 +69,7 @@ mod secrets;
 mod store;
 mod tasks;
 mod tokens;
+mod workers;
 
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -91,6 +92,7 @@ pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
 pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
+pub use workers::{remote_worker_id, LeaseHolder, RemoteClaim, MAX_WORKER_NAME};
 
 #[cfg(test)]
 mod crate_tests;

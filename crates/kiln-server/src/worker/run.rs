@@ -198,7 +198,8 @@ async fn plan(
         .environment(&system, &task.environment_id)
         .await
         .map_err(|e| format!("cannot read the environment: {e}"))?;
-    let access = prepare_access(shared, &environment, events).await?;
+    let access = prepare_access(shared, &environment).await?;
+    events.set_redactor(kiln_agent::Redactor::new(access.redacted.clone()));
     let start = if claimed.resume {
         Start::Resume
     } else {
@@ -275,16 +276,18 @@ async fn plan(
 pub(crate) struct Access {
     pub(crate) fetch: FetchRules,
     pub(crate) secrets: BTreeMap<String, String>,
+    /// The values no event may show: the secrets and the repository
+    /// credential, by name.
+    pub(crate) redacted: Vec<(String, String)>,
 }
 
 /// Rechecks the environment's repository location (the owner may have lost
 /// admin rights, or the name may resolve elsewhere by now), builds the fetch
-/// rules with its credential, reads its secrets (on every run, follow-ups
-/// included) and gives `events` a redactor for all of them.
+/// rules with its credential and reads its secrets (on every run,
+/// follow-ups included: the redactor needs them).
 pub(crate) async fn prepare_access(
     shared: &Shared,
     environment: &Environment,
-    events: &EventLog,
 ) -> Result<Access, String> {
     let checked = crate::repo_access::recheck_environment(shared, environment)
         .await
@@ -314,8 +317,11 @@ pub(crate) async fn prepare_access(
                 .map(|(name, value)| (name.to_string(), value)),
         );
     }
-    events.set_redactor(kiln_agent::Redactor::new(redacted));
-    Ok(Access { fetch, secrets })
+    Ok(Access {
+        fetch,
+        secrets,
+        redacted,
+    })
 }
 
 /// The server's base sandbox policy with what an environment adds: its
@@ -348,7 +354,7 @@ pub(crate) fn commit_message(prompt: &str) -> String {
     format!("kiln: {title}")
 }
 
-async fn read_secrets(
+pub(crate) async fn read_secrets(
     shared: &Shared,
     environment: &Environment,
 ) -> Result<BTreeMap<String, String>, String> {
