@@ -341,6 +341,10 @@ fn validate_claim(server: &str, claim: &WorkerClaim) -> Result<(), WorkerError> 
             claim.repository.git_path
         )));
     }
+    let base = &claim.repository.base_commit;
+    if !matches!(base.len(), 40 | 64) || !base.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(format!("the base commit {base:?} is not a commit id")));
+    }
     if claim.repository.mirror_key.trim().is_empty() {
         return Err(bad("the mirror key is empty".into()));
     }
