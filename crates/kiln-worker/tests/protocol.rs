@@ -450,3 +450,26 @@ async fn a_server_gone_for_a_whole_lease_counts_as_a_lost_lease() {
     assert!(lease.lease_lost(), "nothing more may be sent");
     heartbeats.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_token_the_server_refuses_stops_with_the_reason() {
+    let (server, fake) = start(Fake::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut policy = kiln_sandbox::SandboxPolicy::for_workspace(data.path());
+    policy.backend = kiln_sandbox::Backend::None;
+    let agent = kiln_agent::AgentConfig::new("m", Mode::Code, data.path());
+    let mut config =
+        kiln_worker::WorkerConfig::new(&server, "revoked", "w", data.path(), agent, policy);
+    config.max_parallel = 3;
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        kiln_worker::run(config, CancellationToken::new()),
+    )
+    .await
+    .expect("the worker stops by itself");
+    let err = stopped.unwrap_err();
+    assert!(matches!(err, WorkerError::Unauthorized { .. }), "{err:?}");
+    // No slot asked twice.
+    let asked = fake.lock().unwrap().requests.len();
+    assert!((1..=3).contains(&asked), "{asked} claims");
+}
