@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
 
 use crate::{ModelError, RetryPolicy};
@@ -254,6 +255,65 @@ impl ProviderConfig {
                 instructions: self.env_key_instructions.clone(),
             }),
         }
+    }
+
+    /// `base_url` without a trailing slash, once it is known to be an
+    /// http(s) URL: the root every endpoint (`/responses`,
+    /// `/chat/completions`) is appended to.
+    pub fn api_root(&self) -> Result<String, ModelError> {
+        let base_url = self.base_url.trim().trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base_url).map_err(|error| {
+            self.invalid(format!(
+                "base_url '{}' is not a URL ({error}); expected e.g. http://localhost:11434/v1",
+                self.base_url
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(self.invalid(format!(
+                "base_url '{}' must start with http:// or https://",
+                self.base_url
+            )));
+        }
+        Ok(base_url)
+    }
+
+    /// The headers of every request kiln sends this provider: `Accept:
+    /// text/event-stream`, `Authorization: Bearer KEY` (see
+    /// [`ProviderConfig::resolve_api_key`]; marked sensitive), then
+    /// `http_headers` and the set ones of `env_http_headers`, with variables
+    /// read through `lookup`. Anything that talks to the provider on kiln's
+    /// behalf (the client, `kiln serve`'s pass-through for remote workers)
+    /// sends exactly these.
+    pub fn request_headers(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<HeaderMap, ModelError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if let Some(key) = self.resolve_api_key(&lookup)? {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                self.invalid("the API key contains characters that cannot go in an HTTP header")
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let env_headers = self
+            .env_http_headers
+            .iter()
+            .filter_map(|(name, variable)| Some((name, lookup(variable)?)));
+        let static_headers = self
+            .http_headers
+            .iter()
+            .map(|(name, value)| (name, value.clone()));
+        for (name, value) in static_headers.chain(env_headers) {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.invalid(format!("'{name}' is not a valid HTTP header name")))?;
+            let header_value = HeaderValue::from_str(&value).map_err(|_| {
+                self.invalid(format!("the value of header '{name}' is not valid in HTTP"))
+            })?;
+            headers.insert(header_name, header_value);
+        }
+        Ok(headers)
     }
 
     /// The retry counts clamped to a sane maximum, and a name for messages

@@ -138,3 +138,39 @@ fn every_listed_key_is_a_key_the_table_accepts() {
         .collect();
     toml::from_str::<ProviderConfig>(&text).unwrap();
 }
+
+#[test]
+fn request_headers_carry_the_key_as_a_sensitive_bearer_and_the_extra_headers() {
+    let mut config = ProviderConfig::new("p", "http://h/v1/", Some("P_KEY"), WireApi::Chat);
+    config
+        .http_headers
+        .insert("x-static".into(), "fixed".into());
+    config
+        .env_http_headers
+        .insert("x-from-env".into(), "P_HEADER".into());
+    config
+        .env_http_headers
+        .insert("x-unset".into(), "P_UNSET".into());
+    let lookup = |name: &str| match name {
+        "P_KEY" => Some("sk-p".to_string()),
+        "P_HEADER" => Some("from-env".to_string()),
+        _ => None,
+    };
+    let headers = config.request_headers(lookup).unwrap();
+    let authorization = &headers[reqwest::header::AUTHORIZATION];
+    assert_eq!(authorization, "Bearer sk-p");
+    assert!(authorization.is_sensitive());
+    assert_eq!(headers["accept"], "text/event-stream");
+    assert_eq!(headers["x-static"], "fixed");
+    assert_eq!(headers["x-from-env"], "from-env");
+    assert!(headers.get("x-unset").is_none());
+    assert_eq!(config.api_root().unwrap(), "http://h/v1");
+
+    let missing = config.request_headers(|_| None).unwrap_err();
+    assert!(
+        matches!(missing, ModelError::MissingApiKey { .. }),
+        "{missing}"
+    );
+    config.base_url = "ftp://h".into();
+    assert!(config.api_root().is_err());
+}

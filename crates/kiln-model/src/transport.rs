@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -31,46 +30,10 @@ impl Transport {
     /// Validates `config`, resolves its key from the environment and prepares the client.
     pub fn new(config: &ProviderConfig) -> Result<Self, ModelError> {
         let config = config.clone().clamped();
-        let api_key = config.resolve_api_key(|name| std::env::var(name).ok())?;
-        let base_url = config.base_url.trim().trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base_url).map_err(|error| {
-            config.invalid(format!(
-                "base_url '{}' is not a URL ({error}); expected e.g. http://localhost:11434/v1",
-                config.base_url
-            ))
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(config.invalid(format!(
-                "base_url '{}' must start with http:// or https://",
-                config.base_url
-            )));
-        }
-
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        if let Some(key) = api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                config.invalid("the API key contains characters that cannot go in an HTTP header")
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        let env_headers = config
-            .env_http_headers
-            .iter()
-            .filter_map(|(name, variable)| Some((name, std::env::var(variable).ok()?)));
-        let static_headers = config
-            .http_headers
-            .iter()
-            .map(|(name, value)| (name, value.clone()));
-        for (name, value) in static_headers.chain(env_headers) {
-            let header_name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| config.invalid(format!("'{name}' is not a valid HTTP header name")))?;
-            let header_value = HeaderValue::from_str(&value).map_err(|_| {
-                config.invalid(format!("the value of header '{name}' is not valid in HTTP"))
-            })?;
-            headers.insert(header_name, header_value);
-        }
+        let base_url = config.api_root()?;
+        let headers = config.request_headers(|name| std::env::var(name).ok())?;
+        let parsed = reqwest::Url::parse(&base_url)
+            .map_err(|error| config.invalid(format!("base_url '{base_url}': {error}")))?;
 
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))

@@ -258,7 +258,7 @@ fn isolated_command(dir: &Path) -> Command {
 /// is named (`--git-dir`, never discovered from the checkout), fsmonitor,
 /// hooks, external diff and textconv are off, and submodules and nested
 /// repositories are never entered.
-pub(crate) fn git_command(git_dir: &Path, work_tree: Option<&Path>) -> Command {
+pub fn git_command(git_dir: &Path, work_tree: Option<&Path>) -> Command {
     let mut command = isolated_command(work_tree.unwrap_or(git_dir));
     command.args([
         "-c",

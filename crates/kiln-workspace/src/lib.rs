@@ -29,5 +29,5 @@ mod worktree;
 
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
-pub use git::{run_git, run_git_with_env, GitEnv, GitError, Repo};
+pub use git::{git_command, run_git, run_git_with_env, GitEnv, GitError, Repo};
 pub use worktree::{Diff, Worktree};
