@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{AttemptReport, Event, Mode};
 
 /// `POST /api/worker/claim` (worker token). Long-polls: the answer is a
 /// [`WorkerClaim`] (200) or nothing to do within `wait_secs` (204).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ClaimRequest {
     pub worker: WorkerIdentity,
     /// How long the server may hold the request open waiting for work (it
@@ -27,7 +28,7 @@ pub struct ClaimRequest {
 }
 
 /// Who the worker is, shown by `GET /api/workers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerIdentity {
     /// The worker's name (`kiln worker --name`), unique per worker token.
     pub name: String,
@@ -36,7 +37,7 @@ pub struct WorkerIdentity {
 }
 
 /// One attempt, as addressed in worker URLs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct AttemptAddress {
     pub task_id: String,
     pub n: u32,
@@ -130,7 +131,7 @@ pub struct ClaimedLimits {
 
 /// `POST /api/worker/attempts/{task}/{n}/heartbeat` (lease token): renews
 /// the lease. 409 means the lease is lost: stop without writing anything.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HeartbeatReply {
     pub lease_secs: u64,
     /// The user cancelled the task: stop and finish as cancelled.
@@ -149,7 +150,7 @@ pub struct EventBatch {
 }
 
 /// The answer to an [`EventBatch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EventBatchReply {
     /// The seq the next event must have.
     pub next_seq: u64,
@@ -167,7 +168,7 @@ pub struct FinishRequest {
 }
 
 /// A worker as `GET /api/workers` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerInfo {
     pub name: String,
     pub version: String,

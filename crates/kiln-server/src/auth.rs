@@ -11,7 +11,7 @@ use crate::config::MetricsAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a user API request (never a worker token).
 pub struct Caller(pub Principal);
 
 impl FromRequestParts<AppState> for Caller {
@@ -19,8 +19,45 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = bearer(&parts.headers)?;
-        principal(state, secret).await.map(Caller)
+        let who = principal(state, secret).await?;
+        // A worker machine holds its token on disk: if it is stolen, it
+        // must not read or change anyone's tasks, environments or tokens.
+        if who.worker {
+            return Err(ApiError::Forbidden(
+                "this is a worker token: it only lets `kiln worker` claim and run attempts (/api/worker/*); use a user token for this API".into(),
+            ));
+        }
+        Ok(Caller(who))
     }
+}
+
+/// The authenticated caller of `/api/worker/claim`: a worker token.
+pub struct WorkerCaller(pub Principal);
+
+impl FromRequestParts<AppState> for WorkerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = bearer(&parts.headers)?;
+        let who = principal(state, secret).await?;
+        if !who.worker {
+            return Err(ApiError::Forbidden(
+                "only a worker token claims attempts: an admin creates one with `kiln token create --worker NAME`, and `kiln worker --token` uses it".into(),
+            ));
+        }
+        Ok(WorkerCaller(who))
+    }
+}
+
+/// The lease a worker's call about `attempt` presents (`Authorization:
+/// Bearer LEASE_TOKEN`), checked to be that attempt's current one.
+pub(crate) async fn lease(
+    state: &AppState,
+    headers: &HeaderMap,
+    attempt: &kiln_store::AttemptRef,
+) -> Result<kiln_store::LeaseHolder, ApiError> {
+    let secret = bearer(headers)?;
+    Ok(state.store().verify_lease(secret, attempt).await?)
 }
 
 /// The token a request carries.

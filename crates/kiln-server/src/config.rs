@@ -82,6 +82,10 @@ pub struct ServerConfig {
     pub repo_access: RepoAccess,
     pub limits: ConnectionLimits,
     pub metrics_access: MetricsAccess,
+    /// Run the in-process worker pool (`false`: `kiln serve
+    /// --no-local-workers`, only remote `kiln worker`s run attempts; the
+    /// expired-lease sweep runs either way).
+    pub local_workers: bool,
 }
 
 impl ServerConfig {
@@ -104,6 +108,7 @@ impl ServerConfig {
             repo_access: RepoAccess::default(),
             limits: ConnectionLimits::default(),
             metrics_access: MetricsAccess::default(),
+            local_workers: true,
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum ApiError {
     BadRequest { status: StatusCode, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// A worker's lease on the attempt is gone (expired, taken back,
+    /// re-claimed or finished): the worker must stop writing.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
     /// The caller holds as much of the server as one caller may (open
     /// event streams per token).
     #[error("{0}")]
@@ -75,6 +79,7 @@ impl ApiError {
                 },
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -103,6 +108,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { what } => ApiError::NotFound(what),
             StoreError::InvalidInput { field, message } => ApiError::invalid(field, message),
             StoreError::Conflict { message } => ApiError::Conflict(message),
+            lost @ StoreError::LeaseLost { .. } => ApiError::LeaseLost(lost.to_string()),
+            unknown @ StoreError::UnknownLease => ApiError::Unauthorized(unknown.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -118,12 +118,13 @@ impl Server {
             state: AppState {
                 inner: Arc::new(Shared {
                     store,
-                    config,
                     model,
                     metrics,
                     shutdown: CancellationToken::new(),
                     revocations: tokio::sync::watch::Sender::new(0),
                     streams,
+                    mirrors: Arc::new(worker::checkout::Mirrors::new(&config.data_dir)),
+                    config,
                 }),
             },
         })
@@ -170,7 +171,15 @@ impl Server {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), ServerError> {
-        let pool = tokio::spawn(worker::run_pool(self.state.inner.clone(), shutdown.clone()));
+        let pool = if self.state.inner.config.local_workers {
+            tokio::spawn(worker::run_pool(self.state.inner.clone(), shutdown.clone()))
+        } else {
+            // Remote workers' leases still expire when they die.
+            tokio::spawn(worker::run_sweeper(
+                self.state.inner.clone(),
+                shutdown.clone(),
+            ))
+        };
         let app = self.router();
         let streams = self.state.inner.shutdown.clone();
         let limits = self.state.inner.config.limits.clone();

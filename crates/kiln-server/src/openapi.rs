@@ -7,6 +7,7 @@
 //! documented operation against the running router so the table and the
 //! routes cannot drift apart unnoticed either.
 
+use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_store::{
     CancelOutcome, Environment, Message, NewEnvironment, NewTask, TaskPage, TaskQuery, TokenInfo,
 };
@@ -36,6 +37,8 @@ pub(crate) enum Success {
     /// A schema with no Rust type behind it (an empty object, the
     /// OpenAPI document itself).
     Literal(fn() -> Value),
+    /// No body (204).
+    Empty,
 }
 
 /// One documented operation.
@@ -131,6 +134,50 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         ..op("delete", "/api/tokens/{id}", "Revoke a token (admin)")
     },
     Operation {
+        success: Success::Json(of::<Vec<WorkerInfo>>),
+        ..op(
+            "get",
+            "/api/workers",
+            "The remote workers seen, with the attempts they run (admin)",
+        )
+    },
+    Operation {
+        body: Some(of::<ClaimRequest>),
+        success: Success::Literal(worker_claim),
+        ..op(
+            "post",
+            "/api/worker/claim",
+            "Claim the oldest waiting attempt (worker token); long-polls, 204 when none came",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<HeartbeatReply>),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/heartbeat",
+            "Renew a claimed attempt's lease (lease token); 409 when it is lost",
+        )
+    },
+    Operation {
+        body: Some(event_batch),
+        success: Success::Json(of::<EventBatchReply>),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/events",
+            "Append the attempt's next events (lease token); stored redacted",
+        )
+    },
+    Operation {
+        body: Some(finish_request),
+        status: 204,
+        success: Success::Empty,
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/finish",
+            "Record the attempt's report and end the lease (lease token)",
+        )
+    },
+    Operation {
         success: Success::Literal(openapi_document),
         ..op("get", "/api/openapi.json", "This document")
     },
@@ -174,6 +221,51 @@ fn of_inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
 
 fn empty_object() -> Value {
     json!({"type": "object"})
+}
+
+/// The worker protocol's bodies that carry events and reports, whose
+/// types have no generated schema: docs/workers.md describes them.
+fn worker_claim() -> Value {
+    json!({"type": "object", "description": "WorkerClaim: the attempt, its lease token, repository, sandbox, setup and limits (docs/workers.md)"})
+}
+
+fn event_batch(generator: &mut SchemaGenerator) -> Schema {
+    named(
+        generator,
+        "EventBatch",
+        json!({
+            "type": "object",
+            "required": ["events"],
+            "properties": { "events": { "type": "array", "items": {
+                "type": "object",
+                "description": "an event as kiln writes it: seq, ts, type and the fields of its type",
+            } } },
+        }),
+    )
+}
+
+fn finish_request(generator: &mut SchemaGenerator) -> Schema {
+    named(
+        generator,
+        "FinishRequest",
+        json!({
+            "type": "object",
+            "required": ["report"],
+            "properties": {
+                "report": {
+                    "type": "object",
+                    "description": "AttemptReport: status, reason, final_message, usage, diff, diff_stat, branch, commit_sha",
+                },
+                "unread_messages": { "type": "array", "items": { "type": "string" } },
+            },
+        }),
+    )
+}
+
+/// Files `schema` under `name` in the components and refers to it.
+fn named(generator: &mut SchemaGenerator, name: &str, schema: Value) -> Schema {
+    generator.definitions_mut().insert(name.to_string(), schema);
+    schemars::json_schema!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
 fn openapi_document() -> Value {
@@ -270,12 +362,17 @@ fn describe(operation: &Operation, generators: &mut Generators) -> Value {
             "properties": { *key: { "type": "array", "items": item(&mut generators.responses) } },
         }}}),
         Success::Literal(schema) => json!({ "application/json": { "schema": schema() } }),
+        Success::Empty => Value::Null,
     };
     let mut described = json!({
         "summary": operation.summary,
         "parameters": parameters,
         "responses": {
-            operation.status.to_string(): { "description": "success", "content": success },
+            operation.status.to_string(): if success.is_null() {
+                json!({ "description": "success" })
+            } else {
+                json!({ "description": "success", "content": success })
+            },
             "4XX": {
                 "description": "the request is refused; the body names the problem",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },

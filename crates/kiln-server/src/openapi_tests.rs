@@ -276,6 +276,7 @@ fn created_token_schema_lists_every_field_the_answer_carries() {
             id: "tok_1".into(),
             name: "ada".into(),
             admin: true,
+            worker: false,
             created_at: chrono::Utc::now(),
             revoked_at: None,
         },
@@ -284,7 +285,10 @@ fn created_token_schema_lists_every_field_the_answer_carries() {
     let answer = serde_json::to_value(crate::routes::CreatedToken::from(token)).unwrap();
     let mut fields: Vec<String> = answer.as_object().unwrap().keys().cloned().collect();
     fields.sort();
-    assert_eq!(fields, ["admin", "created_at", "id", "name", "secret"]);
+    assert_eq!(
+        fields,
+        ["admin", "created_at", "id", "name", "secret", "worker"]
+    );
     assert_eq!(answer["secret"], "kiln_secret");
 
     let created = component(&document, "CreatedToken");

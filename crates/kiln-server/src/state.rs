@@ -7,6 +7,7 @@ use kiln_store::Store;
 
 use crate::metrics::Metrics;
 use crate::slots::Slots;
+use crate::worker::checkout::Mirrors;
 use crate::ServerConfig;
 
 /// Cheap to clone: one `Arc` inside.
@@ -27,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) revocations: tokio::sync::watch::Sender<u64>,
     /// Open event streams per token id.
     pub(crate) streams: Slots<String>,
+    /// The repository mirrors, shared by the in-process pool and the
+    /// claims of remote workers (one lock per mirror for both).
+    pub(crate) mirrors: Arc<Mirrors>,
 }
 
 impl AppState {

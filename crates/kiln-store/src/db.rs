@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "repo_credential",
         include_str!("../migrations/0002_repo_credential.sql"),
     ),
+    (3, "workers", include_str!("../migrations/0003_workers.sql")),
 ];
 
 #[derive(Debug)]

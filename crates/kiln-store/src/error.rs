@@ -57,6 +57,11 @@ pub enum StoreError {
         worker_id: String,
     },
 
+    /// A lease token no live worker token was given (or whose worker token
+    /// was revoked).
+    #[error("unknown lease token: use the lease token of a claim this worker holds (its worker token may have been revoked)")]
+    UnknownLease,
+
     /// Secrets were given (or are stored sealed) but the store was opened
     /// without a key.
     #[error("the store was opened without a secret key, so it cannot store or read environment secrets; open it with StoreOptions::secret_key")]

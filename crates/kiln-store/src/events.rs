@@ -151,6 +151,23 @@ async fn insert_events(
     Ok(appended)
 }
 
+/// Inserts events that carry their own `seq`s (a remote worker's) inside
+/// `tx`; stored `seq`s are skipped.
+pub(crate) async fn insert_new_events(
+    tx: &mut Tx,
+    attempt: &AttemptRef,
+    events: &[&Event],
+) -> Result<Appended, OpError> {
+    if events.is_empty() {
+        return Ok(Appended::default());
+    }
+    let encoded = events
+        .iter()
+        .map(|event| encode(event))
+        .collect::<Result<Vec<_>, _>>()?;
+    insert_events(tx, attempt, encoded).await
+}
+
 /// The next `seq` of an attempt's log.
 pub(crate) async fn next_seq(tx: &mut Tx, attempt: &AttemptRef) -> Result<u64, OpError> {
     let row = tx

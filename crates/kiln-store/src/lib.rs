@@ -69,6 +69,7 @@ mod secrets;
 mod store;
 mod tasks;
 mod tokens;
+mod workers;
 
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -88,6 +89,7 @@ pub use tasks::{
     MAX_ATTEMPTS, MAX_PAGE,
 };
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
+pub use workers::{remote_worker_id, LeaseHolder, RemoteClaim, MAX_WORKER_NAME};
 
 #[cfg(test)]
 mod crate_tests;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
 use crate::clock::{duration_millis, from_millis};
-use crate::db::{query, Backend};
+use crate::db::{query, Backend, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::store::refresh_task_status;
 use crate::tasks::{select_task, task_from_row, AttemptRef, Task};
@@ -24,7 +24,8 @@ macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
             "UPDATE attempts SET status = 'running', worker_id = $1, lease_expires_at = $2,
-                started_at = $3, finished_at = NULL, tries = tries + 1, cancel_requested = FALSE
+                started_at = $3, finished_at = NULL, tries = tries + 1, cancel_requested = FALSE,
+                lease_token_sha256 = $4
              WHERE (task_id, n) = (
                 SELECT task_id, n FROM attempts WHERE status IN ('queued', 'interrupted')
                 ORDER BY task_id, n LIMIT 1 ",
@@ -144,39 +145,59 @@ impl Store {
             ));
         }
         self.run("claim an attempt", || async {
-            let now = self.now_ms();
-            let expires = now.saturating_add(duration_millis(lease));
             let mut tx = self.begin().await?;
-            let claim_sql = match tx.backend() {
-                Backend::Sqlite => CLAIM_SQLITE,
-                Backend::Postgres => CLAIM_POSTGRES,
-            };
-            let Some(row) = tx
-                .fetch_optional(query(claim_sql).bind(worker_id).bind(expires).bind(now))
-                .await?
-            else {
-                return Ok(None);
-            };
-            let attempt = AttemptRef::new(row.text("task_id")?, row.uint("n")?);
-            let try_number = row.uint("tries")?;
-            let resume = row.bool("resume")?;
-            refresh_task_status(&mut tx, &attempt.task_id, now).await?;
-            let task_row = tx
-                .fetch_one(query(concat!(select_task!(), "WHERE id = $1")).bind(&attempt.task_id))
-                .await?;
-            let task = task_from_row(&task_row)?;
-            let next_seq = crate::events::next_seq(&mut tx, &attempt).await?;
+            let claimed = self.claim_in(&mut tx, worker_id, lease, None).await?;
             self.commit(tx, Vec::new()).await?;
-            Ok(Some(ClaimedAttempt {
-                attempt,
-                task,
-                try_number,
-                resume,
-                next_seq,
-                lease_expires_at: from_millis(expires),
-            }))
+            Ok(claimed)
         })
         .await
+    }
+
+    /// The claim of [`Store::claim_next`] inside `tx`; `lease_token_sha256`
+    /// is the hash of a remote worker's lease token (`None` clears the one
+    /// an earlier claim left, so it stops working).
+    pub(crate) async fn claim_in(
+        &self,
+        tx: &mut Tx,
+        worker_id: &str,
+        lease: Duration,
+        lease_token_sha256: Option<&str>,
+    ) -> Result<Option<ClaimedAttempt>, OpError> {
+        let now = self.now_ms();
+        let expires = now.saturating_add(duration_millis(lease));
+        let claim_sql = match tx.backend() {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let Some(row) = tx
+            .fetch_optional(
+                query(claim_sql)
+                    .bind(worker_id)
+                    .bind(expires)
+                    .bind(now)
+                    .bind(lease_token_sha256),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let attempt = AttemptRef::new(row.text("task_id")?, row.uint("n")?);
+        let try_number = row.uint("tries")?;
+        let resume = row.bool("resume")?;
+        refresh_task_status(tx, &attempt.task_id, now).await?;
+        let task_row = tx
+            .fetch_one(query(concat!(select_task!(), "WHERE id = $1")).bind(&attempt.task_id))
+            .await?;
+        let task = task_from_row(&task_row)?;
+        let next_seq = crate::events::next_seq(tx, &attempt).await?;
+        Ok(Some(ClaimedAttempt {
+            attempt,
+            task,
+            try_number,
+            resume,
+            next_seq,
+            lease_expires_at: from_millis(expires),
+        }))
     }
 
     /// Renews the lease of a running attempt and tells the worker whether
@@ -221,10 +242,25 @@ impl Store {
         attempt: &AttemptRef,
         outcome: &AttemptReport,
     ) -> Result<()> {
-        let stat = outcome.diff_stat;
         self.run("finish an attempt", || async {
-            let now = self.now_ms();
             let mut tx = self.begin().await?;
+            self.finish_in(&mut tx, worker_id, attempt, outcome).await?;
+            self.commit(tx, Vec::new()).await
+        })
+        .await
+    }
+
+    /// The update of [`Store::finish`] inside `tx`.
+    pub(crate) async fn finish_in(
+        &self,
+        tx: &mut Tx,
+        worker_id: &str,
+        attempt: &AttemptRef,
+        outcome: &AttemptReport,
+    ) -> Result<(), OpError> {
+        let stat = outcome.diff_stat;
+        {
+            let now = self.now_ms();
             let changed = tx
                 .execute(
                     query(
@@ -255,10 +291,8 @@ impl Store {
             if changed == 0 {
                 return Err(lease_lost(worker_id, attempt).into());
             }
-            refresh_task_status(&mut tx, &attempt.task_id, now).await?;
-            self.commit(tx, Vec::new()).await
-        })
-        .await
+            refresh_task_status(tx, &attempt.task_id, now).await
+        }
     }
 
     /// Cancels a task: attempts that wait are cancelled now; running ones
@@ -562,7 +596,7 @@ struct LostAttempt {
     cancel_requested: bool,
 }
 
-fn lease_lost(worker_id: &str, attempt: &AttemptRef) -> StoreError {
+pub(crate) fn lease_lost(worker_id: &str, attempt: &AttemptRef) -> StoreError {
     StoreError::LeaseLost {
         task_id: attempt.task_id.clone(),
         attempt: attempt.n,

@@ -25,6 +25,10 @@ pub struct Principal {
     pub name: String,
     /// Admins see and act on every user's tasks and environments.
     pub admin: bool,
+    /// A worker token (`kiln worker`): it claims and runs attempts and may
+    /// call nothing else.
+    #[serde(default)]
+    pub worker: bool,
 }
 
 /// A token as listed (never with its secret).
@@ -33,6 +37,9 @@ pub struct TokenInfo {
     pub id: String,
     pub name: String,
     pub admin: bool,
+    /// A worker token: it may only claim and run attempts.
+    #[serde(default)]
+    pub worker: bool,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -43,6 +50,7 @@ impl TokenInfo {
             token_id: self.id.clone(),
             name: self.name.clone(),
             admin: self.admin,
+            worker: self.worker,
         }
     }
 }
@@ -72,6 +80,7 @@ fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
         id: row.text("id")?,
         name: row.text("name")?,
         admin: row.bool("admin")?,
+        worker: row.bool("worker")?,
         created_at: from_millis(row.int("created_at")?),
         revoked_at: row.opt_int("revoked_at")?.map(from_millis),
     })
@@ -83,7 +92,22 @@ impl Store {
         let name = validate_token_name(name)?;
         let secret = new_token_secret();
         let info = self
-            .run("create token", || self.insert_token(name, &secret, admin))
+            .run("create token", || {
+                self.insert_token(name, &secret, TokenKind::user(admin))
+            })
+            .await?;
+        Ok(NewToken { info, secret })
+    }
+
+    /// Creates a worker token for `kiln worker`: it claims and runs
+    /// attempts, and is refused on every user API.
+    pub async fn create_worker_token(&self, name: &str) -> Result<NewToken> {
+        let name = validate_token_name(name)?;
+        let secret = new_token_secret();
+        let info = self
+            .run("create worker token", || {
+                self.insert_token(name, &secret, TokenKind::WORKER)
+            })
             .await?;
         Ok(NewToken { info, secret })
     }
@@ -109,7 +133,9 @@ impl Store {
             self.commit(tx, Vec::new()).await?;
             return Ok(None);
         }
-        let info = self.insert_token_in(&mut tx, "admin", secret, true).await?;
+        let info = self
+            .insert_token_in(&mut tx, "admin", secret, TokenKind::user(true))
+            .await?;
         self.commit(tx, Vec::new()).await?;
         Ok(Some(info))
     }
@@ -118,10 +144,10 @@ impl Store {
         &self,
         name: &str,
         secret: &str,
-        admin: bool,
+        kind: TokenKind,
     ) -> Result<TokenInfo, OpError> {
         let mut tx = self.begin().await?;
-        let info = self.insert_token_in(&mut tx, name, secret, admin).await?;
+        let info = self.insert_token_in(&mut tx, name, secret, kind).await?;
         self.commit(tx, Vec::new()).await?;
         Ok(info)
     }
@@ -131,19 +157,20 @@ impl Store {
         tx: &mut Tx,
         name: &str,
         secret: &str,
-        admin: bool,
+        kind: TokenKind,
     ) -> Result<TokenInfo, OpError> {
         let row = tx
             .fetch_one(
                 query(
-                    "INSERT INTO tokens (id, name, secret_sha256, admin, created_at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     RETURNING id, name, admin, created_at, revoked_at",
+                    "INSERT INTO tokens (id, name, secret_sha256, admin, worker, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     RETURNING id, name, admin, worker, created_at, revoked_at",
                 )
                 .bind(self.new_id("tok_"))
                 .bind(name)
                 .bind(hash_secret(secret))
-                .bind(admin)
+                .bind(kind.admin)
+                .bind(kind.worker)
                 .bind(self.now_ms()),
             )
             .await?;
@@ -159,7 +186,7 @@ impl Store {
                 .db
                 .fetch_optional(
                     query(
-                        "SELECT id, name, admin FROM tokens
+                        "SELECT id, name, admin, worker FROM tokens
                          WHERE secret_sha256 = $1 AND revoked_at IS NULL",
                     )
                     .bind(&hash),
@@ -170,6 +197,7 @@ impl Store {
                     token_id: row.text("id")?,
                     name: row.text("name")?,
                     admin: row.bool("admin")?,
+                    worker: row.bool("worker")?,
                 })
             })
             .transpose()
@@ -184,7 +212,7 @@ impl Store {
                 .inner
                 .db
                 .fetch_all(query(
-                    "SELECT id, name, admin, created_at, revoked_at FROM tokens ORDER BY id",
+                    "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens ORDER BY id",
                 ))
                 .await?;
             rows.iter().map(token_from_row).collect()
@@ -205,7 +233,8 @@ impl Store {
             let row = tx
                 .fetch_optional(
                     query(
-                        "SELECT id, name, admin, created_at, revoked_at FROM tokens WHERE id = $1",
+                        "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens
+                         WHERE id = $1",
                     )
                     .bind(id),
                 )
@@ -260,7 +289,7 @@ impl Store {
                     .db
                     .fetch_optional(
                         query(
-                            "SELECT id, name, admin, created_at, revoked_at FROM tokens
+                            "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens
                              WHERE secret_sha256 = $1",
                         )
                         .bind(&hash),
@@ -288,11 +317,32 @@ impl Store {
             None => {
                 let info = self
                     .run("register KILN_ADMIN_TOKEN", || {
-                        self.insert_token("admin (KILN_ADMIN_TOKEN)", secret, true)
+                        self.insert_token("admin (KILN_ADMIN_TOKEN)", secret, TokenKind::user(true))
                     })
                     .await?;
                 Ok(AdminBootstrap::Registered(info))
             }
+        }
+    }
+}
+
+/// What a new token may do: a user's (admin or not) or a worker's.
+#[derive(Debug, Clone, Copy)]
+struct TokenKind {
+    admin: bool,
+    worker: bool,
+}
+
+impl TokenKind {
+    const WORKER: TokenKind = TokenKind {
+        admin: false,
+        worker: true,
+    };
+
+    fn user(admin: bool) -> TokenKind {
+        TokenKind {
+            admin,
+            worker: false,
         }
     }
 }

@@ -6,6 +6,7 @@ mod json;
 mod ops;
 mod tasks;
 mod tokens;
+mod worker_api;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
@@ -38,6 +39,20 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/attempts/{n}/diff", get(tasks::diff))
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/workers", get(worker_api::list))
+        .route("/api/worker/claim", post(worker_api::claim))
+        .route(
+            "/api/worker/attempts/{id}/{n}/heartbeat",
+            post(worker_api::heartbeat),
+        )
+        .route(
+            "/api/worker/attempts/{id}/{n}/events",
+            post(worker_api::events).layer(DefaultBodyLimit::max(worker_api::WORKER_BODY_LIMIT)),
+        )
+        .route(
+            "/api/worker/attempts/{id}/{n}/finish",
+            post(worker_api::finish).layer(DefaultBodyLimit::max(worker_api::WORKER_BODY_LIMIT)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -22,6 +22,10 @@ pub(crate) struct NewTokenBody {
     name: String,
     #[serde(default)]
     admin: bool,
+    /// A worker token for `kiln worker`: it claims and runs attempts and
+    /// is refused on every other API.
+    #[serde(default)]
+    worker: bool,
 }
 
 /// `POST /api/tokens`' answer: the token and its secret, shown this once
@@ -31,6 +35,7 @@ pub(crate) struct CreatedToken {
     id: String,
     name: String,
     admin: bool,
+    worker: bool,
     created_at: DateTime<Utc>,
     /// The bearer token; not stored, shown once.
     secret: String,
@@ -42,6 +47,7 @@ impl From<NewToken> for CreatedToken {
             id: token.info.id,
             name: token.info.name,
             admin: token.info.admin,
+            worker: token.info.worker,
             created_at: token.info.created_at,
             secret: token.secret,
         }
@@ -70,10 +76,16 @@ pub(super) async fn create(
             "give the token a name, e.g. the person's",
         ));
     }
-    let token = state
-        .store()
-        .create_token(body.name.trim(), body.admin)
-        .await?;
+    let token = match (body.admin, body.worker) {
+        (true, true) => {
+            return Err(ApiError::invalid(
+                "worker",
+                "a worker token cannot be an admin token: drop one of `admin` and `worker`",
+            ))
+        }
+        (_, true) => state.store().create_worker_token(body.name.trim()).await?,
+        (admin, false) => state.store().create_token(body.name.trim(), admin).await?,
+    };
     Ok((StatusCode::CREATED, Json(CreatedToken::from(token))))
 }
 

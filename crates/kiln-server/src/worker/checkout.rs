@@ -453,3 +453,93 @@ fn mirror_name(repo: &str) -> String {
 #[cfg(test)]
 #[path = "checkout_tests.rs"]
 mod tests;
+
+/// For remote workers (`kiln worker`), which get the repository from the
+/// server's mirror over git's smart HTTP instead of a checkout here.
+impl Mirrors {
+    /// Where `owner`'s mirror of `repo` lives (it may not exist yet).
+    pub(crate) fn mirror_dir(&self, owner: &str, repo: &str) -> PathBuf {
+        self.root
+            .join("mirrors")
+            .join(owner_dir_name(owner))
+            .join(mirror_name(repo))
+    }
+
+    /// Brings the mirror up to date for a remote attempt on `branch` and
+    /// returns it with the commit the run starts from. A fresh run starts
+    /// from what `base` resolves to, and its branch is set there so the
+    /// worker can fetch it whatever `base` is (a commit that no advertised
+    /// ref points at included); a follow-up (`fresh_branch` false)
+    /// continues the branch's tip, which must exist.
+    pub(crate) async fn prepare(
+        &self,
+        source: Source<'_>,
+        base: Option<&str>,
+        branch: &str,
+        fresh_branch: bool,
+    ) -> Result<(PathBuf, String), CheckoutError> {
+        let Source { repo, owner, fetch } = source;
+        let mirror = self.mirror_dir(owner, repo);
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(mirror.clone()).or_default().clone()
+        };
+        let mut last_fetch = lock.lock().await;
+        let fresh = last_fetch.is_some_and(|at| at.elapsed() < FETCH_REUSE);
+        let request = Request {
+            repo: repo.to_string(),
+            base: base.map(str::to_string),
+            branch: branch.to_string(),
+            dest: PathBuf::new(),
+            mirror: mirror.clone(),
+            bases: self.bases.clone(),
+            resume: !fresh_branch,
+            fresh,
+            fetch,
+        };
+        let (result, fetched) = tokio::task::spawn_blocking(move || {
+            let mut fetched = None;
+            let result = request.prepare_remote(fresh_branch, &mut fetched);
+            (result, fetched)
+        })
+        .await
+        .map_err(|err| CheckoutError::Join(err.to_string()))?;
+        if let Some(at) = fetched {
+            *last_fetch = Some(at);
+        }
+        result.map(|commit| (mirror, commit))
+    }
+}
+
+impl Request {
+    fn prepare_remote(
+        &self,
+        fresh_branch: bool,
+        fetched: &mut Option<Instant>,
+    ) -> Result<String, CheckoutError> {
+        if !self.fresh {
+            self.sync_mirror()?;
+            *fetched = Some(Instant::now());
+        }
+        let repo = Repo::at(&self.mirror);
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        if !fresh_branch {
+            return repo
+                .resolve(&branch_ref)
+                .map_err(|_| CheckoutError::UnknownRef {
+                    wanted: self.branch.clone(),
+                    repo: self.repo.clone(),
+                });
+        }
+        let commit = match self.resolve_base(&repo) {
+            Err(_) if fetched.is_none() => {
+                self.sync_mirror()?;
+                *fetched = Some(Instant::now());
+                self.resolve_base(&repo)?
+            }
+            other => other?,
+        };
+        repo.git(["update-ref", &branch_ref, &commit])?;
+        Ok(commit)
+    }
+}

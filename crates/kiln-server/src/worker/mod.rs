@@ -2,9 +2,9 @@
 //! the store's queue and run them; a sweeper takes back attempts whose
 //! lease expired (workers of another process that died).
 
-mod checkout;
+pub(crate) mod checkout;
 mod event_sink;
-mod run;
+pub(crate) mod run;
 mod supervise;
 
 use std::sync::Arc;
@@ -23,6 +23,7 @@ pub(crate) fn system_principal() -> Principal {
         token_id: "system".into(),
         name: "kiln worker".into(),
         admin: true,
+        worker: false,
     }
 }
 
@@ -46,7 +47,7 @@ pub(crate) fn worker_ids(config: &crate::ServerConfig) -> Vec<String> {
 /// flight are left `running` in the store and recovered at the next start,
 /// exactly as after a crash.
 pub(crate) async fn run_pool(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mirrors = Arc::new(Mirrors::new(&shared.config.data_dir));
+    let mirrors = shared.mirrors.clone();
     let mut tasks = JoinSet::new();
     for worker_id in worker_ids(&shared.config) {
         tasks.spawn(worker_loop(
@@ -58,6 +59,12 @@ pub(crate) async fn run_pool(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
     tasks.spawn(sweep_expired_leases(shared.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
+}
+
+/// The expired-lease sweep alone, for a server without local workers
+/// (`--no-local-workers`): remote workers that die still lose their attempts.
+pub(crate) async fn run_sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    sweep_expired_leases(shared, shutdown).await;
 }
 
 async fn worker_loop(

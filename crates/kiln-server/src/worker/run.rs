@@ -343,7 +343,7 @@ fn build_sandbox(
     kiln_sandbox::create(policy).map_err(|e| format!("cannot create the sandbox: {e}"))
 }
 
-async fn read_secrets(
+pub(crate) async fn read_secrets(
     shared: &Shared,
     environment: &Environment,
 ) -> Result<BTreeMap<String, String>, String> {

@@ -144,6 +144,7 @@ async fn sqlite_survives_kill_9_mid_write() {
         token_id: admin_id.into(),
         name: "admin".into(),
         admin: true,
+        worker: false,
     };
     let detail = store.task(&admin, task_id).await.unwrap();
     assert_eq!(detail.task.prompt, "crash test");

@@ -15,3 +15,4 @@ mod repo_credentials;
 mod secrets;
 mod tasks;
 mod tokens;
+mod workers;

@@ -1,0 +1,426 @@
+//! The worker protocol (docs/workers.md): `POST /api/worker/claim` with a
+//! worker token, then the claimed attempt's calls with its lease token
+//! (heartbeat, events, finish, git, model), and `GET /api/workers`.
+//!
+//! A worker machine is trusted with the attempts it claims and nothing
+//! else: it never sees the model key (the model endpoint forwards to the
+//! server's provider), setup secrets reach it only with a fresh attempt
+//! that runs a setup script, and what it uploads is redacted here again
+//! with the environment's secrets and repository credential, because a
+//! follow-up's worker never learns the secrets it would have to redact.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_agent::Redactor;
+use kiln_protocol::worker::{
+    AttemptAddress, ClaimRequest, ClaimedLimits, ClaimedRepository, ClaimedSandbox, ClaimedSetup,
+    EventBatch, EventBatchReply, FinishRequest, HeartbeatReply, WorkerClaim, WorkerInfo,
+};
+use kiln_protocol::{AttemptReport, AttemptStatus, Event, EventKind};
+use kiln_store::{AttemptRef, Environment, RemoteClaim, Task, MAX_EVENTS_PER_READ};
+
+use super::ApiJson;
+use crate::auth::{Caller, WorkerCaller};
+use crate::error::ApiError;
+use crate::state::{AppState, Shared};
+use crate::worker::checkout::Source;
+
+/// The longest a claim request waits for work before answering 204.
+pub(crate) const MAX_CLAIM_WAIT_SECS: u32 = 30;
+
+/// Largest event batch or finish request body: a finish carries the diff,
+/// which the store keeps up to 16 MiB.
+pub(crate) const WORKER_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// `POST /api/worker/claim`: the oldest waiting attempt, prepared for the
+/// worker, or 204 when none came within `wait_secs` (at most 30).
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    WorkerCaller(who): WorkerCaller,
+    ApiJson(body): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    let shared = &state.inner;
+    let wait = Duration::from_secs(u64::from(body.wait_secs.min(MAX_CLAIM_WAIT_SECS)));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Subscribed before claiming: a task queued in between still wakes us.
+        let mut queue = shared.store.subscribe();
+        let claimed = shared
+            .store
+            .claim_for_worker(&who, &body.worker, shared.config.lease)
+            .await?;
+        match claimed {
+            Some(claim) => match prepare(shared, &claim).await {
+                Ok(answer) => return Ok((StatusCode::OK, Json(answer)).into_response()),
+                Err(reason) => fail_unprepared(shared, &claim, reason).await,
+            },
+            None => {
+                tokio::select! {
+                    _ = queue.wait_for_queue() => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Ok(StatusCode::NO_CONTENT.into_response());
+                    }
+                    _ = shared.shutdown.cancelled() => {
+                        return Ok(StatusCode::NO_CONTENT.into_response());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything the worker needs, after the server's mirror was brought up
+/// to date with the environment's credential (checked again first, as the
+/// in-process pool does before every fetch). `Err` is the reason the
+/// attempt fails.
+async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, String> {
+    let claimed = &claim.claimed;
+    let task = &claimed.task;
+    let attempt = &claimed.attempt;
+    let environment = environment_of(shared, task).await?;
+    let checked = crate::repo_access::recheck_environment(shared, &environment)
+        .await
+        .map_err(|e| format!("cannot use the repository {}: {e}", environment.repo))?;
+    let credential = shared
+        .store
+        .environment_repo_credential(&environment.id)
+        .await
+        .map_err(|e| format!("cannot read the repository's credential: {e}"))?;
+    let fetch = shared
+        .mirrors
+        .fetch_rules(&checked, &environment.repo, credential.as_ref())
+        .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
+    let source = Source {
+        repo: &environment.repo,
+        owner: &environment.owner_token_id,
+        fetch,
+    };
+    let branch = attempt_branch(attempt);
+    let base = task
+        .base_ref
+        .as_deref()
+        .or(environment.base_branch.as_deref());
+    let (mirror, start) = shared
+        .mirrors
+        .prepare(source, base, &branch, !claimed.resume)
+        .await
+        .map_err(|e| format!("cannot prepare {}: {e}", environment.repo))?;
+    let base_commit = if claimed.resume {
+        recorded_base(shared, attempt).await?
+    } else {
+        shared
+            .store
+            .set_base_commit(attempt, &start)
+            .await
+            .map_err(|e| format!("cannot record the base commit: {e}"))?;
+        start
+    };
+    let setup = match environment
+        .setup_script
+        .as_deref()
+        .filter(|script| !script.trim().is_empty())
+    {
+        // A follow-up keeps the first run's setup products on its branch,
+        // so its worker never gets the secrets.
+        Some(script) if !claimed.resume => Some(ClaimedSetup {
+            script: script.to_string(),
+            secrets: crate::worker::run::read_secrets(shared, &environment).await?,
+        }),
+        _ => None,
+    };
+    let (prompt, history) = if claimed.resume {
+        let follow_up = shared
+            .store
+            .take_undelivered(attempt)
+            .await
+            .map_err(|e| format!("cannot read the follow-up: {e}"))?
+            .into_iter()
+            .map(|m| m.text)
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        (follow_up, attempt_history(shared, attempt).await?)
+    } else {
+        (task.prompt.clone(), Vec::new())
+    };
+    let agent = &shared.config.agent;
+    let limits = &agent.limits;
+    Ok(WorkerClaim {
+        attempt: AttemptAddress {
+            task_id: attempt.task_id.clone(),
+            n: attempt.n,
+        },
+        lease_token: claim.lease_token.clone(),
+        lease_secs: shared.config.lease.as_secs().max(1),
+        try_number: claimed.try_number,
+        next_seq: claimed.next_seq,
+        mode: task.mode,
+        model: task.model.clone().unwrap_or_else(|| agent.model.clone()),
+        wire_api: shared.config.provider.wire_api.to_string(),
+        prompt,
+        resume: claimed.resume,
+        history,
+        repository: ClaimedRepository {
+            git_path: format!("/api/worker/attempts/{}/{}/git", attempt.task_id, attempt.n),
+            base_commit,
+            branch,
+            mirror_key: mirror_key(&mirror),
+        },
+        sandbox: ClaimedSandbox {
+            network: environment.network,
+            env: environment.env.clone(),
+            image: environment.image.clone(),
+        },
+        setup,
+        limits: ClaimedLimits {
+            max_turns: limits.max_turns,
+            max_total_tokens: limits.max_total_tokens,
+            wall_clock_secs: limits.wall_clock.map(|d| d.as_secs()),
+            command_timeout_secs: limits.command_timeout.as_secs(),
+            max_command_timeout_secs: limits.max_command_timeout.as_secs(),
+            context_window: limits.context_window,
+        },
+    })
+}
+
+fn attempt_branch(attempt: &AttemptRef) -> String {
+    format!("kiln/{}/{}", attempt.task_id, attempt.n)
+}
+
+/// The mirror's directory names (two hex-and-name components under
+/// `mirrors/`): the same for every attempt of the owner's repository, and
+/// nothing about the server's layout.
+fn mirror_key(mirror: &std::path::Path) -> String {
+    let mut parts = mirror.iter().rev().take(2).collect::<Vec<_>>();
+    parts.reverse();
+    parts
+        .iter()
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+async fn environment_of(shared: &Shared, task: &Task) -> Result<Environment, String> {
+    shared
+        .store
+        .environment(&crate::worker::system_principal(), &task.environment_id)
+        .await
+        .map_err(|e| format!("cannot read the environment: {e}"))
+}
+
+/// The base of a follow-up: recorded by a remote run, or by an in-process
+/// run in the base file beside its checkout.
+async fn recorded_base(shared: &Shared, attempt: &AttemptRef) -> Result<String, String> {
+    if let Some(base) = shared
+        .store
+        .base_commit(attempt)
+        .await
+        .map_err(|e| format!("cannot read the attempt's base commit: {e}"))?
+    {
+        return Ok(base);
+    }
+    let file = shared
+        .mirrors
+        .checkout_dir(&attempt.task_id, attempt.n)
+        .with_extension("base");
+    match tokio::fs::read_to_string(&file).await {
+        Ok(base) if !base.trim().is_empty() => Ok(base.trim().to_string()),
+        _ => Err(format!(
+            "the base commit of {attempt} was never recorded, so a follow-up cannot measure its diff: create a new task"
+        )),
+    }
+}
+
+/// The attempt's whole log, page by page, whatever its length.
+async fn attempt_history(shared: &Shared, attempt: &AttemptRef) -> Result<Vec<Event>, String> {
+    let mut history = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = shared
+            .store
+            .events(
+                &attempt.task_id,
+                Some(attempt.n),
+                after,
+                MAX_EVENTS_PER_READ,
+            )
+            .await
+            .map_err(|e| format!("cannot read the attempt's history: {e}"))?;
+        let Some(last) = page.last() else {
+            return Ok(history);
+        };
+        after = last.id;
+        history.extend(page.iter().filter_map(|stored| stored.event().ok()));
+    }
+}
+
+/// The attempt could not be prepared: it fails with the reason, as the
+/// in-process pool's attempts do, and the claim loop goes on.
+async fn fail_unprepared(shared: &Shared, claim: &RemoteClaim, reason: String) {
+    // git's errors name mirror paths: the server's layout is not the user's business.
+    let reason = crate::scrub_data_dir(&reason, &shared.config.data_dir);
+    let attempt = &claim.claimed.attempt;
+    tracing::warn!("{attempt} could not be prepared for a remote worker: {reason}");
+    let seq = claim.claimed.next_seq;
+    let events = [
+        Event::new(
+            seq,
+            EventKind::Error {
+                message: reason.clone(),
+            },
+        ),
+        Event::new(
+            seq + 1,
+            EventKind::AttemptFinished {
+                status: AttemptStatus::Failed,
+                reason: Some(reason.clone()),
+                final_message: None,
+                usage: Default::default(),
+            },
+        ),
+    ];
+    if let Err(err) = shared.store.append_events(attempt, &events).await {
+        tracing::error!("recording why {attempt} failed: {err}");
+    }
+    let mut report = AttemptReport::new(AttemptStatus::Failed);
+    report.reason = Some(reason);
+    if let Err(err) = shared
+        .store
+        .finish(&claim.worker_id, attempt, &report)
+        .await
+    {
+        tracing::error!("recording the end of {attempt} failed: {err}");
+    }
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/heartbeat`.
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let holder = crate::auth::lease(&state, &headers, &AttemptRef::new(task_id, n)).await?;
+    let lease = state.inner.config.lease;
+    let (renewed, messages) = state.store().heartbeat_lease(&holder, lease).await?;
+    Ok(Json(HeartbeatReply {
+        lease_secs: lease.as_secs().max(1),
+        cancel_requested: renewed.cancel_requested,
+        messages,
+    }))
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/events`: stored redacted.
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+    ApiJson(batch): ApiJson<EventBatch>,
+) -> Result<Json<EventBatchReply>, ApiError> {
+    let attempt = AttemptRef::new(task_id, n);
+    let holder = crate::auth::lease(&state, &headers, &attempt).await?;
+    let redactor = redactor_for(&state.inner, &attempt).await?;
+    let events: Vec<Event> = batch
+        .events
+        .into_iter()
+        .map(|event| Event {
+            kind: redactor.redact_event(event.kind),
+            ..event
+        })
+        .collect();
+    let next_seq = state.store().append_leased_events(&holder, &events).await?;
+    Ok(Json(EventBatchReply { next_seq }))
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/finish`: the report (redacted), the
+/// end of the lease; messages the agent never read become a follow-up.
+pub(super) async fn finish(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<FinishRequest>,
+) -> Result<StatusCode, ApiError> {
+    let attempt = AttemptRef::new(task_id, n);
+    let holder = crate::auth::lease(&state, &headers, &attempt).await?;
+    let redactor = redactor_for(&state.inner, &attempt).await?;
+    let mut report = body.report;
+    let redact = |text: Option<String>| text.map(|t| redactor.redact(&t).into_owned());
+    report.diff = redact(report.diff);
+    report.final_message = redact(report.final_message);
+    report.reason = redact(report.reason);
+    state.store().finish_leased(&holder, &report).await?;
+    if report.status != AttemptStatus::Cancelled {
+        continue_with_unread(&state.inner, &attempt, body.unread_messages).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Messages the worker's agent never read, and any that came after its
+/// last heartbeat, reopen the attempt as a follow-up (as in-process).
+async fn continue_with_unread(shared: &Shared, attempt: &AttemptRef, mut unread: Vec<String>) {
+    match shared.store.take_undelivered(attempt).await {
+        Ok(messages) => unread.extend(messages.into_iter().map(|m| m.text)),
+        Err(err) => tracing::warn!("reading late messages of {attempt} failed: {err}"),
+    }
+    unread.retain(|text| !text.trim().is_empty());
+    if unread.is_empty() {
+        return;
+    }
+    let system = crate::worker::system_principal();
+    if let Err(err) = shared
+        .store
+        .enqueue_message(
+            &system,
+            &attempt.task_id,
+            Some(attempt.n),
+            &unread.join("\n\n"),
+        )
+        .await
+    {
+        tracing::error!("continuing {attempt} with unread messages failed: {err}");
+    }
+}
+
+/// The environment's secrets and repository credential, which nothing a
+/// worker uploads may carry.
+async fn redactor_for(shared: &Shared, attempt: &AttemptRef) -> Result<Redactor, ApiError> {
+    let system = crate::worker::system_principal();
+    let task = shared.store.task(&system, &attempt.task_id).await?.task;
+    let environment = shared
+        .store
+        .environment(&system, &task.environment_id)
+        .await?;
+    let mut values: Vec<(String, String)> = crate::worker::run::read_secrets(shared, &environment)
+        .await
+        .map_err(ApiError::Internal)?
+        .into_iter()
+        .collect();
+    if let Some(credential) = shared
+        .store
+        .environment_repo_credential(&environment.id)
+        .await?
+    {
+        values.extend(
+            credential
+                .redaction_values()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value)),
+        );
+    }
+    Ok(Redactor::new(values))
+}
+
+/// `GET /api/workers` (admin): every worker seen.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<WorkerInfo>>, ApiError> {
+    if !who.admin {
+        return Err(ApiError::Forbidden(
+            "only an admin token may list workers".into(),
+        ));
+    }
+    Ok(Json(state.store().list_workers().await?))
+}
