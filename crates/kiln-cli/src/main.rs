@@ -13,6 +13,8 @@ mod sandbox_policy;
 mod serve_cmd;
 mod task_cmd;
 mod token_cmd;
+mod worker_cmd;
+mod worker_run;
 
 use std::future::Future;
 use std::process::{ExitCode, Termination};
@@ -49,6 +51,9 @@ enum Command {
     Env(env_cmd::Args),
     /// API tokens on a kiln server (admin): create, list, revoke.
     Token(token_cmd::Args),
+    /// Run attempts for a kiln server on this machine, or `kiln worker
+    /// list` the workers a server has seen.
+    Worker(worker_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+        Command::Worker(args) => worker_cmd::run(args),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Args {
     /// Attempts that run at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_parallel: usize,
+    /// Run no attempts here: only remote `kiln worker`s do (the API, and
+    /// the sweep that takes back attempts of workers that died, still run).
+    #[arg(long)]
+    pub no_local_workers: bool,
     /// Claims an interrupted attempt gets before it is failed.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub max_tries: u32,
@@ -131,6 +135,7 @@ async fn serve(args: Args) -> Result<()> {
     })?;
     let mut server_config = ServerConfig::new(&data_dir, provider, agent, sandbox);
     server_config.max_parallel = args.max_parallel.max(1);
+    server_config.local_workers = !args.no_local_workers;
     server_config.max_tries = args.max_tries.max(1);
     server_config.lease = Duration::from_secs(args.lease_secs.max(3));
     server_config.repo_access = repo_access;

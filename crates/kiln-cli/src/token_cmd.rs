@@ -22,6 +22,10 @@ pub enum TokenCommand {
         name: String,
         #[arg(long)]
         admin: bool,
+        /// A worker token for `kiln worker` on another machine: it claims
+        /// and runs attempts and may call nothing else.
+        #[arg(long, conflicts_with = "admin")]
+        worker: bool,
     },
     /// List tokens (never their secrets).
     List,
@@ -34,9 +38,16 @@ pub fn run(args: Args) -> ExitCode {
         let client = ApiClient::new(&args.server)?;
         let json = args.server.json;
         match args.command {
-            TokenCommand::Create { name, admin } => {
+            TokenCommand::Create {
+                name,
+                admin,
+                worker,
+            } => {
                 let token = client
-                    .post("/api/tokens", &json!({"name": name, "admin": admin}))
+                    .post(
+                        "/api/tokens",
+                        &json!({"name": name, "admin": admin, "worker": worker}),
+                    )
                     .await?;
                 if json {
                     print_json(&token);
@@ -61,6 +72,8 @@ pub fn run(args: Args) -> ExitCode {
                         };
                         let admin = if token["admin"] == true {
                             "admin"
+                        } else if token["worker"] == true {
+                            "worker"
                         } else {
                             "user"
                         };
