@@ -209,6 +209,9 @@ pub(crate) async fn run_claimed(
     let report = match execute(context, &claim, &lease, steering, &events, cancel.clone()).await {
         Ok(report) => report,
         Err(reason) => {
+            // git's errors name this machine's paths: not the server's business.
+            let data_dir = context.config.data_dir.to_string_lossy();
+            let reason = reason.replace(data_dir.as_ref(), "WORKER_DATA");
             let status = if cancel.is_cancelled() {
                 AttemptStatus::Cancelled
             } else {
