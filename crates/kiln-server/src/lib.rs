@@ -124,6 +124,7 @@ impl Server {
                     revocations: tokio::sync::watch::Sender::new(0),
                     streams,
                     mirrors: Arc::new(worker::checkout::Mirrors::new(&config.data_dir)),
+                    provider_http: reqwest::Client::new(),
                     config,
                 }),
             },

@@ -178,6 +178,46 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        success: Success::Opaque("application/x-git-upload-pack-advertisement"),
+        ..op(
+            "get",
+            "/api/worker/attempts/{id}/{n}/git/info/refs",
+            "git smart HTTP (lease token): the refs the attempt may see (?service=git-upload-pack|git-receive-pack)",
+        )
+    },
+    Operation {
+        success: Success::Opaque("application/x-git-upload-pack-result"),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/git/git-upload-pack",
+            "git smart HTTP (lease token): fetch upstream branches, tags and the attempt's branch",
+        )
+    },
+    Operation {
+        success: Success::Opaque("application/x-git-receive-pack-result"),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/git/git-receive-pack",
+            "git smart HTTP (lease token): push the attempt's branch, nothing else",
+        )
+    },
+    Operation {
+        success: Success::Opaque("text/event-stream"),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/model/responses",
+            "The server's model provider, Responses API (lease token; the attempt's model only)",
+        )
+    },
+    Operation {
+        success: Success::Opaque("text/event-stream"),
+        ..op(
+            "post",
+            "/api/worker/attempts/{id}/{n}/model/chat/completions",
+            "The server's model provider, Chat Completions API (lease token; the attempt's model only)",
+        )
+    },
+    Operation {
         success: Success::Literal(openapi_document),
         ..op("get", "/api/openapi.json", "This document")
     },

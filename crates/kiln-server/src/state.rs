@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// The repository mirrors, shared by the in-process pool and the
     /// claims of remote workers (one lock per mirror for both).
     pub(crate) mirrors: Arc<Mirrors>,
+    /// The model pass-through's connections to the provider.
+    pub(crate) provider_http: reqwest::Client,
 }
 
 impl AppState {

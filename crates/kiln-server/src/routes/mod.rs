@@ -53,6 +53,25 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/worker/attempts/{id}/{n}/finish",
             post(worker_api::finish).layer(DefaultBodyLimit::max(worker_api::WORKER_BODY_LIMIT)),
         )
+        // git_serve caps request bodies itself (a push may be large).
+        .route(
+            "/api/worker/attempts/{id}/{n}/git/info/refs",
+            get(worker_api::git_refs).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/worker/attempts/{id}/{n}/git/{service}",
+            post(worker_api::git_rpc).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/worker/attempts/{id}/{n}/model/responses",
+            post(worker_api::model_responses)
+                .layer(DefaultBodyLimit::max(worker_api::WORKER_BODY_LIMIT)),
+        )
+        .route(
+            "/api/worker/attempts/{id}/{n}/model/chat/completions",
+            post(worker_api::model_chat)
+                .layer(DefaultBodyLimit::max(worker_api::WORKER_BODY_LIMIT)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

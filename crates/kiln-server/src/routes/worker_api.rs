@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,6 +27,8 @@ use kiln_store::{AttemptRef, Environment, RemoteClaim, Task, MAX_EVENTS_PER_READ
 use super::ApiJson;
 use crate::auth::{Caller, WorkerCaller};
 use crate::error::ApiError;
+use crate::git_serve::{self, AttemptRefs, GitService};
+use crate::model_proxy::{self, ModelRoute};
 use crate::state::{AppState, Shared};
 use crate::worker::checkout::Source;
 
@@ -423,4 +426,137 @@ pub(super) async fn list(
         ));
     }
     Ok(Json(state.store().list_workers().await?))
+}
+
+/// `?service=` of `GET .../git/info/refs`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ServiceQuery {
+    service: Option<String>,
+}
+
+/// The mirror a lease-holding worker's git calls are served from, and
+/// what of it the attempt may see: its own branch, upstream's branches
+/// and tags.
+async fn git_scope(
+    state: &AppState,
+    headers: &HeaderMap,
+    attempt: &AttemptRef,
+) -> Result<(std::path::PathBuf, AttemptRefs), ApiError> {
+    crate::auth::lease(state, headers, attempt).await?;
+    let shared = &state.inner;
+    let system = crate::worker::system_principal();
+    let task = shared.store.task(&system, &attempt.task_id).await?.task;
+    let environment = shared
+        .store
+        .environment(&system, &task.environment_id)
+        .await?;
+    let mirror = shared
+        .mirrors
+        .mirror_dir(&environment.owner_token_id, &environment.repo);
+    Ok((
+        mirror,
+        AttemptRefs {
+            branch: attempt_branch(attempt),
+        },
+    ))
+}
+
+fn unknown_service(service: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "git service {service:?} (use git-upload-pack or git-receive-pack)"
+    ))
+}
+
+/// `GET /api/worker/attempts/{id}/{n}/git/info/refs?service=...`.
+pub(super) async fn git_refs(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    Query(query): Query<ServiceQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let attempt = AttemptRef::new(task_id, n);
+    let (mirror, scope) = git_scope(&state, &headers, &attempt).await?;
+    let name = query.service.unwrap_or_default();
+    let service = GitService::from_query(&name).ok_or_else(|| {
+        ApiError::invalid(
+            "service",
+            "the dumb HTTP protocol is not served: use a git client that speaks smart HTTP (git 1.6.6 or later)",
+        )
+    })?;
+    Ok(git_serve::advertise(&mirror, &scope, service).await)
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/git/git-upload-pack` or `git-receive-pack`.
+pub(super) async fn git_rpc(
+    State(state): State<AppState>,
+    Path((task_id, n, service)): Path<(String, u32, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let attempt = AttemptRef::new(task_id, n);
+    let service = GitService::from_query(&service).ok_or_else(|| unknown_service(&service))?;
+    let (mirror, scope) = git_scope(&state, &headers, &attempt).await?;
+    Ok(git_serve::serve(&mirror, &scope, service, &headers, body).await)
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/model/responses`.
+pub(super) async fn model_responses(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    model(
+        state,
+        AttemptRef::new(task_id, n),
+        headers,
+        ModelRoute::Responses,
+        body,
+    )
+    .await
+}
+
+/// `POST /api/worker/attempts/{id}/{n}/model/chat/completions`.
+pub(super) async fn model_chat(
+    State(state): State<AppState>,
+    Path((task_id, n)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    model(
+        state,
+        AttemptRef::new(task_id, n),
+        headers,
+        ModelRoute::ChatCompletions,
+        body,
+    )
+    .await
+}
+
+/// The server's provider, for the attempt's model only, while the lease holds.
+async fn model(
+    state: AppState,
+    attempt: AttemptRef,
+    headers: HeaderMap,
+    route: ModelRoute,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    crate::auth::lease(&state, &headers, &attempt).await?;
+    let shared = &state.inner;
+    let task = shared
+        .store
+        .task(&crate::worker::system_principal(), &attempt.task_id)
+        .await?
+        .task;
+    let model = task
+        .model
+        .unwrap_or_else(|| shared.config.agent.model.clone());
+    Ok(model_proxy::forward(
+        &shared.provider_http,
+        &shared.config.provider,
+        route,
+        &model,
+        body,
+    )
+    .await)
 }
