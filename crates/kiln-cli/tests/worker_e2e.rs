@@ -29,12 +29,12 @@ struct KilnWorker {
 }
 
 impl KilnWorker {
-    fn start(server: &KilnServer, token: &str, name: &str) -> Self {
+    fn start(server: &KilnServer, token: &str, name: &str, max_parallel: u32) -> Self {
         let data = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["worker", "--server", &server.url, "--name", name])
-            .args(["--max-parallel", "2", "--data-dir"])
+            .args(["--max-parallel", &max_parallel.to_string(), "--data-dir"])
             .arg(data.path())
             // Only what a worker machine has: no model key, no model URL.
             .env_clear()
@@ -65,6 +65,11 @@ impl KilnWorker {
     fn ran_in(&self, cwd: &str) -> bool {
         let data = self.data.path().canonicalize().unwrap();
         Path::new(cwd).starts_with(&data) || Path::new(cwd).starts_with(self.data.path())
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
     }
 
     /// SIGKILL: no shutdown code runs, as when a machine dies.
@@ -211,8 +216,8 @@ async fn two_remote_workers_run_tasks_survive_a_killed_worker_and_continue_a_fol
     assert_eq!(status, 403, "an admin token cannot claim either: {body}");
 
     let mut workers = vec![
-        KilnWorker::start(&server, &tokens[0], "machine-a"),
-        KilnWorker::start(&server, &tokens[1], "machine-b"),
+        KilnWorker::start(&server, &tokens[0], "machine-a", 2),
+        KilnWorker::start(&server, &tokens[1], "machine-b", 2),
     ];
 
     // 20 tasks, each with its own change, on whichever worker is free.
@@ -372,4 +377,90 @@ async fn two_remote_workers_run_tasks_survive_a_killed_worker_and_continue_a_fol
         .requests()
         .iter()
         .all(|r| r.header("authorization") == Some(format!("Bearer {MODEL_KEY}").as_str())));
+}
+
+/// A worker token made by the admin.
+async fn worker_token(server: &KilnServer, name: &str) -> String {
+    let (status, token) = server
+        .post(
+            "/api/tokens",
+            ADMIN_TOKEN,
+            json!({"name": name, "worker": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    token["secret"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_comes_back_after_its_lease_was_taken_writes_nothing_more() {
+    let repo = fixtures::repo("calc-py");
+    let script = Script::new(Vec::new())
+        .with_route(
+            "[stale]",
+            vec![
+                Turn::shell("sleep 60"),
+                Turn::message("Finished by the second worker."),
+            ],
+        )
+        .with_route("[after]", vec![Turn::message("Still working.")]);
+    let model = ScriptedServer::start(script).await;
+    let install = Installation::new();
+    let server = KilnServer::start_with(
+        &install,
+        &model,
+        1,
+        &["--no-local-workers", "--lease-secs", "3"],
+    )
+    .await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let first = KilnWorker::start(&server, &worker_token(&server, "first").await, "first", 1);
+
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "[stale] wait"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut stream = server.events(ADMIN_TOKEN, &id, None).await;
+    stream.until("exec.begin", LONG).await;
+    // The machine freezes (a network partition looks the same to the
+    // server): its lease expires and another worker takes the attempt.
+    first.signal(libc::SIGSTOP);
+    let mut second =
+        KilnWorker::start(&server, &worker_token(&server, "second").await, "second", 1);
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["final_message"],
+        "Finished by the second worker."
+    );
+    let before = events_of(&server, &id).await;
+    second.kill9().await;
+
+    // The first worker wakes up with its attempt still running: its lease
+    // is refused, it stops the attempt without a word to the server, and
+    // goes on to claim new work.
+    first.signal(libc::SIGCONT);
+    let next = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "[after] anything left?"}),
+        )
+        .await;
+    let next_id = next["id"].as_str().unwrap().to_string();
+    let next = server.wait_finished(ADMIN_TOKEN, &next_id, LONG).await;
+    assert_eq!(next["status"], "succeeded", "{next:#}");
+    let started = started_in(&events_of(&server, &next_id).await);
+    assert!(first.ran_in(&started[0]), "{started:?}");
+
+    let after = events_of(&server, &id).await;
+    assert_eq!(after, before, "the stale worker wrote into the attempt");
+    let task = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await.1;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["final_message"],
+        "Finished by the second worker."
+    );
 }
