@@ -30,11 +30,23 @@ struct KilnWorker {
 
 impl KilnWorker {
     fn start(server: &KilnServer, token: &str, name: &str, max_parallel: u32) -> Self {
+        Self::start_with(server, token, name, max_parallel, &[])
+    }
+
+    fn start_with(
+        server: &KilnServer,
+        token: &str,
+        name: &str,
+        max_parallel: u32,
+        extra: &[&str],
+    ) -> Self {
         let data = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["worker", "--server", &server.url, "--name", name])
-            .args(["--max-parallel", &max_parallel.to_string(), "--data-dir"])
+            .args(["--max-parallel", &max_parallel.to_string()])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data.path())
             // Only what a worker machine has: no model key, no model URL.
             .env_clear()
@@ -463,4 +475,65 @@ async fn a_worker_that_comes_back_after_its_lease_was_taken_writes_nothing_more(
         task["attempts"][0]["final_message"],
         "Finished by the second worker."
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_an_attempt_that_outlives_the_drain_back_to_the_server() {
+    let repo = fixtures::repo("calc-py");
+    let script = Script::new(Vec::new()).with_route(
+        "[drain]",
+        vec![
+            Turn::shell("sleep 60"),
+            Turn::message("Finished after the hand-back."),
+        ],
+    );
+    let model = ScriptedServer::start(script).await;
+    let install = Installation::new();
+    let server = KilnServer::start_with(
+        &install,
+        &model,
+        1,
+        &["--no-local-workers", "--lease-secs", "3"],
+    )
+    .await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let token = worker_token(&server, "drained").await;
+    let mut first = KilnWorker::start_with(&server, &token, "first", 1, &["--drain-secs", "1"]);
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "[drain] wait"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut stream = server.events(ADMIN_TOKEN, &id, None).await;
+    stream.until("exec.begin", LONG).await;
+
+    first.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(LONG, first.child.wait())
+        .await
+        .expect("the worker exits once the drain time is over")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // Not reported as cancelled or failed: the attempt waits for its lease
+    // to expire and runs again.
+    let task = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await.1;
+    assert!(
+        matches!(task["status"].as_str(), Some("running" | "queued")),
+        "{task:#}"
+    );
+    let _second = KilnWorker::start(&server, &token, "second", 1);
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["final_message"],
+        "Finished after the hand-back."
+    );
+    let events = events_of(&server, &id).await;
+    assert_eq!(started_in(&events).len(), 2);
+    let finished = events
+        .iter()
+        .filter(|e| e["type"] == "attempt.finished")
+        .count();
+    assert_eq!(finished, 1, "the first run reported no end: {events:#?}");
 }
