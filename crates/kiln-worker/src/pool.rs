@@ -20,7 +20,7 @@ const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
 /// Everything a worker needs; the agent and sandbox settings are its own
 /// defaults, which each claim completes (model, mode, budgets, network,
 /// the environment's variables and image).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The kiln server's URL.
     pub server: String,
@@ -41,6 +41,20 @@ pub struct WorkerConfig {
     pub drain: Duration,
     /// How long one claim may wait on the server for work.
     pub claim_wait_secs: u32,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs and panic messages.
+        f.debug_struct("WorkerConfig")
+            .field("server", &self.server)
+            .field("name", &self.name)
+            .field("data_dir", &self.data_dir)
+            .field("max_parallel", &self.max_parallel)
+            .field("drain", &self.drain)
+            .field("claim_wait_secs", &self.claim_wait_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerConfig {
