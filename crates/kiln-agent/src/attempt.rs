@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_model::{ModelClient, ModelRequest, ToolSpec};
-use kiln_protocol::{AttemptStatus, CitationCheck, EventKind, Item, Role, Usage};
+use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, Item, Role, Usage};
 use kiln_sandbox::Sandbox;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -76,22 +76,6 @@ impl AttemptInput {
     }
 }
 
-/// How an attempt ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptOutcome {
-    pub status: AttemptStatus,
-    /// The model's last message, from the turn that ended without tool calls.
-    pub final_message: Option<String>,
-    /// Why the attempt failed or stopped, for people.
-    pub reason: Option<String>,
-    /// Tokens used over the whole attempt, compaction included.
-    pub usage: Usage,
-    /// The conversation at the end, ready for a follow-up attempt.
-    pub history: Vec<Item>,
-    /// The verdict on each citation of the final message.
-    pub citations: Vec<CitationCheck>,
-}
-
 /// Run one attempt: see [`run_attempt_with`]. This is the form for a fresh
 /// run or a resumed one whose earlier chunks need not be cited.
 pub async fn run_attempt(
@@ -102,21 +86,13 @@ pub async fn run_attempt(
     prompt: String,
     events: &EventLog,
     cancel: CancellationToken,
-) -> AttemptOutcome {
+) -> AttemptReport {
     let input = AttemptInput::new(prompt).with_history(history);
     run_attempt_with(config, model, sandbox, input, events, cancel).await
 }
 
-/// Run one attempt to its end and report how it ended.
-///
-/// Emits `attempt.started`, the prompt as a `message`, then per turn
-/// `model.delta`s, the assistant's `message`s and `tool.call`s, each call's
-/// `exec.*` / `patch.applied` / `plan.updated` and its `tool.output`, and a
-/// `usage`; `context.compacted` when the history is compacted; after the
-/// final message one `citation.checked` per citation; `warning`s and `error`s
-/// as they occur; and always `attempt.finished` last. Never panics on bad
-/// input and never outlives `cancel` by more than a command's kill time: every
-/// failure ends the attempt with a reason.
+/// Run one attempt in place, in `config.cwd`, with a sandbox the caller
+/// built: the plan-less form of [`crate::run`] (no setup, diff or commit).
 pub async fn run_attempt_with(
     config: &AgentConfig,
     model: Arc<dyn ModelClient>,
@@ -124,7 +100,41 @@ pub async fn run_attempt_with(
     input: AttemptInput,
     events: &EventLog,
     cancel: CancellationToken,
-) -> AttemptOutcome {
+) -> AttemptReport {
+    let cwd = config.cwd.clone();
+    let root = config
+        .workspace_root
+        .clone()
+        .or_else(|| project_root(&cwd))
+        .unwrap_or_else(|| cwd.clone());
+    let plan = crate::AttemptPlan::new(
+        config.clone(),
+        crate::Workspace::InPlace { root, cwd },
+        crate::SandboxPlan::Ready(sandbox),
+        input,
+    );
+    crate::run(plan, model, events, cancel).await
+}
+
+/// The agent loop of one attempt, to its end.
+///
+/// Emits `attempt.started`, the prompt as a `message`, then per turn
+/// `model.delta`s, the assistant's `message`s and `tool.call`s, each call's
+/// `exec.*` / `patch.applied` / `plan.updated` and its `tool.output`, and a
+/// `usage`; `context.compacted` when the history is compacted; after the
+/// final message one `citation.checked` per citation; `warning`s and `error`s
+/// as they occur; [`crate::run`] then finishes the attempt (diff, commit,
+/// `attempt.finished`). Never panics on bad
+/// input and never outlives `cancel` by more than a command's kill time: every
+/// failure ends the attempt with a reason.
+pub(crate) async fn run_loop(
+    config: &AgentConfig,
+    model: Arc<dyn ModelClient>,
+    sandbox: Arc<dyn Sandbox>,
+    input: AttemptInput,
+    events: &EventLog,
+    cancel: CancellationToken,
+) -> AttemptReport {
     let stop = cancel.child_token();
     let deadline_hit = Arc::new(AtomicBool::new(false));
     let _wall_clock = config
@@ -602,7 +612,7 @@ impl Attempt<'_> {
         }
     }
 
-    fn finish(mut self, end: End) -> AttemptOutcome {
+    fn finish(mut self, end: End) -> AttemptReport {
         // The outcome is stored and shown like the events: no secret in it.
         let redact = |text: String| self.events.redact(&text).into_owned();
         let end = match end {
@@ -631,20 +641,13 @@ impl Attempt<'_> {
         for check in &citations {
             self.events.emit(EventKind::CitationChecked(check.clone()));
         }
-        self.events.emit(EventKind::AttemptFinished {
-            status,
-            reason: reason.clone(),
-            final_message: final_message.clone(),
-            usage: self.usage,
-        });
-        AttemptOutcome {
-            status,
-            final_message,
-            reason,
-            usage: self.usage,
-            history: std::mem::take(&mut self.history),
-            citations,
-        }
+        let mut report = AttemptReport::new(status);
+        report.final_message = final_message;
+        report.reason = reason;
+        report.usage = self.usage;
+        report.history = std::mem::take(&mut self.history);
+        report.citations = citations;
+        report
     }
 }
 

@@ -71,14 +71,16 @@ mod config;
 mod event_log;
 mod history;
 mod instructions;
+mod linked_git;
 mod model_turn;
 mod output;
+mod plan;
 mod prompt;
 mod redact;
 mod tools;
 pub mod workspace_file;
 
-pub use attempt::{run_attempt, run_attempt_with, AttemptInput, AttemptOutcome};
+pub use attempt::{run_attempt, run_attempt_with, AttemptInput};
 pub use chunks::ChunkStore;
 pub use citations::{check_citations, parse_citations, Citation, CitationTarget, LineRange};
 pub use config::{AgentConfig, InstructionsConfig, Limits};
@@ -87,6 +89,11 @@ pub use history::history_from_events;
 pub use instructions::{
     discover_instructions, discover_instructions_within, project_root, Instructions,
 };
+pub use kiln_protocol::AttemptReport;
 pub use output::CapturedOutput;
+pub use plan::{
+    report_unstartable, run, sandbox_policy, AttemptPlan, Publish, SandboxPlan, Setup, Workspace,
+    MAX_DIFF_IN_EVENT, MAX_REPORTED_DIFF,
+};
 pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
 pub use workspace_file::{WorkspaceFile, WorkspaceFileError};

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
+use kiln_protocol::api::TaskStreamItem;
+use kiln_protocol::sse::SseParser;
 use kiln_protocol::{AttemptStatus, Event, EventKind};
 use kiln_testkit::{Script, Turn};
 use serde_json::{json, Value};
@@ -329,20 +331,26 @@ async fn follow_events(
     if response.status() != 200 {
         bail!("GET /api/tasks/{id}/events answered {}", response.status());
     }
-    let mut parser = SseParser::default();
+    let mut parser = SseParser::new();
     while let Some(chunk) = response
         .chunk()
         .await
         .with_context(|| format!("reading the events of task {id}"))?
     {
-        for message in parser.push(&chunk) {
-            seen.last = Some(message.event.clone());
-            let event: Event = serde_json::from_str(&message.data).with_context(|| {
-                format!("task {id} sent an event that is not an Event: {message:?}")
-            })?;
-            if seen.record(&event) {
+        for frame in parser
+            .feed(&chunk)
+            .with_context(|| format!("reading the events of task {id}"))?
+        {
+            let item = TaskStreamItem::from_frame(&frame)
+                .with_context(|| format!("task {id} sent a frame kiln-bench cannot read"))?;
+            // Task statuses only tell the stream is about to end.
+            let TaskStreamItem::Event { event, .. } = item else {
+                continue;
+            };
+            seen.last = Some(frame.event);
+            if seen.record(&event.event) {
                 outcome.first_command = Some(posted.elapsed());
-                outcome.first_command_stamped = (event.ts - posted_at).to_std().ok();
+                outcome.first_command_stamped = (event.event.ts - posted_at).to_std().ok();
             }
         }
     }
@@ -371,51 +379,6 @@ async fn post(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     ))
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseMessage {
-    pub event: String,
-    pub data: String,
-}
-
-/// Splits an SSE byte stream, delivered in arbitrary pieces, into events:
-/// `event:` and `data:` lines up to a blank line; comments (`:`) and `id:`
-/// lines are skipped. Lines may end in `\n` or `\r\n`.
-#[derive(Debug, Default)]
-pub(crate) struct SseParser {
-    pending: Vec<u8>,
-    event: String,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    /// Feeds `bytes`; returns the events they completed.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
-        self.pending.extend_from_slice(bytes);
-        let mut messages = Vec::new();
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    messages.push(SseMessage {
-                        event: std::mem::take(&mut self.event),
-                        data: std::mem::take(&mut self.data).join("\n"),
-                    });
-                }
-                self.event.clear();
-            } else if let Some(value) = line.strip_prefix("data:") {
-                self.data
-                    .push(value.strip_prefix(' ').unwrap_or(value).to_string());
-            } else if let Some(value) = line.strip_prefix("event:") {
-                self.event = value.trim().to_string();
-            }
-        }
-        messages
-    }
 }
 
 /// The value at quantile `q` (0..=1) by nearest rank: the smallest sample

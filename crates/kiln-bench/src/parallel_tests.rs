@@ -4,38 +4,6 @@ use kiln_testkit::Turn;
 use super::*;
 
 #[test]
-fn sse_events_split_anywhere_come_out_whole() {
-    let stream = b": keep-alive\n\nid: 7\nevent: exec.begin\ndata: {\"a\":1}\n\n\
-                   id: 8\r\nevent: message\r\ndata: line one\r\ndata: line two\r\n\r\n";
-    for cut in 0..stream.len() {
-        let mut parser = SseParser::default();
-        let mut messages = parser.push(&stream[..cut]);
-        messages.extend(parser.push(&stream[cut..]));
-        assert_eq!(
-            messages,
-            [
-                SseMessage {
-                    event: "exec.begin".into(),
-                    data: "{\"a\":1}".into()
-                },
-                SseMessage {
-                    event: "message".into(),
-                    data: "line one\nline two".into()
-                },
-            ],
-            "cut at byte {cut}"
-        );
-    }
-}
-
-#[test]
-fn an_sse_event_without_its_blank_line_is_not_delivered_yet() {
-    let mut parser = SseParser::default();
-    assert!(parser.push(b"event: x\ndata: {}\n").is_empty());
-    assert_eq!(parser.push(b"\n").len(), 1);
-}
-
-#[test]
 fn the_servers_sse_data_parses_as_an_event_despite_the_attempt_field() {
     let data = r#"{"attempt":1,"seq":4,"ts":"2026-11-21T08:00:00.250Z","type":"exec.begin","call_id":"c1","chunk_id":"t1","command":["bash","-lc","sleep 2"],"cwd":"/w"}"#;
     let event: Event = serde_json::from_str(data).unwrap();

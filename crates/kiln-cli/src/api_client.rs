@@ -1,7 +1,17 @@
 //! The HTTP client the `kiln task|env|token` subcommands share: where the
-//! server is, the bearer token, and errors that say what to do.
+//! server is, the bearer token, typed calls that return the API's types
+//! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
+//! parser, and errors that say what to do.
 
-use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_protocol::api::{
+    CancelOutcome, Environment, EnvironmentList, MessageList, NewEnvironment, NewMessage, NewTask,
+    TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
+};
+use kiln_protocol::sse::SseParser;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Server and credentials, from flags or the environment.
@@ -29,6 +39,33 @@ pub struct ApiClient {
     token: String,
 }
 
+/// A typed answer and the JSON text it came from, for `--json`, which
+/// prints what the server said rather than what this client understood.
+pub struct Answer<T> {
+    pub value: T,
+    body: String,
+}
+
+impl<T> Answer<T> {
+    /// Prints the server's JSON, pretty, on stdout.
+    pub fn print_json(&self) {
+        match serde_json::from_str::<Value>(&self.body) {
+            Ok(value) => print_json(&value),
+            Err(_) => println!("{}", self.body),
+        }
+    }
+}
+
+/// Which events `GET /api/tasks/{id}/events` sends.
+#[derive(Debug, Clone, Default)]
+pub struct EventsQuery {
+    pub attempt: Option<u32>,
+    /// Only events after this id.
+    pub after: Option<i64>,
+    /// Keep the stream open until the task finishes.
+    pub follow: bool,
+}
+
 impl ApiClient {
     pub fn new(args: &ServerArgs) -> Result<Self> {
         let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) else {
@@ -37,9 +74,13 @@ impl ApiClient {
                  of `kiln serve`; `kiln token create NAME` makes more)"
             );
         };
+        let base = args.server.trim_end_matches('/').to_string();
+        reqwest::Url::parse(&base).with_context(|| {
+            format!("--server / KILN_SERVER {base:?} is not a URL: use e.g. http://127.0.0.1:7878")
+        })?;
         Ok(ApiClient {
             http: reqwest::Client::new(),
-            base: args.server.trim_end_matches('/').to_string(),
+            base,
             token,
         })
     }
@@ -48,6 +89,34 @@ impl ApiClient {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+    }
+
+    /// A request to the API path made of `segments`, each percent-encoded,
+    /// so that an id given on the command line (`../tokens`) stays one
+    /// segment and cannot reach another route.
+    fn request_to(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<reqwest::RequestBuilder> {
+        if let Some(bad) = segments
+            .iter()
+            .find(|s| s.is_empty() || **s == "." || **s == "..")
+        {
+            bail!("{bad:?} is not an id: use the id kiln printed (e.g. t_… for a task)");
+        }
+        let mut url = reqwest::Url::parse(&self.base)
+            .with_context(|| format!("the server URL {:?} is not a URL", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("the server URL {:?} cannot have a path", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        Ok(self.http.request(method, url).bearer_auth(&self.token))
     }
 
     pub async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response> {
@@ -69,14 +138,127 @@ impl ApiClient {
         bail!("the server refused ({status}): {message}")
     }
 
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Answer<T>> {
+        let response = self.send(builder).await?;
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("reading {what} from the server"))?;
+        let value = serde_json::from_str(&body).with_context(|| {
+            format!(
+                "the server's answer is not {what} as this kiln knows it \
+                 (is the server another version of kiln?)"
+            )
+        })?;
+        Ok(Answer { value, body })
+    }
+
+    pub async fn create_task(&self, new: &NewTask) -> Result<Answer<TaskDetail>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "tasks"], &[])?
+            .json(new);
+        self.typed(request, "a task").await
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Answer<TaskDetail>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "tasks", id], &[])?;
+        self.typed(request, "a task").await
+    }
+
+    pub async fn list_tasks(&self, query: &TaskQuery) -> Result<Answer<TaskPage>> {
+        let mut pairs = Vec::new();
+        if let Some(status) = query.status {
+            pairs.push(("status", status.to_string()));
+        }
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        let request = self.request_to(reqwest::Method::GET, &["api", "tasks"], &pairs)?;
+        self.typed(request, "a page of tasks").await
+    }
+
+    /// An attempt's diff, as text.
+    pub async fn attempt_diff(&self, id: &str, attempt: u32) -> Result<String> {
+        let n = attempt.to_string();
+        let request = self.request_to(
+            reqwest::Method::GET,
+            &["api", "tasks", id, "attempts", &n, "diff"],
+            &[],
+        )?;
+        let response = self.send(request).await?;
+        Ok(response.text().await?)
+    }
+
+    pub async fn cancel_task(&self, id: &str) -> Result<Answer<CancelOutcome>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "tasks", id, "cancel"], &[])?
+            .json(&serde_json::json!({}));
+        self.typed(request, "the outcome of a cancellation").await
+    }
+
+    pub async fn send_message(
+        &self,
+        id: &str,
+        message: &NewMessage,
+    ) -> Result<Answer<MessageList>> {
+        let request = self
+            .request_to(
+                reqwest::Method::POST,
+                &["api", "tasks", id, "messages"],
+                &[],
+            )?
+            .json(message);
+        self.typed(request, "the messages sent").await
+    }
+
+    pub async fn create_environment(&self, new: &NewEnvironment) -> Result<Answer<Environment>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "environments"], &[])?
+            .json(new);
+        self.typed(request, "an environment").await
+    }
+
+    pub async fn list_environments(&self) -> Result<Answer<EnvironmentList>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "environments"], &[])?;
+        self.typed(request, "a list of environments").await
+    }
+
+    /// Opens the task's event stream.
+    pub async fn events(&self, id: &str, query: &EventsQuery) -> Result<TaskEvents> {
+        let mut pairs = vec![("follow", query.follow.to_string())];
+        if let Some(n) = query.attempt {
+            pairs.push(("attempt", n.to_string()));
+        }
+        if let Some(after) = query.after {
+            pairs.push(("after", after.to_string()));
+        }
+        let request = self
+            .request_to(
+                reqwest::Method::GET,
+                &["api", "tasks", id, "events"],
+                &pairs,
+            )?
+            .header("accept", "text/event-stream");
+        let response = self.send(request).await?;
+        Ok(TaskEvents {
+            response,
+            parser: SseParser::new(),
+            ready: VecDeque::new(),
+        })
+    }
+
+    // The untyped calls below serve `kiln token` until it has typed ones.
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         let response = self.send(self.request(reqwest::Method::GET, path)).await?;
         Ok(response.json().await?)
-    }
-
-    pub async fn get_text(&self, path: &str) -> Result<String> {
-        let response = self.send(self.request(reqwest::Method::GET, path)).await?;
-        Ok(response.text().await?)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
@@ -92,14 +274,44 @@ impl ApiClient {
             .await?;
         Ok(response.json().await?)
     }
+}
 
-    /// Opens an SSE stream (`GET` with `Accept: text/event-stream`).
-    pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
-        self.send(
-            self.request(reqwest::Method::GET, path)
-                .header("accept", "text/event-stream"),
-        )
-        .await
+/// One frame of a task's event stream, decoded, with its JSON as sent.
+pub struct TaskEvent {
+    pub item: TaskStreamItem,
+    pub data: String,
+}
+
+/// A task's event stream as it arrives (see [`ApiClient::events`]).
+pub struct TaskEvents {
+    response: reqwest::Response,
+    parser: SseParser,
+    ready: VecDeque<TaskEvent>,
+}
+
+impl TaskEvents {
+    /// The next frame, or `None` once the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<TaskEvent>> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let Some(chunk) = self
+                .response
+                .chunk()
+                .await
+                .context("the event stream broke off")?
+            else {
+                return Ok(None);
+            };
+            for frame in self.parser.feed(&chunk)? {
+                let item = TaskStreamItem::from_frame(&frame)?;
+                self.ready.push_back(TaskEvent {
+                    item,
+                    data: frame.data,
+                });
+            }
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! `kiln env add|list`: environments on a kiln server.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Map, Value};
+use kiln_protocol::api::NewEnvironment;
 
-use crate::api_client::{print_json, ApiClient, ServerArgs};
+use crate::api_client::{ApiClient, ServerArgs};
+use crate::render::terminal_safe;
 use crate::run_blocking;
 
 #[derive(Debug, clap::Args)]
@@ -67,29 +69,34 @@ pub fn run(args: Args) -> ExitCode {
                     ),
                     None => None,
                 };
-                let body = json!({
-                    "name": name, "repo": repo, "base_branch": base_branch,
-                    "setup_script": setup_script, "env": pairs("--var", &vars)?,
-                    "secrets": pairs("--secret", &secrets)?, "network": network, "image": image,
-                });
-                let env = client.post("/api/environments", &body).await?;
+                let new = NewEnvironment {
+                    name,
+                    repo,
+                    base_branch,
+                    setup_script,
+                    env: pairs("--var", &vars)?,
+                    secrets: pairs("--secret", &secrets)?,
+                    network,
+                    image,
+                };
+                let env = client.create_environment(&new).await?;
                 if args.server.json {
-                    print_json(&env);
+                    env.print_json();
                 } else {
-                    println!("{}", env["id"].as_str().unwrap_or_default());
+                    println!("{}", env.value.id);
                 }
             }
             EnvCommand::List => {
-                let listed = client.get("/api/environments").await?;
+                let listed = client.list_environments().await?;
                 if args.server.json {
-                    print_json(&listed);
+                    listed.print_json();
                 } else {
-                    for env in listed["environments"].as_array().into_iter().flatten() {
+                    for env in &listed.value.environments {
                         println!(
                             "{}  {}  {}",
-                            env["id"].as_str().unwrap_or_default(),
-                            env["name"].as_str().unwrap_or_default(),
-                            env["repo"].as_str().unwrap_or_default()
+                            env.id,
+                            terminal_safe(&env.name),
+                            terminal_safe(&env.repo)
                         );
                     }
                 }
@@ -110,13 +117,13 @@ fn absolute_if_local(repo: &str) -> String {
     repo.to_string()
 }
 
-fn pairs(flag: &str, raw: &[String]) -> Result<Value> {
-    let mut map = Map::new();
+fn pairs(flag: &str, raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
     for item in raw {
         let Some((key, value)) = item.split_once('=') else {
             bail!("{flag} {item:?} is not KEY=VALUE");
         };
-        map.insert(key.to_string(), Value::String(value.to_string()));
+        map.insert(key.to_string(), value.to_string());
     }
-    Ok(Value::Object(map))
+    Ok(map)
 }

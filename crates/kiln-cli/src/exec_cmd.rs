@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln_agent::{AgentConfig, AttemptInput, EventLog, InstructionsConfig};
+use kiln_agent::{
+    AgentConfig, AttemptInput, AttemptPlan, EventLog, InstructionsConfig, SandboxPlan, Workspace,
+};
 use kiln_protocol::{AttemptStatus, EventKind, EventSink, Mode};
 use kiln_workspace::{BaseCheckouts, Repo, Worktree};
 use tokio_util::sync::CancellationToken;
@@ -121,7 +123,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     let provider = config.provider()?;
     let client = kiln_model::connect(&provider).map_err(|err| anyhow::anyhow!("{err}"))?;
     let kiln_mount_point = crate::sandbox_policy::KilnMountPoint::note(&workspace_root);
-    let sandbox = crate::sandbox_policy::build(&config, &workspace_root, mode)?;
+    let base_policy = crate::sandbox_policy::base_policy(&config)?;
 
     let log_file = match &args.resume {
         Some(path) => JsonlFile::open_append(path)?,
@@ -134,6 +136,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     } else {
         sinks.push(Arc::new(HumanRenderer::new()));
     }
+    let message = commit_message(&prompt);
     let (input, next_seq) = match resumed {
         Some(resumed) => (
             AttemptInput::resume(prompt, &resumed.events),
@@ -148,7 +151,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
         });
     }
 
-    let agent_config = agent_config(&config, &provider.name, mode, run_dir, &home);
+    let agent_config = agent_config(&config, &provider.name, mode, run_dir.clone(), &home);
     let cancel = CancellationToken::new();
     let on_interrupt = cancel.clone();
     tokio::spawn(async move {
@@ -157,12 +160,49 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
         }
     });
 
-    let outcome =
-        kiln_agent::run_attempt_with(&agent_config, client, sandbox, input, &events, cancel).await;
+    let (workspace, commit_message) = match worktree {
+        Some((wt, relative)) => {
+            let base = wt.base_commit().to_string();
+            // `.git/worktrees/<name>` lies in the repository's git directory.
+            let git_dir = wt
+                .git_dir()
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(wt.git_dir())
+                .to_path_buf();
+            let checkout = kiln_workspace::Checkout::of_worktree(wt, base, git_dir);
+            let workspace = Workspace::Checkout {
+                checkout: Box::new(checkout),
+                subdir: relative,
+            };
+            (workspace, Some(message))
+        }
+        None => {
+            let workspace = Workspace::InPlace {
+                root: workspace_root,
+                cwd: run_dir,
+            };
+            (workspace, None)
+        }
+    };
+    let policy = kiln_agent::sandbox_policy(&base_policy, &workspace, mode);
+    if policy.backend == kiln_sandbox::Backend::None {
+        eprintln!("warning: --sandbox none: commands run with NO isolation, as you, with your network and files");
+    }
+    let checkout_dir = workspace.checkout().map(|c| c.path().to_path_buf());
+    let mut plan = AttemptPlan::new(
+        agent_config,
+        workspace,
+        SandboxPlan::Policy(Box::new(policy)),
+        input,
+    );
+    plan.commit_message = commit_message;
+    let outcome = kiln_agent::run(plan, client, &events, cancel).await;
     drop(kiln_mount_point);
 
-    if let Some((wt, _)) = &worktree {
-        report_worktree(wt, &events)?;
+    if let Some(dir) = checkout_dir {
+        // Unmounted either way; `kiln exec --resume LOG` mounts it again.
+        park_worktree(&home, &dir)?;
     }
     if !args.json && !std::io::stdout().is_terminal() {
         if let Some(message) = &outcome.final_message {
@@ -307,38 +347,26 @@ fn reattach_worktree(home: &Path, dir: &Path) -> Result<Option<(Worktree, PathBu
     Ok(worktree.map(|wt| (wt, parts.as_path().to_path_buf())))
 }
 
-fn report_worktree(worktree: &Worktree, events: &EventLog) -> Result<()> {
-    let stat = worktree.diff_stat()?;
-    let committed = worktree.commit_all("kiln exec");
-    // Unmounted either way; `kiln exec --resume LOG` mounts it again.
-    worktree.park()?;
-    match committed? {
-        Some(commit) if worktree.is_copy_on_write() => {
-            eprintln!("{}", stat.trim_end());
-            eprintln!(
-                "committed {} on branch {}; bring it in with: git merge {}",
-                &commit[..commit.len().min(12)],
-                worktree.branch(),
-                worktree.branch()
-            );
-        }
-        Some(commit) => {
-            eprintln!("{}", stat.trim_end());
-            eprintln!(
-                "committed {} on branch {} (worktree {}); bring it in with: git merge {}",
-                &commit[..commit.len().min(12)],
-                worktree.branch(),
-                worktree.path().display(),
-                worktree.branch()
-            );
-        }
-        None => {
-            events.emit(EventKind::Warning {
-                message: format!("no changes to commit on {}", worktree.branch()),
-            });
-        }
+/// Unmount the copy-on-write checkout at `dir` (a full worktree stays as
+/// it is); `kiln exec --resume LOG` mounts it again.
+fn park_worktree(home: &Path, dir: &Path) -> Result<()> {
+    let bases = BaseCheckouts::new(home.join("bases"));
+    if let Some(worktree) = Worktree::reattach(&bases, dir)? {
+        worktree.park()?;
     }
     Ok(())
+}
+
+/// `kiln: <the prompt's first line>`, at most 72 characters of it.
+fn commit_message(prompt: &str) -> String {
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(72)
+        .collect();
+    format!("kiln: {title}")
 }
 
 pub(crate) fn agent_config(

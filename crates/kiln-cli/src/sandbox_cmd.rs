@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln_protocol::ExecStream;
+use kiln_protocol::{ExecStream, Mode};
 use kiln_sandbox::{Backend, ExecRequest, SandboxPolicy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,10 @@ pub struct Args {
     /// The workspace; the command runs in it (default: current directory).
     #[arg(short = 'C', long = "directory", value_name = "DIR")]
     pub directory: Option<PathBuf>,
-    /// Isolation backend: bwrap (default), podman (needs --image) or none.
-    #[arg(long, value_name = "BACKEND", default_value = "bwrap")]
-    pub backend: String,
+    /// Isolation backend: bwrap, podman (needs --image) or none (default:
+    /// `sandbox.backend` of config.toml, else bwrap).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
     /// OCI image for the podman backend.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
@@ -95,6 +96,9 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
+/// The policy an agent's command in the workspace would get: the
+/// `[sandbox]` configuration (as `kiln exec` reads it) through the same
+/// builder as every attempt, with the flags on top.
 fn build_policy(args: &Args) -> Result<SandboxPolicy> {
     let directory = match &args.directory {
         Some(dir) => dir.clone(),
@@ -102,21 +106,42 @@ fn build_policy(args: &Args) -> Result<SandboxPolicy> {
     };
     let workspace = std::path::absolute(&directory)
         .with_context(|| format!("resolving the workspace {}", directory.display()))?;
-    let mut policy = SandboxPolicy::for_workspace(workspace);
-    policy.backend = args.backend.parse::<Backend>()?;
-    policy.network = args.network;
-    policy.read_only = args.ask;
-    policy.image = args.image.clone();
-    policy.extra_read_only = absolute_all(&args.read_only_paths)?;
-    policy.extra_writable = absolute_all(&args.writable_paths)?;
+    let mut overrides = Vec::new();
+    if let Some(backend) = &args.backend {
+        overrides.push(format!(
+            "sandbox.backend={}",
+            toml::Value::String(backend.clone())
+        ));
+    }
+    let home = crate::config::kiln_home()?;
+    let config = crate::config::load(&home, &workspace, &overrides)?;
+    let base = crate::sandbox_policy::base_policy(&config)?;
+    let mode = if args.ask { Mode::Ask } else { Mode::Code };
+    let in_place = kiln_agent::Workspace::InPlace {
+        root: workspace.clone(),
+        cwd: workspace,
+    };
+    let mut policy = kiln_agent::sandbox_policy(&base, &in_place, mode);
+    policy.network = policy.network || args.network;
+    if args.image.is_some() {
+        policy.image = args.image.clone();
+    }
+    policy
+        .extra_read_only
+        .extend(absolute_all(&args.read_only_paths)?);
+    policy
+        .extra_writable
+        .extend(absolute_all(&args.writable_paths)?);
     if let Some(memory) = &args.memory {
         policy.limits.memory_bytes = Some(kiln_sandbox::parse_bytes(memory)?);
     }
     if let Some(n) = args.max_processes {
         policy.limits.max_processes = Some(n);
     }
-    policy.limits.cpu_cores = args.cpus;
-    policy.env = parse_env(&args.env)?;
+    if args.cpus.is_some() {
+        policy.limits.cpu_cores = args.cpus;
+    }
+    policy.env.extend(parse_env(&args.env)?);
     Ok(policy)
 }
 

@@ -116,7 +116,7 @@ async fn serve(args: Args) -> Result<()> {
     let provider = config.provider()?;
     let agent =
         crate::exec_cmd::agent_config(&config, &provider.name, Mode::Code, data_dir.clone(), &home);
-    let sandbox = crate::sandbox_policy::policy(&config, &data_dir, Mode::Code)?;
+    let sandbox = crate::sandbox_policy::base_policy(&config)?;
     if sandbox.backend == kiln_sandbox::Backend::None {
         eprintln!("warning: sandbox backend none: attempts run with NO isolation");
     }

@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
-use kiln_protocol::{Event, EventKind, EventSink};
-use serde_json::{json, Value};
+use anyhow::{bail, Context, Result};
+use kiln_protocol::api::{NewMessage, NewTask, TaskDetail, TaskQuery, TaskStatus, TaskStreamItem};
+use kiln_protocol::{EventKind, EventSink, Mode};
 
-use crate::api_client::{print_json, ApiClient, ServerArgs};
+use crate::api_client::{ApiClient, EventsQuery, ServerArgs};
 use crate::render::{terminal_safe, HumanRenderer};
 use crate::run_blocking;
 
@@ -49,7 +49,8 @@ pub enum TaskCommand {
     },
     /// A task and its attempts.
     Show { id: String },
-    /// A task's events; -f follows until it finishes.
+    /// A task's events; -f follows until it finishes and exits 0 if it
+    /// succeeded, 1 if it failed, 130 if it was cancelled.
     Logs {
         #[arg(short, long)]
         follow: bool,
@@ -92,60 +93,63 @@ pub fn run(args: Args) -> ExitCode {
                     Some(env) => env,
                     None => only_environment(&client).await?,
                 };
-                let body = json!({
-                    "environment": environment,
-                    "prompt": prompt,
-                    "mode": if ask { "ask" } else { "code" },
-                    "attempts": attempts,
-                    "model": model,
-                    "base_ref": base_ref,
-                });
-                let task = client.post("/api/tasks", &body).await?;
+                let new = NewTask {
+                    environment,
+                    prompt,
+                    mode: if ask { Mode::Ask } else { Mode::Code },
+                    attempts,
+                    model,
+                    base_ref,
+                };
+                let task = client.create_task(&new).await?;
                 if json {
-                    print_json(&task);
+                    task.print_json();
                 } else {
-                    let id = task["id"].as_str().unwrap_or_default();
+                    let id = &task.value.task.id;
                     println!("{id}");
                     eprintln!("created task {id} ({attempts} attempt(s)); follow it with: kiln task logs -f {id}");
                 }
             }
             TaskCommand::List { status, limit } => {
-                let mut path = format!("/api/tasks?limit={limit}");
-                if let Some(status) = status {
-                    path.push_str(&format!("&status={status}"));
-                }
-                let page = client.get(&path).await?;
+                let status = status
+                    .map(|s| s.parse::<TaskStatus>())
+                    .transpose()
+                    .context("--status")?;
+                let query = TaskQuery {
+                    status,
+                    limit: Some(limit),
+                    cursor: None,
+                };
+                let page = client.list_tasks(&query).await?;
                 if json {
-                    print_json(&page);
+                    page.print_json();
                 } else {
-                    for task in page["tasks"].as_array().into_iter().flatten() {
+                    for task in &page.value.tasks {
                         println!(
                             "{}  {:<9}  {}x  {}",
-                            task["id"].as_str().unwrap_or_default(),
-                            task["status"].as_str().unwrap_or_default(),
-                            task["attempt_count"],
-                            first_line(task["prompt"].as_str().unwrap_or_default())
+                            task.id,
+                            task.status,
+                            task.attempt_count,
+                            terminal_safe(&first_line(&task.prompt))
                         );
                     }
                 }
             }
             TaskCommand::Show { id } => {
-                let task = client.get(&format!("/api/tasks/{id}")).await?;
+                let task = client.get_task(&id).await?;
                 if json {
-                    print_json(&task);
+                    task.print_json();
                 } else {
-                    print_task(&task);
+                    print_task(&task.value);
                 }
             }
             TaskCommand::Logs {
                 follow,
                 attempt,
                 id,
-            } => logs(&client, &id, attempt, follow, json).await?,
+            } => return logs(&client, &id, attempt, follow, json).await,
             TaskCommand::Diff { id, attempt } => {
-                let diff = client
-                    .get_text(&format!("/api/tasks/{id}/attempts/{attempt}/diff"))
-                    .await?;
+                let diff = client.attempt_diff(&id, attempt).await?;
                 // A patch saved to a file stays byte for byte; a terminal
                 // gets control characters made visible.
                 if std::io::stdout().is_terminal() {
@@ -155,45 +159,35 @@ pub fn run(args: Args) -> ExitCode {
                 }
             }
             TaskCommand::Cancel { id } => {
-                let outcome = client
-                    .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
-                    .await?;
+                let outcome = client.cancel_task(&id).await?;
                 if json {
-                    print_json(&outcome);
+                    outcome.print_json();
                 } else {
                     println!(
-                        "cancelled attempts {}; stopping running attempts {}",
-                        outcome["cancelled"], outcome["cancel_requested"]
+                        "cancelled attempts {:?}; stopping running attempts {:?}",
+                        outcome.value.cancelled, outcome.value.cancel_requested
                     );
                 }
             }
             TaskCommand::Reply { id, text, attempt } => {
                 let sent = client
-                    .post(
-                        &format!("/api/tasks/{id}/messages"),
-                        &json!({"text": text, "attempt": attempt}),
-                    )
+                    .send_message(&id, &NewMessage { text, attempt })
                     .await?;
                 if json {
-                    print_json(&sent);
+                    sent.print_json();
                 } else {
-                    let count = sent["messages"].as_array().map_or(0, Vec::len);
-                    println!("sent to {count} attempt(s)");
+                    println!("sent to {} attempt(s)", sent.value.messages.len());
                 }
             }
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
 async fn only_environment(client: &ApiClient) -> Result<String> {
-    let listed = client.get("/api/environments").await?;
-    let environments = listed["environments"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    match environments.as_slice() {
-        [only] => Ok(only["id"].as_str().unwrap_or_default().to_string()),
+    let listed = client.list_environments().await?.value;
+    match listed.environments.as_slice() {
+        [only] => Ok(only.id.clone()),
         [] => bail!("no environment yet: create one with `kiln env add NAME REPO`"),
         _ => bail!("you have several environments: pick one with --env NAME"),
     }
@@ -204,38 +198,29 @@ fn first_line(text: &str) -> String {
     line.chars().take(70).collect()
 }
 
-fn print_task(task: &Value) {
-    println!(
-        "{}  {}  ({} mode)",
-        task["id"].as_str().unwrap_or_default(),
-        task["status"].as_str().unwrap_or_default(),
-        task["mode"].as_str().unwrap_or_default()
-    );
-    println!(
-        "{}",
-        terminal_safe(task["prompt"].as_str().unwrap_or_default())
-    );
-    for attempt in task["attempts"].as_array().into_iter().flatten() {
-        let stat = &attempt["diff_stat"];
-        let stat = if stat.is_object() {
-            format!(
+fn print_task(detail: &TaskDetail) {
+    let task = &detail.task;
+    println!("{}  {}  ({} mode)", task.id, task.status, task.mode);
+    println!("{}", terminal_safe(&task.prompt));
+    for attempt in &detail.attempts {
+        let stat = match attempt.diff_stat {
+            Some(stat) => format!(
                 "{} files +{} -{}",
-                stat["files_changed"], stat["insertions"], stat["deletions"]
-            )
-        } else {
-            "no diff yet".into()
+                stat.files_changed, stat.insertions, stat.deletions
+            ),
+            None => "no diff yet".into(),
         };
         println!(
             "  attempt {}: {}  {}  {}",
-            attempt["n"],
-            attempt["status"].as_str().unwrap_or_default(),
+            attempt.n,
+            attempt.status,
             stat,
-            attempt["branch"].as_str().unwrap_or_default()
+            terminal_safe(attempt.branch.as_deref().unwrap_or_default())
         );
-        if let Some(reason) = attempt["reason"].as_str() {
+        if let Some(reason) = &attempt.reason {
             println!("    reason: {}", terminal_safe(reason));
         }
-        if let Some(message) = attempt["final_message"].as_str() {
+        if let Some(message) = &attempt.final_message {
             for line in message.lines() {
                 println!("    {}", terminal_safe(line));
             }
@@ -244,57 +229,81 @@ fn print_task(task: &Value) {
 }
 
 /// Streams the task's events: readable on stderr (final messages on
-/// stdout), or each event's JSON on stdout with --json.
+/// stdout), or each frame's JSON on stdout with --json. Following, it ends
+/// with the task and its exit status says how the task ended.
 async fn logs(
     client: &ApiClient,
     id: &str,
     attempt: Option<u32>,
     follow: bool,
     json: bool,
-) -> Result<()> {
-    let mut path = format!("/api/tasks/{id}/events?follow={follow}");
-    if let Some(n) = attempt {
-        path.push_str(&format!("&attempt={n}"));
-    }
-    let mut response = client.stream(&path).await?;
+) -> Result<ExitCode> {
+    let query = EventsQuery {
+        attempt,
+        after: None,
+        follow,
+    };
+    let mut events = client.events(id, &query).await?;
     let renderer = HumanRenderer::new();
-    let mut buffer = String::new();
     let mut current_attempt = None;
-    while let Some(chunk) = response.chunk().await? {
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let data: String = block
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            if json {
-                println!("{data}");
-                continue;
-            }
-            let Ok(value) = serde_json::from_str::<Value>(&data) else {
-                continue;
-            };
-            let n = value["attempt"].as_u64();
-            if n != current_attempt {
-                eprintln!("── attempt {}", n.unwrap_or(0));
-                current_attempt = n;
-            }
-            if let Ok(event) = serde_json::from_value::<Event>(value) {
-                renderer.emit(&event);
+    let mut last_status = None;
+    while let Some(frame) = events.next().await? {
+        if json {
+            println!("{}", one_line(&frame.data));
+        }
+        match frame.item {
+            TaskStreamItem::Status(status) => last_status = Some(status.status),
+            TaskStreamItem::Event { event, .. } if !json => {
+                if current_attempt != Some(event.attempt) {
+                    eprintln!("── attempt {}", event.attempt);
+                    current_attempt = Some(event.attempt);
+                }
+                renderer.emit(&event.event);
                 if let EventKind::AttemptFinished {
                     final_message: Some(message),
                     ..
-                } = &event.kind
+                } = &event.event.kind
                 {
                     println!("{}", terminal_safe(message));
                 }
             }
+            TaskStreamItem::Event { .. } => {}
         }
     }
-    Ok(())
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match last_status {
+        Some(status) if status.is_finished() => {
+            if !json {
+                eprintln!("── task {id} {status}");
+            }
+            Ok(exit_status(status))
+        }
+        _ => bail!(
+            "the server closed the event stream of task {id} before the task finished \
+             (is it shutting down?): run `kiln task logs -f {id}` again"
+        ),
+    }
+}
+
+/// A frame's JSON on one line, so that `--json` output stays JSON lines
+/// when a server splits its data over several `data:` lines.
+fn one_line(data: &str) -> std::borrow::Cow<'_, str> {
+    if !data.contains(['\n', '\r']) {
+        return data.into();
+    }
+    match serde_json::from_str::<serde_json::Value>(data) {
+        Ok(value) => value.to_string().into(),
+        Err(_) => data.replace(['\n', '\r'], " ").into(),
+    }
+}
+
+/// How `kiln task logs -f` exits for a task that ended with `status`.
+fn exit_status(status: TaskStatus) -> ExitCode {
+    match status {
+        TaskStatus::Succeeded => ExitCode::SUCCESS,
+        TaskStatus::Cancelled => ExitCode::from(130),
+        TaskStatus::Failed | TaskStatus::Queued | TaskStatus::Running => ExitCode::FAILURE,
+    }
 }

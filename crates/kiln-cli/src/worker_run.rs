@@ -32,7 +32,7 @@ pub async fn run(args: &crate::worker_cmd::RunArgs) -> Result<ExitCode> {
     let config = config::load_for_server(&home, &data_dir, &[])?;
     let agent =
         crate::exec_cmd::agent_config(&config, "kiln server", Mode::Code, data_dir.clone(), &home);
-    let sandbox = crate::sandbox_policy::policy(&config, &data_dir, Mode::Code)?;
+    let sandbox = crate::sandbox_policy::base_policy(&config)?;
     if sandbox.backend == kiln_sandbox::Backend::None {
         eprintln!("warning: sandbox backend none: attempts run with NO isolation");
     }

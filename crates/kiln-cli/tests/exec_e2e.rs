@@ -1068,3 +1068,44 @@ async fn exec_refuses_the_home_directory_as_its_workspace() {
     assert_success(&output);
     assert_eq!(kiln.server.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worktree_json_shows_the_diff_and_the_commit_before_attempt_finished_last() {
+    let kiln = Kiln::new(scenarios::fix_calc_py().turns).await;
+    let output = kiln
+        .run(&[
+            "exec",
+            "--worktree",
+            "--json",
+            "Make the test suite pass.\nThen stop.",
+        ])
+        .await;
+    assert_success(&output);
+    let printed: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let kinds = types(&printed);
+    assert_eq!(kinds.last().map(String::as_str), Some("attempt.finished"));
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "attempt.finished").count(),
+        1,
+        "{kinds:?}"
+    );
+    let at = |kind: &str| kinds.iter().position(|k| k == kind);
+    let (diff, commit) = (at("diff.ready").unwrap(), at("commit.created").unwrap());
+    assert!(diff < commit, "{kinds:?}");
+
+    let diff = &printed[diff];
+    assert_eq!(diff["stat"]["files_changed"], 1, "{diff}");
+    let text = diff["diff"].as_str().unwrap();
+    assert!(text.contains("calc.py"), "{text}");
+    let commit = &printed[commit];
+    let branch = commit["branch"].as_str().unwrap();
+    assert!(branch.starts_with("kiln/exec/"), "{commit}");
+    // The commit the event names is the branch's, and its title is the prompt's first line.
+    let tip = git_in(kiln.repo.path(), &["rev-parse", branch]);
+    assert_eq!(tip.trim(), commit["sha"].as_str().unwrap());
+    let title = git_in(kiln.repo.path(), &["log", "-1", "--format=%s", branch]);
+    assert_eq!(title.trim(), "kiln: Make the test suite pass.");
+}

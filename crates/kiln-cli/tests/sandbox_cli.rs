@@ -23,7 +23,7 @@ impl Workspace {
         std::fs::create_dir_all(home.join(".kiln")).unwrap();
         std::fs::write(
             home.join(".kiln/config.toml"),
-            "api_key = \"PLANTED-KILN-KEY\"\n",
+            "model = \"PLANTED-KILN-KEY\"\n",
         )
         .unwrap();
         Workspace { root, dir, home }

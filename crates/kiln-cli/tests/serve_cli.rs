@@ -74,12 +74,18 @@ async fn a_user_adds_an_environment_runs_a_task_follows_it_and_reads_the_diff() 
     assert!(list.contains(id) && list.contains("succeeded"), "{list}");
 
     let json_logs = stdout(&kiln(&server, carol, &["task", "logs", id, "--json"]).await);
-    let events: Vec<Value> = json_logs
+    let frames: Vec<Value> = json_logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // The stored events, then the task's status as the last frame.
+    let (events, statuses) = frames.split_at(frames.len() - 1);
     assert_eq!(events.first().unwrap()["type"], "attempt.started");
     assert!(events.iter().all(|e| e["attempt"] == 1));
+    assert_eq!(
+        statuses,
+        [serde_json::json!({"type": "task.status", "task_id": id, "status": "succeeded"})]
+    );
 
     // Someone else's token sees nothing of it; a bad one is told what to do.
     let dave = stdout(&kiln(&server, ADMIN_TOKEN, &["token", "create", "dave"]).await);

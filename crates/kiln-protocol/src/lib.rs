@@ -14,11 +14,13 @@
 //! assert_eq!(back.seq, 7);
 //! ```
 
+pub mod api;
 mod event;
 mod item;
 mod mode;
 mod plan;
 mod report;
+pub mod sse;
 pub mod worker;
 
 pub use event::{

@@ -123,7 +123,7 @@ impl Server {
                     shutdown: CancellationToken::new(),
                     revocations: tokio::sync::watch::Sender::new(0),
                     streams,
-                    mirrors: Arc::new(worker::checkout::Mirrors::new(&config.data_dir)),
+                    mirrors: Arc::new(kiln_workspace::Mirrors::new(&config.data_dir)),
                     provider_http: reqwest::Client::new(),
                     config,
                 }),

@@ -7,16 +7,18 @@
 //! documented operation against the running router so the table and the
 //! routes cannot drift apart unnoticed either.
 
-use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
-use kiln_store::{
-    CancelOutcome, Environment, Message, NewEnvironment, NewTask, TaskPage, TaskQuery, TokenInfo,
+use kiln_protocol::api::{
+    CancelOutcome, Environment, Message, NewEnvironment, NewMessage, NewTask, TaskDetail, TaskPage,
+    TaskQuery,
 };
+use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
+use kiln_store::TokenInfo;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
 use crate::error::ErrorBody;
-use crate::routes::{CreatedToken, MessageBody, NewTokenBody, TaskView};
+use crate::routes::{CreatedToken, NewTokenBody};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -68,7 +70,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     Operation {
         body: Some(of::<NewTask>),
         status: 201,
-        success: Success::Json(of::<TaskView>),
+        success: Success::Json(of::<TaskDetail>),
         ..op("post", "/api/tasks", "Create a task with 1-8 attempts")
     },
     Operation {
@@ -81,7 +83,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
-        success: Success::Json(of::<TaskView>),
+        success: Success::Json(of::<TaskDetail>),
         ..op("get", "/api/tasks/{id}", "A task with its attempts")
     },
     Operation {
@@ -101,7 +103,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
-        body: Some(of::<MessageBody>),
+        body: Some(of::<NewMessage>),
         status: 202,
         success: Success::ListOf("messages", of::<Message>),
         ..op(

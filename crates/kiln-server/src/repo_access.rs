@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 
 use kiln_store::{Environment, RepoCredential};
+use kiln_workspace::{FetchRules, GitEnv};
 
 use crate::error::ApiError;
 use crate::state::Shared;
@@ -693,6 +694,38 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
 
 fn is_git_repository(path: &Path) -> bool {
     path.join(".git").exists() || path.join("HEAD").exists()
+}
+
+/// The rules for fetching `repo`, a location that passed `checked`, into
+/// a mirror under `data_dir`, with the credential its environment stores
+/// (sent as a header for that URL only, from git's environment: never in
+/// its arguments or in the mirror's config, which sandboxes can read).
+pub(crate) fn fetch_rules(
+    data_dir: &Path,
+    checked: &CheckedRepo,
+    repo: &str,
+    credential: Option<&RepoCredential>,
+) -> Result<FetchRules, String> {
+    let home = data_dir.join("git-home");
+    kiln_workspace::mirrors::create_private_dir(&home).map_err(|err| err.to_string())?;
+    let mut set: Vec<(String, String)> = CheckedRepo::git_fetch_env(&home)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    if let Some(credential) = credential {
+        let header = git_credential_env(repo, credential).map_err(|err| err.to_string())?;
+        set.extend(
+            header
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value)),
+        );
+    }
+    let remove = GIT_FETCH_ENV_REMOVE.iter().map(|s| s.to_string()).collect();
+    Ok(FetchRules {
+        options: checked.git_fetch_args(),
+        env: GitEnv { set, remove },
+        refspecs: Vec::new(),
+    })
 }
 
 #[cfg(test)]

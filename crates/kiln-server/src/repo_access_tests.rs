@@ -205,3 +205,71 @@ fn reasons_lose_every_path_inside_the_data_dir() {
         "cannot check out x: git clone failed: fatal: could not create work tree dir '<server data>': No space left; see <server data>"
     );
 }
+
+/// Clones `source` into a fresh mirror of `data` under `rules`.
+use kiln_workspace::{Checkout, CheckoutError, Mirrors, Source, Start};
+
+fn clone_under(data: &Path, source: &Path, rules: FetchRules) -> Result<Checkout, CheckoutError> {
+    let mirrors = Mirrors::new(data);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let repo = source.to_string_lossy();
+    let source = Source {
+        url: &repo,
+        owner: "tok_owner",
+        name: &repo,
+        fetch: rules,
+    };
+    runtime.block_on(mirrors.checkout(source, Start::Fresh { base: None }, "task1", 1))
+}
+
+#[test]
+fn a_fetch_runs_only_the_transport_the_location_check_allowed() {
+    let source = kiln_testkit::fixtures::repo("calc-py");
+    let data = tempfile::tempdir().unwrap();
+    // A location checked as an https URL never gets git to read the disk,
+    // however it is later spelt (a redirect, an insteadOf rule).
+    let https = CheckedRepo {
+        protocol: "https",
+        curl_resolve: None,
+    };
+    let refused = clone_under(
+        data.path(),
+        source.path(),
+        fetch_rules(data.path(), &https, "", None).unwrap(),
+    )
+    .err()
+    .expect("a host path cloned under https-only rules");
+    assert!(
+        refused.to_string().contains("transport 'file' not allowed"),
+        "{refused}"
+    );
+
+    let file = CheckedRepo {
+        protocol: "file",
+        curl_resolve: None,
+    };
+    let rules = fetch_rules(data.path(), &file, "", None).unwrap();
+    let checkout = clone_under(data.path(), source.path(), rules.clone()).unwrap();
+    assert!(checkout.worktree.path().join("calc.py").exists());
+
+    // git's HOME while fetching is empty and private: no `.netrc`, no
+    // `.git-credentials` of the server's user is offered.
+    let home = rules
+        .env
+        .set
+        .iter()
+        .find(|(name, _)| name == "HOME")
+        .map(|(_, value)| PathBuf::from(value))
+        .unwrap();
+    assert!(home.starts_with(data.path()));
+    assert_eq!(std::fs::read_dir(&home).unwrap().count(), 0);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(rules.env.remove.iter().any(|name| name == "SSH_AUTH_SOCK"));
+}

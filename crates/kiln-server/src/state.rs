@@ -7,8 +7,8 @@ use kiln_store::Store;
 
 use crate::metrics::Metrics;
 use crate::slots::Slots;
-use crate::worker::checkout::Mirrors;
 use crate::ServerConfig;
+use kiln_workspace::Mirrors;
 
 /// Cheap to clone: one `Arc` inside.
 #[derive(Clone)]

@@ -20,6 +20,8 @@ pub(crate) const PG_CHANNEL: &str = "kiln_changes";
 pub enum Change {
     /// Events were appended to the task's log, up to event id `last_id`.
     Events { task_id: String, last_id: i64 },
+    /// The task's status changed (re-read it for the new one).
+    TaskStatus { task_id: String },
     /// An attempt became claimable (a new task, a requeue, a follow-up).
     Queue,
     /// Cancellation was requested for running attempts of the task.
@@ -36,6 +38,7 @@ impl Change {
     pub(crate) fn encode(&self, origin: &str) -> String {
         match self {
             Change::Events { task_id, last_id } => format!("{origin}|e|{task_id}|{last_id}"),
+            Change::TaskStatus { task_id } => format!("{origin}|s|{task_id}"),
             Change::Queue => format!("{origin}|q"),
             Change::Cancel { task_id } => format!("{origin}|c|{task_id}"),
             Change::Messages { task_id, attempt } => format!("{origin}|m|{task_id}|{attempt}"),
@@ -57,6 +60,9 @@ impl Change {
                     last_id,
                 })
             }
+            ("s", Some(task), None) => Change::TaskStatus {
+                task_id: task.to_string(),
+            },
             ("q", None, None) => Change::Queue,
             ("c", Some(task), None) => Change::Cancel {
                 task_id: task.to_string(),
@@ -126,6 +132,15 @@ impl Subscription {
         self.wait_for(|c| matches!(c, Change::Events { task_id: t, .. } if t == task_id))
             .await
     }
+
+    /// Waits for new events of one task or a change of its status.
+    pub async fn wait_for_task(&mut self, task_id: &str) -> Wake {
+        self.wait_for(|c| match c {
+            Change::Events { task_id: t, .. } | Change::TaskStatus { task_id: t } => t == task_id,
+            _ => false,
+        })
+        .await
+    }
 }
 
 /// Forwards other processes' notifications into `sender` until the store is
@@ -192,6 +207,9 @@ mod tests {
             Change::Events {
                 task_id: "t_1".into(),
                 last_id: 42,
+            },
+            Change::TaskStatus {
+                task_id: "t_9".into(),
             },
             Change::Queue,
             Change::Cancel {

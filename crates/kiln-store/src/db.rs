@@ -14,6 +14,8 @@ use sqlx::postgres::{PgPool, PgRow, Postgres};
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{Row, Transaction};
 
+use crate::changes::Change;
+
 /// The migrations, embedded in the binary. Each file in `migrations/` is
 /// listed here (a test checks the two agree).
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -163,8 +165,15 @@ pub(crate) enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction of either backend. Dropping it rolls back.
-pub(crate) enum Tx {
+/// An open transaction of either backend, and the change notifications
+/// that its statements found to send once it commits. Dropping it rolls
+/// back (and sends nothing).
+pub(crate) struct Tx {
+    native: NativeTx,
+    notify_on_commit: Vec<Change>,
+}
+
+enum NativeTx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
@@ -188,8 +197,10 @@ impl Db {
     /// waits for other writers instead of failing with a stale snapshot.
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Sqlite(pool) => {
+                Tx::new(NativeTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
+            Db::Postgres(pool) => Tx::new(NativeTx::Postgres(pool.begin().await?)),
         })
     }
 
@@ -238,21 +249,40 @@ impl Db {
 }
 
 impl Tx {
-    pub(crate) fn backend(&self) -> Backend {
-        match self {
-            Tx::Sqlite(_) => Backend::Sqlite,
-            Tx::Postgres(_) => Backend::Postgres,
+    fn new(native: NativeTx) -> Tx {
+        Tx {
+            native,
+            notify_on_commit: Vec::new(),
         }
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self.native {
+            NativeTx::Sqlite(_) => Backend::Sqlite,
+            NativeTx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Sends `change` to subscribers if (and once) this transaction commits,
+    /// after the changes given to `Store::commit`.
+    pub(crate) fn notify_on_commit(&mut self, change: Change) {
+        if !self.notify_on_commit.contains(&change) {
+            self.notify_on_commit.push(change);
+        }
+    }
+
+    pub(crate) fn take_notifications(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.notify_on_commit)
     }
 
     /// Runs a statement; returns the number of rows it changed.
     pub(crate) async fn execute(&mut self, q: Query) -> Result<u64, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(tx) => native_query!(Sqlite, &q)
+        Ok(match &mut self.native {
+            NativeTx::Sqlite(tx) => native_query!(Sqlite, &q)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
-            Tx::Postgres(tx) => native_query!(Postgres, &q)
+            NativeTx::Postgres(tx) => native_query!(Postgres, &q)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
@@ -260,14 +290,14 @@ impl Tx {
     }
 
     pub(crate) async fn fetch_all(&mut self, q: Query) -> Result<Vec<DbRow>, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(tx) => native_query!(Sqlite, &q)
+        Ok(match &mut self.native {
+            NativeTx::Sqlite(tx) => native_query!(Sqlite, &q)
                 .fetch_all(&mut **tx)
                 .await?
                 .into_iter()
                 .map(DbRow::Sqlite)
                 .collect(),
-            Tx::Postgres(tx) => native_query!(Postgres, &q)
+            NativeTx::Postgres(tx) => native_query!(Postgres, &q)
                 .fetch_all(&mut **tx)
                 .await?
                 .into_iter()
@@ -277,12 +307,12 @@ impl Tx {
     }
 
     pub(crate) async fn fetch_optional(&mut self, q: Query) -> Result<Option<DbRow>, sqlx::Error> {
-        Ok(match self {
-            Tx::Sqlite(tx) => native_query!(Sqlite, &q)
+        Ok(match &mut self.native {
+            NativeTx::Sqlite(tx) => native_query!(Sqlite, &q)
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(DbRow::Sqlite),
-            Tx::Postgres(tx) => native_query!(Postgres, &q)
+            NativeTx::Postgres(tx) => native_query!(Postgres, &q)
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(DbRow::Postgres),
@@ -296,9 +326,9 @@ impl Tx {
     }
 
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(tx) => tx.commit().await,
-            Tx::Postgres(tx) => tx.commit().await,
+        match self.native {
+            NativeTx::Sqlite(tx) => tx.commit().await,
+            NativeTx::Postgres(tx) => tx.commit().await,
         }
     }
 }

@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use kiln_protocol::api::{Environment, NewEnvironment};
 
 use crate::clock::from_millis;
 use crate::db::{query, DbRow};
@@ -17,56 +15,6 @@ use crate::repo_url::{self, RepoCredential};
 use crate::secrets::{self, Sealed};
 use crate::tokens::Principal;
 use crate::Store;
-
-/// What a user asks for when creating an environment. Deserializes from the
-/// API's `{name, repo, base_branch?, setup_script?, env?, secrets?, network?, image?}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NewEnvironment {
-    pub name: String,
-    /// A local path or a git URL. A user name and password or token in an
-    /// https URL are split out and stored sealed, never shown again.
-    pub repo: String,
-    /// `None`: the repository's default branch.
-    #[serde(default)]
-    pub base_branch: Option<String>,
-    /// Runs once per attempt, before the agent, with network and secrets.
-    #[serde(default)]
-    pub setup_script: Option<String>,
-    /// Variables for setup and agent.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Variables for the setup script only.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
-    /// Whether the agent phase has network access (off by default).
-    #[serde(default)]
-    pub network: bool,
-    /// A container image to run in instead of the host's root filesystem.
-    #[serde(default)]
-    pub image: Option<String>,
-}
-
-/// An environment as the API shows it: secret names, never their values,
-/// and the repository URL without its credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Environment {
-    pub id: String,
-    pub owner_token_id: String,
-    pub name: String,
-    /// The repository location, without any credential it was given with.
-    pub repo: String,
-    /// Whether a credential from the repository URL is stored (sealed) for
-    /// the server's clones and fetches.
-    #[serde(default)]
-    pub repo_has_credential: bool,
-    pub base_branch: Option<String>,
-    pub setup_script: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub secret_names: Vec<String>,
-    pub network: bool,
-    pub image: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
 
 /// The columns [`environment_from_row`] reads, as a literal for `concat!`.
 macro_rules! select_environment {

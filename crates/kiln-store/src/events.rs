@@ -274,4 +274,49 @@ impl Store {
         })
         .await
     }
+
+    /// Every event of attempt `n` that a follow-up rebuilds its
+    /// conversation and terminal chunks from (messages, tool calls and
+    /// outputs, compactions, command output), in order, however long the
+    /// log: read in pages, leaving out the model's streamed deltas and the rest.
+    pub async fn conversation_events(&self, task_id: &str, n: u32) -> Result<Vec<Event>> {
+        const SQL: &str = "SELECT id, task_id, attempt, seq, ts, kind, body FROM events
+             WHERE task_id = $1 AND attempt = $2 AND id > $3
+               AND kind IN ('message', 'tool.call', 'tool.output', 'context.compacted',
+                            'exec.begin', 'exec.output', 'exec.end')
+             ORDER BY id LIMIT $4";
+        let mut events = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let page = self
+                .run("read the conversation", || async {
+                    let rows = self
+                        .inner
+                        .db
+                        .fetch_all(
+                            query(SQL)
+                                .bind(task_id)
+                                .bind(i64::from(n))
+                                .bind(after)
+                                .bind(i64::from(MAX_EVENTS_PER_READ)),
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(stored_event_from_row)
+                        .collect::<std::result::Result<Vec<_>, OpError>>()
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(events);
+            };
+            after = last.id;
+            let full = page.len() as u32 == MAX_EVENTS_PER_READ;
+            for stored in page {
+                events.push(stored.event()?);
+            }
+            if !full {
+                return Ok(events);
+            }
+        }
+    }
 }

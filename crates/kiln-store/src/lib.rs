@@ -74,20 +74,23 @@ mod workers;
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::Backend;
-pub use environments::{Environment, NewEnvironment, SealReport};
+pub use environments::SealReport;
 pub use error::{Result, StoreError};
 pub use events::{Appended, StoredEvent, MAX_EVENTS_PER_READ};
+// The API's types, which the store maps its rows to; re-exported so that
+// `kiln_store::Task` and friends keep working.
+pub use kiln_protocol::api::{
+    Attempt, AttemptState, CancelOutcome, Environment, Message, NewEnvironment, NewTask, Task,
+    TaskDetail, TaskPage, TaskQuery, TaskStatus, MAX_ATTEMPTS, MAX_PAGE,
+};
 pub use kiln_protocol::{AttemptReport, DiffStat};
-pub use messages::{Message, MAX_MESSAGE_BYTES};
+pub use messages::MAX_MESSAGE_BYTES;
 pub use options::{redact_url, DatabaseTarget, StoreOptions, SQLITE_FILE_NAME};
-pub use queue::{CancelOutcome, ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
+pub use queue::{ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
 pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
-pub use tasks::{
-    Attempt, AttemptRef, AttemptState, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus,
-    MAX_ATTEMPTS, MAX_PAGE,
-};
+pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
 pub use workers::{remote_worker_id, LeaseHolder, RemoteClaim, MAX_WORKER_NAME};
 

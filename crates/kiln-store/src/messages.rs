@@ -1,8 +1,6 @@
 //! Follow-up and steering messages from users to attempts.
 
-use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use kiln_protocol::api::Message;
 
 use crate::changes::Change;
 use crate::clock::from_millis;
@@ -15,19 +13,6 @@ use crate::Store;
 
 /// Longest message accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-
-/// A message for one attempt. A message sent to "all attempts" is stored
-/// once per attempt, so each attempt takes its own copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Message {
-    /// Increasing in the order messages were sent.
-    pub id: i64,
-    pub task_id: String,
-    pub attempt: u32,
-    pub text: String,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
 
 fn message_from_row(row: &DbRow) -> Result<Message, OpError> {
     Ok(Message {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_protocol::api::{CancelOutcome, Task};
 use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, Usage};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -14,7 +14,7 @@ use crate::clock::{duration_millis, from_millis};
 use crate::db::{query, Backend, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::store::refresh_task_status;
-use crate::tasks::{select_task, task_from_row, AttemptRef, Task};
+use crate::tasks::{select_task, task_from_row, AttemptRef};
 use crate::tokens::Principal;
 use crate::Store;
 
@@ -62,15 +62,6 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
     /// The user cancelled the task: stop the attempt and finish it as cancelled.
     pub cancel_requested: bool,
-}
-
-/// What [`Store::cancel_task`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
-pub struct CancelOutcome {
-    /// Attempts that had not started (or waited to re-run) and are now cancelled.
-    pub cancelled: Vec<u32>,
-    /// Running attempts whose workers are asked to stop.
-    pub cancel_requested: Vec<u32>,
 }
 
 /// Which running attempts [`Store::recover`] considers lost.

@@ -225,7 +225,8 @@ impl Store {
 
     /// Commits `tx` and tells subscribers about `changes` (on PostgreSQL
     /// through NOTIFY in the same transaction, so they fire only on commit).
-    pub(crate) async fn commit(&self, mut tx: Tx, changes: Vec<Change>) -> Result<(), OpError> {
+    pub(crate) async fn commit(&self, mut tx: Tx, mut changes: Vec<Change>) -> Result<(), OpError> {
+        changes.extend(tx.take_notifications());
         if tx.backend() == Backend::Postgres {
             for change in &changes {
                 tx.execute(
@@ -274,8 +275,9 @@ fn open_error(url: &str, source: sqlx::Error) -> StoreError {
 
 /// Statement run first in every transaction that changes attempts of a task:
 /// it takes the task row's lock, so transitions of one task serialize and
-/// the status derivation that follows sees every committed attempt.
-const LOCK_TASK: &str = "UPDATE tasks SET updated_at = $2 WHERE id = $1";
+/// the status derivation that follows sees every committed attempt. It
+/// returns the status before the derivation.
+const LOCK_TASK: &str = "UPDATE tasks SET updated_at = $2 WHERE id = $1 RETURNING status";
 
 /// The task status rule (see `TaskStatus`), as one portable statement.
 const DERIVE_TASK_STATUS: &str = "UPDATE tasks SET status = CASE
@@ -289,9 +291,12 @@ const DERIVE_TASK_STATUS: &str = "UPDATE tasks SET status = CASE
     WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.task_id = $1 AND a.status = 'cancelled')
         THEN 'cancelled'
     ELSE 'failed' END
-  WHERE id = $1";
+  WHERE id = $1
+  RETURNING status";
 
-/// Re-derives a task's status after its attempts changed in `tx`.
+/// Re-derives a task's status after its attempts changed in `tx`, and
+/// notifies [`Change::TaskStatus`] on commit when it changed: event streams
+/// learn of status changes from that, without polling.
 ///
 /// The lock and the derivation are two statements on purpose: on
 /// PostgreSQL (READ COMMITTED) each statement reads a fresh snapshot, so the
@@ -302,8 +307,19 @@ pub(crate) async fn refresh_task_status(
     task_id: &str,
     now_ms: i64,
 ) -> Result<(), OpError> {
-    tx.execute(query(LOCK_TASK).bind(task_id).bind(now_ms))
+    let Some(before) = tx
+        .fetch_optional(query(LOCK_TASK).bind(task_id).bind(now_ms))
+        .await?
+    else {
+        return Ok(());
+    };
+    let after = tx
+        .fetch_one(query(DERIVE_TASK_STATUS).bind(task_id))
         .await?;
-    tx.execute(query(DERIVE_TASK_STATUS).bind(task_id)).await?;
+    if before.text("status")? != after.text("status")? {
+        tx.notify_on_commit(Change::TaskStatus {
+            task_id: task_id.to_string(),
+        });
+    }
     Ok(())
 }

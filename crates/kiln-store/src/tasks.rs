@@ -1,8 +1,11 @@
-//! Tasks and their attempts as users see them.
+//! Tasks and their attempts: rows mapped to the API's types
+//! (`kiln_protocol::api`), creation, listing and diffs.
 
-use chrono::{DateTime, Utc};
+use kiln_protocol::api::{
+    Attempt, AttemptState, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus,
+    MAX_ATTEMPTS, MAX_PAGE,
+};
 use kiln_protocol::{DiffStat, Mode, Usage};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -13,215 +16,7 @@ use crate::ids::looks_like_id;
 use crate::tokens::Principal;
 use crate::Store;
 
-/// Most attempts one task may run.
-pub const MAX_ATTEMPTS: u32 = 8;
-/// Largest page of [`Store::list_tasks`].
-pub const MAX_PAGE: u32 = 200;
 pub(crate) const TASK_ID_PREFIX: &str = "t_";
-
-/// A task's status, derived from its attempts whenever one changes:
-///
-/// - `queued` while every attempt is still queued;
-/// - `running` while any attempt is queued, running or interrupted (and at
-///   least one has left the queue);
-/// - once every attempt is finished: `succeeded` if any attempt succeeded,
-///   else `cancelled` if any was cancelled, else `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::Running => "running",
-            TaskStatus::Succeeded => "succeeded",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
-        )
-    }
-}
-
-impl std::str::FromStr for TaskStatus {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "queued" => TaskStatus::Queued,
-            "running" => TaskStatus::Running,
-            "succeeded" => TaskStatus::Succeeded,
-            "failed" => TaskStatus::Failed,
-            "cancelled" => TaskStatus::Cancelled,
-            other => {
-                return Err(StoreError::invalid(
-                    "status",
-                    format!(
-                        "{other:?} is not one of queued, running, succeeded, failed, cancelled"
-                    ),
-                ))
-            }
-        })
-    }
-}
-
-/// Where an attempt is in its life (see docs/store.md for the transitions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptState {
-    /// Waiting for a worker.
-    Queued,
-    /// Claimed by a worker that holds a lease on it.
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Its worker was lost mid-run; it waits in the queue to run again.
-    Interrupted,
-}
-
-impl AttemptState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptState::Queued => "queued",
-            AttemptState::Running => "running",
-            AttemptState::Succeeded => "succeeded",
-            AttemptState::Failed => "failed",
-            AttemptState::Cancelled => "cancelled",
-            AttemptState::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            AttemptState::Succeeded | AttemptState::Failed | AttemptState::Cancelled
-        )
-    }
-
-    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
-        Ok(match s {
-            "queued" => AttemptState::Queued,
-            "running" => AttemptState::Running,
-            "succeeded" => AttemptState::Succeeded,
-            "failed" => AttemptState::Failed,
-            "cancelled" => AttemptState::Cancelled,
-            "interrupted" => AttemptState::Interrupted,
-            other => return Err(StoreError::corrupt("attempt status", other)),
-        })
-    }
-}
-
-/// What a user asks for when creating a task. Deserializes from the API's
-/// `{environment, prompt, mode?, attempts?, model?, base_ref?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct NewTask {
-    /// The environment's id or, among the caller's own, its name.
-    pub environment: String,
-    pub prompt: String,
-    #[serde(default)]
-    pub mode: Mode,
-    /// How many attempts run in parallel (best-of-N), 1 to [`MAX_ATTEMPTS`].
-    #[serde(default = "one")]
-    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
-    pub attempts: u32,
-    #[serde(default)]
-    pub model: Option<String>,
-    /// What to check out; `None` means the environment's base branch.
-    #[serde(default)]
-    pub base_ref: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl NewTask {
-    pub fn new(environment: impl Into<String>, prompt: impl Into<String>) -> Self {
-        NewTask {
-            environment: environment.into(),
-            prompt: prompt.into(),
-            mode: Mode::Code,
-            attempts: 1,
-            model: None,
-            base_ref: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Task {
-    pub id: String,
-    pub owner_token_id: String,
-    pub environment_id: String,
-    pub prompt: String,
-    pub mode: Mode,
-    pub attempt_count: u32,
-    pub model: Option<String>,
-    pub base_ref: Option<String>,
-    pub status: TaskStatus,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// One attempt of a task, without its diff text (see [`Store::attempt_diff`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Attempt {
-    pub task_id: String,
-    /// From 1.
-    pub n: u32,
-    pub status: AttemptState,
-    /// Claims since the attempt was last queued fresh.
-    pub tries: u32,
-    pub cancel_requested: bool,
-    pub worker_id: Option<String>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub final_message: Option<String>,
-    pub diff_stat: Option<DiffStat>,
-    pub usage: Usage,
-    pub branch: Option<String>,
-    pub commit_sha: Option<String>,
-    /// Why it failed, was cancelled or interrupted.
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskDetail {
-    pub task: Task,
-    pub attempts: Vec<Attempt>,
-}
-
-/// A page request of [`Store::list_tasks`]; deserializes from the query
-/// string `?status=&limit=&cursor=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(default)]
-pub struct TaskQuery {
-    pub status: Option<TaskStatus>,
-    /// 1 to [`MAX_PAGE`]; `None` means 50.
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// Tasks newest first, and the cursor of the next page if there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct TaskPage {
-    pub tasks: Vec<Task>,
-    pub next_cursor: Option<String>,
-}
 
 /// Identifies one attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -271,7 +66,7 @@ pub(crate) fn task_from_row(row: &DbRow) -> Result<Task, OpError> {
     let status: TaskStatus = row
         .text("status")?
         .parse()
-        .map_err(|e: StoreError| StoreError::corrupt("task status", e))?;
+        .map_err(|e| StoreError::corrupt("task status", e))?;
     Ok(Task {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
@@ -299,7 +94,10 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, OpError> {
     Ok(Attempt {
         task_id: row.text("task_id")?,
         n: row.uint("n")?,
-        status: AttemptState::parse(&row.text("status")?)?,
+        status: row
+            .text("status")?
+            .parse::<AttemptState>()
+            .map_err(|e| StoreError::corrupt("attempt status", e))?,
         tries: row.uint("tries")?,
         cancel_requested: row.bool("cancel_requested")?,
         worker_id: row.opt_text("worker_id")?,

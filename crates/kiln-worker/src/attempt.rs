@@ -1,159 +1,131 @@
 //! One claimed attempt: heartbeats and event upload around the one attempt
 //! function every front door calls, then the finish.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_agent::{AgentConfig, EventLog, Redactor};
+use kiln_agent::{
+    AgentConfig, AttemptInput, AttemptPlan, EventLog, Publish, Redactor, SandboxPlan, Setup,
+    Workspace,
+};
 use kiln_model::{ModelClient, ProviderConfig, WireApi};
 use kiln_protocol::worker::{FinishRequest, WorkerClaim};
 use kiln_protocol::{AttemptReport, AttemptStatus, Event, EventKind, EventSink, Role};
-use kiln_workspace::{run_git, BaseCheckouts, GitError, Repo, Worktree};
+use kiln_workspace::{Checkout, FetchRules, Mirrors, Repo, Source, Start};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::LeaseClient;
 use crate::heartbeat::Heartbeats;
 use crate::pool::Context;
-use crate::repository::{mirror_dir, AttemptRemote};
+use crate::repository::AttemptRemote;
 use crate::uploader::{UploadEnd, Uploader};
 
-/// The worker's places on disk for attempts: a mirror per server
-/// repository (`DATA/mirrors`), a checkout per attempt (`DATA/checkouts`).
+/// The worker's places on disk for attempts: kiln-workspace's mirrors and
+/// checkouts under the data directory, one mirror per server repository.
 pub(crate) struct Attempts {
     data_dir: PathBuf,
-    bases: BaseCheckouts,
-    /// One lock per mirror: fetches and worktree changes take turns.
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    mirrors: Mirrors,
 }
 
-/// An attempt's checkout and the mirror its commits live in.
-pub(crate) struct Checkout {
-    pub(crate) worktree: Worktree,
-    pub(crate) mirror: PathBuf,
-    pub(crate) full_checkout_reason: Option<String>,
-}
+/// Every mirror of a worker belongs to its server: one owner.
+const MIRROR_OWNER: &str = "kiln-server";
 
 impl Attempts {
     pub(crate) fn new(data_dir: &Path) -> Self {
         Attempts {
             data_dir: data_dir.to_path_buf(),
-            bases: BaseCheckouts::new(data_dir.join("bases")),
-            locks: Mutex::new(HashMap::new()),
+            mirrors: Mirrors::new(data_dir),
         }
     }
 
     /// An empty directory only the worker reads, as git's `HOME`.
     fn git_home(&self) -> Result<PathBuf, String> {
-        use std::os::unix::fs::DirBuilderExt;
         let home = self.data_dir.join("git-home");
-        match std::fs::DirBuilder::new().mode(0o700).create(&home) {
-            Ok(()) => Ok(home),
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(home),
-            Err(err) => Err(format!("cannot create {}: {err}", home.display())),
-        }
+        kiln_workspace::mirrors::create_private_dir(&home).map_err(|err| err.to_string())?;
+        Ok(home)
     }
 
     /// The attempt's checkout: fetched from the server into the mirror of
     /// its `mirror_key`, at the base commit, or for a follow-up at the tip
-    /// of the branch the server serves.
+    /// of the branch the server serves (whoever ran it before).
     async fn checkout(
         &self,
         claim: &WorkerClaim,
         remote: &AttemptRemote,
     ) -> Result<Checkout, String> {
-        let mirror = mirror_dir(&self.data_dir.join("mirrors"), &claim.repository.mirror_key);
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(mirror.clone()).or_default().clone()
+        let key = &claim.repository.mirror_key;
+        let branch = &remote.branch;
+        // The follow-up's branch lands beside the branches, never on one a
+        // parked checkout of this worker may hold.
+        let resumed = format!("refs/kiln-resume/{branch}");
+        let mut refspecs = vec![
+            "+refs/remotes/origin/*:refs/remotes/origin/*".to_string(),
+            "+refs/tags/*:refs/tags/*".to_string(),
+        ];
+        if claim.resume {
+            refspecs.push(format!("+refs/heads/{branch}:{resumed}"));
+            // A fetch moments ago is reused: never continue from what an
+            // earlier follow-up of this attempt left there.
+            let mirror = self.mirrors.mirror_dir(MIRROR_OWNER, key);
+            if mirror.join(".git").exists() {
+                let _ = Repo::at(&mirror).git(["update-ref", "-d", &resumed]);
+            }
+        }
+        let source = Source {
+            url: &remote.url,
+            owner: MIRROR_OWNER,
+            name: key,
+            fetch: FetchRules {
+                options: remote.options.clone(),
+                env: remote.env.clone(),
+                refspecs,
+            },
         };
-        let _turn = lock.lock().await;
-        let request = CheckoutRequest {
-            mirror,
-            dest: self
-                .data_dir
-                .join("checkouts")
-                .join(&claim.attempt.task_id)
-                .join(claim.attempt.n.to_string()),
-            bases: self.bases.clone(),
-            remote: remote.clone(),
-            base_commit: claim.repository.base_commit.clone(),
-            resume: claim.resume,
+        let start = if claim.resume {
+            Start::Continue {
+                base_commit: &claim.repository.base_commit,
+                tip: &resumed,
+            }
+        } else {
+            Start::Fresh {
+                base: Some(&claim.repository.base_commit),
+            }
         };
-        tokio::task::spawn_blocking(move || request.run())
+        self.mirrors
+            .checkout(source, start, &claim.attempt.task_id, claim.attempt.n)
             .await
-            .map_err(|err| format!("the checkout stopped: {err}"))?
             .map_err(|err| {
                 format!("cannot check out the attempt's repository from the server: {err}")
             })
     }
 }
 
-struct CheckoutRequest {
-    mirror: PathBuf,
-    dest: PathBuf,
-    bases: BaseCheckouts,
+/// Pushes the attempt's branch back to the server once it is committed.
+struct PushBranch {
     remote: AttemptRemote,
-    base_commit: String,
-    resume: bool,
+    pushed: AtomicBool,
 }
 
-impl CheckoutRequest {
-    fn run(self) -> Result<Checkout, GitError> {
-        let io = |path: &Path, err: std::io::Error| {
-            GitError::Overlay(format!("cannot prepare {}: {err}", path.display()))
-        };
-        if !self.mirror.join(".git").exists() {
-            let parent = self.mirror.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-            // Made beside its final name, so a crash never leaves half a mirror.
-            let partial = self.mirror.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&partial);
-            run_git(
-                parent,
-                [
-                    OsStr::new("init"),
-                    OsStr::new("--quiet"),
-                    partial.as_os_str(),
-                ],
-            )?;
-            std::fs::rename(&partial, &self.mirror).map_err(|e| io(&self.mirror, e))?;
-        }
-        let repo = Repo::at(&self.mirror);
-        let branch = &self.remote.branch;
-        // The follow-up's branch lands beside the branches, never on one a
-        // parked checkout of this worker may hold.
-        let resumed = format!("refs/kiln-resume/{branch}");
-        let mut args = self.remote.options.clone();
-        args.extend(["fetch", "--quiet", "--", &self.remote.url].map(String::from));
-        args.push("+refs/remotes/origin/*:refs/remotes/origin/*".into());
-        args.push("+refs/tags/*:refs/tags/*".into());
-        if self.resume {
-            args.push(format!("+refs/heads/{branch}:{resumed}"));
-        }
-        repo.git_with_env(&args, &self.remote.env)?;
-        if self.dest.exists() || repo.resolve(&format!("refs/heads/{branch}")).is_ok() {
-            repo.discard_checkout(&self.dest)?;
-            let _ = repo.git(["branch", "-D", "--end-of-options", branch]);
-        }
-        if let Some(parent) = self.dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        }
-        let start = if self.resume {
-            repo.resolve(&resumed)?
-        } else {
-            repo.resolve(&format!("{}^{{commit}}", self.base_commit))?
-        };
-        let (worktree, full_checkout_reason) =
-            repo.add_checkout(&self.bases, &start, branch, &self.dest)?;
-        Ok(Checkout {
-            worktree,
-            mirror: self.mirror,
-            full_checkout_reason,
-        })
+#[async_trait::async_trait]
+impl Publish for PushBranch {
+    async fn publish(&self, checkout: &Checkout, _commit: &str) -> Result<(), String> {
+        self.push(checkout.git_dir.clone()).await?;
+        self.pushed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl PushBranch {
+    async fn push(&self, git_dir: PathBuf) -> Result<(), String> {
+        let remote = self.remote.clone();
+        let mirror = git_dir.parent().map(Path::to_path_buf).unwrap_or(git_dir);
+        tokio::task::spawn_blocking(move || remote.push_branch(&mirror))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot push the attempt's branch to the server: {e}"))
     }
 }
 
@@ -212,21 +184,7 @@ pub(crate) async fn run_claimed(
             // git's errors name this machine's paths: not the server's business.
             let data_dir = context.config.data_dir.to_string_lossy();
             let reason = reason.replace(data_dir.as_ref(), "WORKER_DATA");
-            let status = if cancel.is_cancelled() {
-                AttemptStatus::Cancelled
-            } else {
-                events.emit(EventKind::Error {
-                    message: reason.clone(),
-                });
-                AttemptStatus::Failed
-            };
-            events.emit(EventKind::AttemptFinished {
-                status,
-                reason: Some(reason.clone()),
-                final_message: None,
-                usage: Default::default(),
-            });
-            AttemptReport::failed(status, reason)
+            kiln_agent::report_unstartable(&events, &cancel, reason)
         }
     };
 
@@ -263,8 +221,8 @@ pub(crate) async fn run_claimed(
     }
 }
 
-/// The attempt itself: `Err` is a reason it failed before the agent could
-/// report one.
+/// The attempt itself, through the one attempt function every front door
+/// calls. `Err` is a reason it failed before that function could start.
 async fn execute(
     context: &Context,
     claim: &WorkerClaim,
@@ -276,62 +234,40 @@ async fn execute(
     let model = model_client(claim, lease)?;
     let git_home = context.attempts.git_home()?;
     let remote = AttemptRemote::new(context.client.base_url(), claim, &git_home);
-    if claim.setup.is_some() {
-        return Err("this worker cannot run setup scripts yet".into());
-    }
     let checkout = context.attempts.checkout(claim, &remote).await?;
     if let Some(reason) = &checkout.full_checkout_reason {
         events.emit(EventKind::Warning {
             message: format!("the checkout is a full copy, not copy-on-write: {reason}"),
         });
     }
-    let path = checkout.worktree.path().to_path_buf();
+    let git_dir = checkout.git_dir.clone();
     let mut policy = context.config.sandbox.clone();
-    policy.workspace = path.clone();
-    policy.read_only = claim.mode.is_read_only();
     policy.network = claim.sandbox.network;
     policy.env.extend(claim.sandbox.env.clone());
-    policy.extra_read_only.push(checkout.mirror.join(".git"));
     if let Some(image) = &claim.sandbox.image {
         policy.backend = kiln_sandbox::Backend::Podman;
         policy.image = Some(image.clone());
     }
-    let sandbox =
-        kiln_sandbox::create(policy).map_err(|e| format!("cannot create the sandbox: {e}"))?;
-
     let input = if claim.resume {
-        kiln_agent::AttemptInput::resume(claim.prompt.clone(), &claim.history)
+        AttemptInput::resume(claim.prompt.clone(), &claim.history)
     } else {
-        kiln_agent::AttemptInput::new(claim.prompt.clone())
+        AttemptInput::new(claim.prompt.clone())
     }
     .with_steering(steering);
-    let agent = agent_config(&context.config.agent, claim, &path);
-    let result =
-        kiln_agent::run_attempt_with(&agent, model, sandbox.clone(), input, events, cancel).await;
-    sandbox.shutdown();
-    drop(sandbox);
-
-    let mut report = AttemptReport::new(result.status);
-    report.reason = result.reason;
-    report.final_message = result.final_message;
-    report.usage = result.usage;
-    report.citations = result.citations;
-    let worktree = &checkout.worktree;
-    match worktree.diff_against(&claim.repository.base_commit, MAX_DIFF) {
-        Ok(diff) => {
-            report.diff_stat = Some(kiln_protocol::DiffStat {
-                files_changed: diff.files_changed,
-                insertions: diff.insertions,
-                deletions: diff.deletions,
-            });
-            report.diff = Some(events.redact(&diff.text).into_owned());
-        }
-        Err(err) => {
-            events.emit(EventKind::Warning {
-                message: format!("cannot compute the diff: {err}"),
-            });
-        }
-    }
+    let agent = agent_config(&context.config.agent, claim);
+    let mut plan = AttemptPlan::new(
+        agent,
+        Workspace::Checkout {
+            checkout: Box::new(checkout),
+            subdir: PathBuf::new(),
+        },
+        SandboxPlan::Policy(Box::new(policy)),
+        input,
+    );
+    plan.setup = claim.setup.as_ref().map(|setup| Setup {
+        script: setup.script.clone(),
+        secrets: setup.secrets.clone(),
+    });
     let title: String = claim
         .prompt
         .lines()
@@ -340,41 +276,30 @@ async fn execute(
         .chars()
         .take(72)
         .collect();
-    match worktree.commit_all(&events.redact(&format!("kiln: {title}"))) {
-        Ok(commit) => {
-            report.branch = Some(worktree.branch().to_string());
-            report.commit_sha = commit;
+    plan.commit_message = Some(format!("kiln: {title}"));
+    let push = Arc::new(PushBranch {
+        remote,
+        pushed: AtomicBool::new(false),
+    });
+    plan.publish = Some(push.clone());
+    let report = kiln_agent::run(plan, model, events, cancel).await;
+    if !push.pushed.load(Ordering::SeqCst) && report.status != AttemptStatus::Cancelled {
+        // No new commit (nothing changed): the branch still goes to the
+        // server, where a follow-up on another worker continues it.
+        if let Err(err) = push.push(git_dir).await {
+            tracing::warn!("{err}");
         }
-        Err(err) => {
-            events.emit(EventKind::Warning {
-                message: format!("cannot commit: {err}"),
-            });
-        }
-    }
-    let mirror = checkout.mirror.clone();
-    let pushed = tokio::task::spawn_blocking(move || remote.push_branch(&mirror))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(err) = pushed {
-        return Err(format!(
-            "cannot push the attempt's branch to the server: {err}"
-        ));
     }
     Ok(report)
 }
 
-/// Largest diff reported; the pushed branch holds all of it.
-const MAX_DIFF: usize = 16 * 1024 * 1024;
-
-/// The worker's agent settings, completed by the claim.
-fn agent_config(base: &AgentConfig, claim: &WorkerClaim, checkout: &Path) -> AgentConfig {
+/// The worker's agent settings, completed by the claim (`cwd` and the
+/// workspace root come from the checkout).
+fn agent_config(base: &AgentConfig, claim: &WorkerClaim) -> AgentConfig {
     let mut agent = base.clone();
     agent.model = claim.model.clone();
     agent.provider = "kiln server".into();
     agent.mode = claim.mode;
-    agent.cwd = checkout.to_path_buf();
-    agent.workspace_root = Some(checkout.to_path_buf());
     let limits = &claim.limits;
     agent.limits.max_turns = limits.max_turns;
     agent.limits.max_total_tokens = limits.max_total_tokens;

@@ -24,10 +24,12 @@
 mod bases;
 mod cow;
 mod git;
+pub mod mirrors;
 pub mod overlay;
 mod worktree;
 
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
 pub use git::{git_command, run_git, run_git_with_env, GitEnv, GitError, Repo};
+pub use mirrors::{Checkout, CheckoutError, FetchRules, Mirrors, Source, Start};
 pub use worktree::{Diff, Worktree};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_agent::{
-    run_attempt_with, AgentConfig, AttemptInput, AttemptOutcome, EventLog, MemorySink, Redactor,
+    run_attempt_with, AgentConfig, AttemptInput, AttemptReport, EventLog, MemorySink, Redactor,
 };
 use kiln_model::{ModelClient, ProviderConfig, RetryPolicy, WireApi};
 use kiln_protocol::{Event, EventKind, EventSink, Mode};
@@ -69,11 +69,11 @@ impl Harness {
         kiln_sandbox::create(policy).expect("the none backend works everywhere")
     }
 
-    pub async fn run(&self, prompt: &str) -> AttemptOutcome {
+    pub async fn run(&self, prompt: &str) -> AttemptReport {
         self.run_input(AttemptInput::new(prompt), 1).await
     }
 
-    pub async fn run_input(&self, input: AttemptInput, next_seq: u64) -> AttemptOutcome {
+    pub async fn run_input(&self, input: AttemptInput, next_seq: u64) -> AttemptReport {
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![self.sink.clone()];
         sinks.extend(self.extra_sinks.iter().cloned());
         let events = EventLog::new(next_seq, sinks)

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
+use kiln_protocol::api::{TaskStatus, TaskStreamItem};
+use kiln_protocol::sse::{SseFrame, SseParser};
 use kiln_testkit::ScriptedServer;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -250,12 +254,14 @@ impl KilnServer {
         assert_eq!(response.status(), 200);
         SseReader {
             response,
-            buffer: String::new(),
+            parser: SseParser::new(),
+            ready: VecDeque::new(),
+            statuses: Vec::new(),
         }
     }
 }
 
-/// One SSE event as the server sent it.
+/// One stored event as the server streamed it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
     pub id: i64,
@@ -263,29 +269,56 @@ pub struct SseEvent {
     pub data: Value,
 }
 
+/// A task's event stream, read with kiln's own SSE parser.
 pub struct SseReader {
     response: reqwest::Response,
-    buffer: String,
+    parser: SseParser,
+    /// Decoded frames with their `event:` and `data:` as sent.
+    ready: VecDeque<(TaskStreamItem, SseFrame)>,
+    /// The `task.status` frames [`SseReader::next`] passed, in order.
+    pub statuses: Vec<TaskStatus>,
 }
 
 impl SseReader {
-    /// The next event, or `None` when the stream ended.
-    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+    /// The next frame, stored event or task status, or `None` when the
+    /// stream ended.
+    pub async fn next_item(&mut self, timeout: Duration) -> Option<TaskStreamItem> {
+        Some(self.next_frame(timeout).await?.0)
+    }
+
+    async fn next_frame(&mut self, timeout: Duration) -> Option<(TaskStreamItem, SseFrame)> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = parse_block(&block) {
-                    return Some(event);
-                }
-                continue;
+            if let Some(decoded) = self.ready.pop_front() {
+                return Some(decoded);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let chunk = tokio::time::timeout(remaining, self.response.chunk())
                 .await
-                .expect("an SSE event within the deadline")
+                .expect("an SSE frame within the deadline")
                 .unwrap()?;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            for frame in self.parser.feed(&chunk).unwrap() {
+                let item =
+                    TaskStreamItem::from_frame(&frame).unwrap_or_else(|e| panic!("{e}: {frame:?}"));
+                self.ready.push_back((item, frame));
+            }
+        }
+    }
+
+    /// The next stored event (task statuses on the way are kept in
+    /// `statuses`), or `None` when the stream ended.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        loop {
+            match self.next_frame(timeout).await? {
+                (TaskStreamItem::Status(status), _) => self.statuses.push(status.status),
+                (TaskStreamItem::Event { id, .. }, frame) => {
+                    return Some(SseEvent {
+                        id,
+                        kind: frame.event,
+                        data: serde_json::from_str(&frame.data).unwrap(),
+                    })
+                }
+            }
         }
     }
 
@@ -324,24 +357,6 @@ impl SseReader {
         }
         events
     }
-}
-
-fn parse_block(block: &str) -> Option<SseEvent> {
-    let (mut id, mut kind, mut data) = (None, None, String::new());
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("id:") {
-            id = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            kind = Some(v.trim().to_string());
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    Some(SseEvent {
-        id: id?,
-        kind: kind?,
-        data: serde_json::from_str(&data).ok()?,
-    })
 }
 
 /// The single mirror under the data directory (`mirrors/<owner>/<repo>`).

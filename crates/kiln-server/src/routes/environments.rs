@@ -3,8 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use kiln_store::{Environment, NewEnvironment};
-use serde_json::{json, Value};
+use kiln_protocol::api::{Environment, EnvironmentList, NewEnvironment};
 
 use super::ApiJson;
 use crate::auth::Caller;
@@ -31,7 +30,7 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(state): State<AppState>,
     Caller(who): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EnvironmentList>, ApiError> {
     let environments = state.store().list_environments(&who).await?;
-    Ok(Json(json!({ "environments": environments })))
+    Ok(Json(EnvironmentList { environments }))
 }

@@ -3,8 +3,13 @@
 //! Each SSE event carries the stored event's per-task id as `id:`, its type
 //! as `event:` and its JSON as `data:`. A client that reconnects with
 //! `Last-Event-ID: N` (or `?after=N`) gets exactly the events after N. The
-//! stream ends once the task has finished and every event was sent (or at
-//! once with `?follow=false`). The data is the event's JSON plus `attempt`.
+//! data is the event's JSON plus `attempt`.
+//!
+//! Between them come `task.status` frames (no `id:`): the task's status
+//! when the stream opens and whenever it changes, learnt from the store's
+//! change notifications. The stream ends once the task has finished and
+//! every event was sent, with the final status as its last frame (or at
+//! once, after the current status, with `?follow=false`).
 //! A token holds at most `max_streams_per_token` streams at once, and a
 //! stream ends when its token is revoked.
 
@@ -15,6 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
+use kiln_protocol::api::{TaskStatus, TaskStatusFrame};
 use kiln_store::{Store, StoredEvent};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -95,7 +101,10 @@ pub(super) async fn stream(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Sends events until the task is finished and drained, or the client left.
+/// Sends events, and the task's status whenever it changed, until the task
+/// is finished and drained, or the client left. Woken by the store's change
+/// notifications (new events of the task, a change of its status), never by
+/// a timer of its own.
 async fn pump(
     store: Store,
     task_id: String,
@@ -104,13 +113,16 @@ async fn pump(
     follow: bool,
     tx: mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ()> {
-    // The task's status turns final just after its last `attempt.finished`
-    // is stored, without an event of its own: look again soon after one.
-    let mut saw_finish = false;
+    let mut sent_status = None;
     loop {
         // Subscribe before reading so a commit between the read and the wait wakes us.
         let mut subscription = store.subscribe();
-        let finished_before_read = task_finished(&store, &task_id).await;
+        // Read before the events: once it is final, every event is stored
+        // (`attempt.finished` is appended before the attempt is finished),
+        // so the events read next are the last ones.
+        let Some(status) = task_status(&store, &task_id).await else {
+            return Err(());
+        };
         let events = match store.events(&task_id, attempt, cursor, PAGE).await {
             Ok(events) => events,
             Err(err) => {
@@ -121,24 +133,22 @@ async fn pump(
         let full_page = events.len() == PAGE as usize;
         for event in events {
             cursor = event.id;
-            saw_finish |= event.kind == "attempt.finished";
             tx.send(Ok(to_sse(&event))).await.map_err(|_| ())?;
         }
         if full_page {
             continue;
         }
-        // Finished before we read: nothing can follow what we just sent.
-        if finished_before_read || !follow {
+        if sent_status != Some(status) {
+            tx.send(Ok(status_sse(&task_id, status)))
+                .await
+                .map_err(|_| ())?;
+            sent_status = Some(status);
+        }
+        if status.is_finished() || !follow {
             return Ok(());
         }
-        let recheck = if saw_finish {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_secs(3600)
-        };
         tokio::select! {
-            _ = subscription.wait_for_events(&task_id) => {}
-            _ = tokio::time::sleep(recheck) => saw_finish = false,
+            _ = subscription.wait_for_task(&task_id) => {}
             _ = tx.closed() => return Err(()),
         }
     }
@@ -172,13 +182,24 @@ async fn token_revoked(
     }
 }
 
-async fn task_finished(store: &Store, task_id: &str) -> bool {
+async fn task_status(store: &Store, task_id: &str) -> Option<TaskStatus> {
     // The caller's access was checked when the stream opened.
     let system = crate::worker::system_principal();
     match store.task(&system, task_id).await {
-        Ok(detail) => detail.task.status.is_finished(),
-        Err(_) => true,
+        Ok(detail) => Some(detail.task.status),
+        Err(err) => {
+            tracing::warn!("event stream of {task_id} stopped: {err}");
+            None
+        }
     }
+}
+
+/// A `task.status` frame: no id, so a client's `Last-Event-ID` stays that
+/// of the last stored event it received.
+fn status_sse(task_id: &str, status: TaskStatus) -> SseEvent {
+    let frame = TaskStatusFrame::new(task_id, status);
+    let data = serde_json::to_string(&frame).unwrap_or_default();
+    SseEvent::default().event(TaskStatusFrame::EVENT).data(data)
 }
 
 /// The stored event's JSON with the attempt number added (`"attempt": n`),

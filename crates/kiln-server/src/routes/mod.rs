@@ -16,8 +16,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub(crate) use json::ApiJson;
-// The request and response bodies the OpenAPI document derives schemas from.
-pub(crate) use tasks::{MessageBody, TaskView};
+// The token bodies the OpenAPI document derives schemas from (the others
+// are in kiln_protocol::api).
 pub(crate) use tokens::{CreatedToken, NewTokenBody};
 
 /// Every route of the API; `/api/*` routes authenticate through [`crate::auth::Caller`].

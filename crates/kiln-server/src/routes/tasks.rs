@@ -4,43 +4,27 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use kiln_store::{Attempt, AttemptRef, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use kiln_protocol::api::{
+    CancelOutcome, MessageList, NewMessage, NewTask, TaskDetail, TaskPage, TaskQuery, TaskStatus,
+};
+use kiln_store::AttemptRef;
+use serde::Deserialize;
 
 use super::ApiJson;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A task with its attempts, as `POST /api/tasks` and `GET /api/tasks/{id}` return it.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct TaskView {
-    #[serde(flatten)]
-    pub task: Task,
-    pub attempts: Vec<Attempt>,
-}
-
-impl From<TaskDetail> for TaskView {
-    fn from(detail: TaskDetail) -> Self {
-        TaskView {
-            task: detail.task,
-            attempts: detail.attempts,
-        }
-    }
-}
-
 pub(super) async fn create(
     State(state): State<AppState>,
     Caller(who): Caller,
     ApiJson(new): ApiJson<NewTask>,
-) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+) -> Result<(StatusCode, Json<TaskDetail>), ApiError> {
     if new.prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
     let detail = state.store().create_task(&who, &new).await?;
-    Ok((StatusCode::CREATED, Json(detail.into())))
+    Ok((StatusCode::CREATED, Json(detail)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +44,8 @@ pub(super) async fn list(
         .status
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<TaskStatus>())
-        .transpose()?;
+        .transpose()
+        .map_err(|e| ApiError::invalid("status", e.to_string()))?;
     let request = TaskQuery {
         status,
         limit: params.limit,
@@ -73,8 +58,8 @@ pub(super) async fn show(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-) -> Result<Json<TaskView>, ApiError> {
-    Ok(Json(state.store().task(&who, &id).await?.into()))
+) -> Result<Json<TaskDetail>, ApiError> {
+    Ok(Json(state.store().task(&who, &id).await?))
 }
 
 pub(super) async fn diff(
@@ -92,40 +77,24 @@ pub(super) async fn diff(
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[schemars(rename = "NewMessage")]
-pub(crate) struct MessageBody {
-    text: String,
-    /// Every attempt when absent.
-    #[serde(default)]
-    #[schemars(range(min = 1))]
-    attempt: Option<u32>,
-}
-
 pub(super) async fn message(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<MessageBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<(StatusCode, Json<MessageList>), ApiError> {
     let messages = state
         .store()
         .enqueue_message(&who, &id, body.attempt, &body.text)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "messages": messages }))))
+    Ok((StatusCode::ACCEPTED, Json(MessageList { messages })))
 }
 
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CancelOutcome>), ApiError> {
     let outcome = state.store().cancel_task(&who, &id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "cancelled": outcome.cancelled,
-            "cancel_requested": outcome.cancel_requested,
-        })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(outcome)))
 }

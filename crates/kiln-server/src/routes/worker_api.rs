@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::git_serve::{self, AttemptRefs, GitService};
 use crate::model_proxy::{self, ModelRoute};
 use crate::state::{AppState, Shared};
-use crate::worker::checkout::Source;
+use kiln_workspace::Source;
 
 /// The longest a claim request waits for work before answering 204.
 pub(crate) const MAX_CLAIM_WAIT_SECS: u32 = 30;
@@ -93,13 +93,17 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
         .environment_repo_credential(&environment.id)
         .await
         .map_err(|e| format!("cannot read the repository's credential: {e}"))?;
-    let fetch = shared
-        .mirrors
-        .fetch_rules(&checked, &environment.repo, credential.as_ref())
-        .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
+    let fetch = crate::repo_access::fetch_rules(
+        &shared.config.data_dir,
+        &checked,
+        &environment.repo,
+        credential.as_ref(),
+    )
+    .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
     let source = Source {
-        repo: &environment.repo,
+        url: &environment.repo,
         owner: &environment.owner_token_id,
+        name: &environment.repo,
         fetch,
     };
     let branch = attempt_branch(attempt);
@@ -109,7 +113,7 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
         .or(environment.base_branch.as_deref());
     let (mirror, start) = shared
         .mirrors
-        .prepare(source, base, &branch, !claimed.resume)
+        .prepare(source, base)
         .await
         .map_err(|e| format!("cannot prepare {}: {e}", environment.repo))?;
     let base_commit = if claimed.resume {

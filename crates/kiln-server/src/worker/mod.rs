@@ -2,7 +2,6 @@
 //! the store's queue and run them; a sweeper takes back attempts whose
 //! lease expired (workers of another process that died).
 
-pub(crate) mod checkout;
 mod event_sink;
 pub(crate) mod run;
 mod supervise;
@@ -15,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::Shared;
-use checkout::Mirrors;
+use kiln_workspace::Mirrors;
 
 /// The identity workers use to read tasks and environments of any owner.
 pub(crate) fn system_principal() -> Principal {

@@ -2,18 +2,18 @@
 //! `kiln serve` takes (the agent loop itself is `kiln-agent`'s).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_agent::{AttemptInput, EventLog};
-use kiln_protocol::AttemptReport as AttemptOutcome;
-use kiln_protocol::{AttemptStatus, EventKind, EventSink, ExecStream};
-use kiln_sandbox::{Backend, OutputChunk, Sandbox};
-use kiln_store::{AttemptRef, ClaimedAttempt, Environment, StoreError, MAX_EVENTS_PER_READ};
+use kiln_agent::{AttemptInput, AttemptPlan, EventLog, SandboxPlan, Setup, Workspace};
+use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, EventSink};
+use kiln_sandbox::{Backend, SandboxPolicy};
+use kiln_store::{AttemptRef, ClaimedAttempt, Environment, StoreError};
+use kiln_workspace::{FetchRules, Mirrors, Source, Start};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::checkout::{Checkout, Mirrors, Source};
 use super::event_sink::StoreSink;
 use super::supervise::Supervisor;
 use crate::state::Shared;
@@ -66,43 +66,24 @@ pub(crate) async fn run_claimed(
         steer_tx,
     );
 
-    let run = async {
-        let follow_up = follow_up.map_err(|e| format!("cannot read the follow-up: {e}"))?;
-        run(
-            shared,
-            mirrors,
-            &claimed,
-            follow_up,
-            &events,
-            steer_rx,
-            cancel.clone(),
-        )
-        .await
-    };
-    let outcome = match run.await {
-        Ok(outcome) => outcome,
-        Err(reason) => {
-            // git's errors name mirror and checkout paths: the server's layout
-            // is not the user's business.
-            let reason = crate::scrub_data_dir(&reason, &shared.config.data_dir);
-            let status = if cancel.is_cancelled() {
-                AttemptStatus::Cancelled
-            } else {
-                events.emit(EventKind::Error {
-                    message: reason.clone(),
-                });
-                AttemptStatus::Failed
-            };
-            events.emit(EventKind::AttemptFinished {
-                status,
-                reason: Some(reason.clone()),
-                final_message: None,
-                usage: Default::default(),
-            });
-            let mut outcome = AttemptOutcome::new(status);
-            outcome.reason = Some(reason);
-            outcome
+    let outcome = match follow_up {
+        Ok(follow_up) => {
+            run(
+                shared,
+                mirrors,
+                &claimed,
+                follow_up,
+                &events,
+                steer_rx,
+                cancel.clone(),
+            )
+            .await
         }
+        Err(err) => kiln_agent::report_unstartable(
+            &events,
+            &cancel,
+            format!("cannot read the follow-up: {err}"),
+        ),
     };
     sink.close();
     writer.finished().await;
@@ -119,25 +100,6 @@ pub(crate) async fn run_claimed(
         }
     }
     shared.metrics.attempt_ended(started.elapsed());
-}
-
-/// Largest diff kept in the store; the commit on the branch has all of it.
-const MAX_STORED_DIFF: usize = 16 * 1024 * 1024;
-
-/// The diff, or when git had more than the store keeps (kiln stopped
-/// reading there), a note saying where the full change is.
-fn bounded_diff(diff: kiln_workspace::Diff, branch: &str, events: &EventLog) -> String {
-    if !diff.cut {
-        return diff.text;
-    }
-    let note = format!(
-        "the diff is larger than the {MAX_STORED_DIFF} bytes kept in the store: \
-         fetch branch {branch} from the server's mirror for the full change"
-    );
-    events.emit(EventKind::Warning {
-        message: note.clone(),
-    });
-    format!("# {note}\n")
 }
 
 /// Messages that reached the attempt after the agent's last look at its
@@ -198,8 +160,7 @@ impl UserMessages {
     }
 }
 
-/// Checkout, setup, agent, result. `Err` is a reason the attempt failed
-/// before the agent could report one itself.
+/// The attempt's plan from the store's rows, run on the one attempt path.
 async fn run(
     shared: &Shared,
     mirrors: &Mirrors,
@@ -208,7 +169,28 @@ async fn run(
     events: &EventLog,
     steering: mpsc::Receiver<String>,
     cancel: CancellationToken,
-) -> Result<AttemptOutcome, String> {
+) -> AttemptReport {
+    match plan(shared, mirrors, claimed, follow_up, events, steering).await {
+        Ok(plan) => kiln_agent::run(plan, shared.model.clone(), events, cancel).await,
+        Err(reason) => {
+            // git's errors name mirror and checkout paths: the server's layout
+            // is not the user's business.
+            let reason = crate::scrub_data_dir(&reason, &shared.config.data_dir);
+            kiln_agent::report_unstartable(events, &cancel, reason)
+        }
+    }
+}
+
+/// Environment, repository access, secrets, checkout and input of a claimed
+/// attempt. `Err` is why the attempt cannot start.
+async fn plan(
+    shared: &Shared,
+    mirrors: &Mirrors,
+    claimed: &ClaimedAttempt,
+    follow_up: String,
+    events: &EventLog,
+    steering: mpsc::Receiver<String>,
+) -> Result<AttemptPlan, String> {
     let task = &claimed.task;
     let system = super::system_principal();
     let environment = shared
@@ -216,13 +198,95 @@ async fn run(
         .environment(&system, &task.environment_id)
         .await
         .map_err(|e| format!("cannot read the environment: {e}"))?;
-    let base = task
-        .base_ref
-        .as_deref()
-        .or(environment.base_branch.as_deref());
-    // Checked again before every clone or fetch: the owner may have lost
-    // admin rights, or the name may resolve elsewhere by now.
-    let checked = crate::repo_access::recheck_environment(shared, &environment)
+    let access = prepare_access(shared, &environment, events).await?;
+    let start = if claimed.resume {
+        Start::Resume
+    } else {
+        Start::Fresh {
+            base: task
+                .base_ref
+                .as_deref()
+                .or(environment.base_branch.as_deref()),
+        }
+    };
+    let source = Source {
+        url: &environment.repo,
+        owner: &environment.owner_token_id,
+        name: &environment.repo,
+        fetch: access.fetch,
+    };
+    let checkout = mirrors
+        .checkout(source, start, &task.id, claimed.attempt.n)
+        .await
+        .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
+    if let Some(reason) = &checkout.full_checkout_reason {
+        events.emit(EventKind::Warning {
+            message: format!("the checkout is a full copy, not copy-on-write: {reason}"),
+        });
+    }
+
+    let input = if claimed.resume {
+        let previous = shared
+            .store
+            .conversation_events(&task.id, claimed.attempt.n)
+            .await
+            .map_err(|e| format!("cannot read the attempt's history: {e}"))?;
+        AttemptInput::resume(follow_up, &previous)
+    } else {
+        AttemptInput::new(task.prompt.clone())
+    }
+    .with_steering(steering);
+
+    let mut agent = shared.config.agent.clone();
+    agent.mode = task.mode;
+    if let Some(model) = &task.model {
+        agent.model = model.clone();
+    }
+    let mut plan = AttemptPlan::new(
+        agent,
+        Workspace::Checkout {
+            checkout: Box::new(checkout),
+            subdir: PathBuf::new(),
+        },
+        SandboxPlan::Policy(Box::new(environment_sandbox(
+            &shared.config.sandbox,
+            environment.network,
+            &environment.env,
+            environment.image.as_deref(),
+        ))),
+        input,
+    );
+    // A follow-up keeps the first run's setup products in its checkout.
+    if !claimed.resume {
+        plan.setup = environment.setup_script.clone().map(|script| Setup {
+            script,
+            secrets: access.secrets,
+        });
+    }
+    plan.commit_message = Some(commit_message(&task.prompt));
+    plan.diff_location = Some(format!(
+        "GET /api/tasks/{}/attempts/{}/diff",
+        task.id, claimed.attempt.n
+    ));
+    Ok(plan)
+}
+
+/// What reaching an environment's repository and secrets takes, checked now.
+pub(crate) struct Access {
+    pub(crate) fetch: FetchRules,
+    pub(crate) secrets: BTreeMap<String, String>,
+}
+
+/// Rechecks the environment's repository location (the owner may have lost
+/// admin rights, or the name may resolve elsewhere by now), builds the fetch
+/// rules with its credential, reads its secrets (on every run, follow-ups
+/// included) and gives `events` a redactor for all of them.
+pub(crate) async fn prepare_access(
+    shared: &Shared,
+    environment: &Environment,
+    events: &EventLog,
+) -> Result<Access, String> {
+    let checked = crate::repo_access::recheck_environment(shared, environment)
         .await
         .map_err(|e| format!("cannot use the repository {}: {e}", environment.repo))?;
     let credential = shared
@@ -230,12 +294,14 @@ async fn run(
         .environment_repo_credential(&environment.id)
         .await
         .map_err(|e| format!("cannot read the repository's credential: {e}"))?;
-    let fetch = mirrors
-        .fetch_rules(&checked, &environment.repo, credential.as_ref())
-        .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
-    // Read on every run, follow-ups included: the redactor keeps their
-    // values (and their encodings) out of every event, and setup needs them.
-    let secrets = read_secrets(shared, &environment).await?;
+    let fetch = crate::repo_access::fetch_rules(
+        &shared.config.data_dir,
+        &checked,
+        &environment.repo,
+        credential.as_ref(),
+    )
+    .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
+    let secrets = read_secrets(shared, environment).await?;
     let mut redacted: Vec<(String, String)> = secrets
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
@@ -249,98 +315,37 @@ async fn run(
         );
     }
     events.set_redactor(kiln_agent::Redactor::new(redacted));
-    let source = Source {
-        repo: &environment.repo,
-        owner: &environment.owner_token_id,
-        fetch,
-    };
-    let mut checkout = mirrors
-        .checkout(source, base, &task.id, claimed.attempt.n, claimed.resume)
-        .await
-        .map_err(|e| format!("cannot check out {}: {e}", environment.repo))?;
-    if let Some(reason) = &checkout.full_checkout_reason {
-        events.emit(EventKind::Warning {
-            message: format!("the checkout is a full copy, not copy-on-write: {reason}"),
-        });
-    }
-    let sandbox = build_sandbox(shared, &environment, &checkout, task.mode)?;
-
-    if !claimed.resume {
-        if let Some(script) = environment
-            .setup_script
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-        {
-            run_setup(&secrets, sandbox.as_ref(), script, events, &cancel).await?;
-            // What setup wrote (`.npmrc`, `.env.local`) is the attempt's
-            // base, not the agent's change: it stays out of the diff and the branch.
-            checkout
-                .record_setup()
-                .map_err(|e| format!("cannot record the checkout after setup: {e}"))?;
-        }
-    }
-
-    let input = if claimed.resume {
-        let previous = shared
-            .store
-            .events(&task.id, Some(claimed.attempt.n), 0, MAX_EVENTS_PER_READ)
-            .await
-            .map_err(|e| format!("cannot read the attempt's history: {e}"))?
-            .iter()
-            .filter_map(|stored| stored.event().ok())
-            .collect::<Vec<_>>();
-        AttemptInput::resume(follow_up, &previous)
-    } else {
-        AttemptInput::new(task.prompt.clone())
-    }
-    .with_steering(steering);
-
-    let mut agent = shared.config.agent.clone();
-    agent.mode = task.mode;
-    agent.cwd = checkout.worktree.path().to_path_buf();
-    // Nothing above the checkout is read, whatever `.git` the agent leaves.
-    agent.workspace_root = Some(checkout.worktree.path().to_path_buf());
-    if let Some(model) = &task.model {
-        agent.model = model.clone();
-    }
-    let result = kiln_agent::run_attempt_with(
-        &agent,
-        shared.model.clone(),
-        sandbox.clone(),
-        input,
-        events,
-        cancel,
-    )
-    .await;
-    sandbox.shutdown();
-    drop(sandbox);
-
-    let mut outcome = AttemptOutcome::new(result.status);
-    outcome.reason = result.reason;
-    outcome.final_message = result.final_message;
-    outcome.usage = result.usage;
-    record_result(&checkout, &task.prompt, events, &mut outcome);
-    Ok(outcome)
+    Ok(Access { fetch, secrets })
 }
 
-fn build_sandbox(
-    shared: &Shared,
-    environment: &Environment,
-    checkout: &Checkout,
-    mode: kiln_protocol::Mode,
-) -> Result<Arc<dyn Sandbox>, String> {
-    let mut policy = shared.config.sandbox.clone();
-    policy.workspace = checkout.worktree.path().to_path_buf();
-    policy.read_only = mode.is_read_only();
-    policy.network = environment.network;
-    policy.env.extend(environment.env.clone());
-    // git inside the sandbox needs the mirror's metadata the worktree points to.
-    policy.extra_read_only.push(checkout.git_dir.clone());
-    if let Some(image) = &environment.image {
+/// The server's base sandbox policy with what an environment adds: its
+/// network policy, variables and image.
+pub(crate) fn environment_sandbox(
+    base: &SandboxPolicy,
+    network: bool,
+    env: &BTreeMap<String, String>,
+    image: Option<&str>,
+) -> SandboxPolicy {
+    let mut policy = base.clone();
+    policy.network = network;
+    policy.env.extend(env.clone());
+    if let Some(image) = image {
         policy.backend = Backend::Podman;
-        policy.image = Some(image.clone());
+        policy.image = Some(image.to_string());
     }
-    kiln_sandbox::create(policy).map_err(|e| format!("cannot create the sandbox: {e}"))
+    policy
+}
+
+/// `kiln: <the prompt's first line>`, at most 72 characters of it.
+pub(crate) fn commit_message(prompt: &str) -> String {
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(72)
+        .collect();
+    format!("kiln: {title}")
 }
 
 pub(crate) async fn read_secrets(
@@ -358,107 +363,6 @@ pub(crate) async fn read_secrets(
             }
             other => format!("cannot read the environment's secrets: {other}"),
         })
-}
-
-async fn run_setup(
-    secrets: &BTreeMap<String, String>,
-    sandbox: &dyn Sandbox,
-    script: &str,
-    events: &EventLog,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let setup = sandbox.run_setup(script, secrets, Some(tx), cancel.clone());
-    let forward = async {
-        // One stream redactor per pipe: a secret printed in two chunks is
-        // still caught (the per-event pass sees only one chunk at a time).
-        let mut redactors: BTreeMap<bool, kiln_agent::StreamRedactor> = BTreeMap::new();
-        while let Some(chunk) = rx.recv().await {
-            let is_stderr = chunk.stream == ExecStream::Stderr;
-            let redactor = redactors
-                .entry(is_stderr)
-                .or_insert_with(|| events.stream_redactor());
-            let text = redactor.push(&String::from_utf8_lossy(&chunk.data));
-            if !text.is_empty() {
-                events.emit(EventKind::SetupOutput {
-                    stream: chunk.stream,
-                    text,
-                });
-            }
-        }
-        for (is_stderr, mut redactor) in redactors {
-            let text = redactor.finish();
-            if !text.is_empty() {
-                let stream = if is_stderr {
-                    ExecStream::Stderr
-                } else {
-                    ExecStream::Stdout
-                };
-                events.emit(EventKind::SetupOutput { stream, text });
-            }
-        }
-    };
-    let (result, ()) = tokio::join!(setup, forward);
-    let outcome = result.map_err(|e| format!("cannot run the setup script: {e}"))?;
-    if outcome.cancelled || cancel.is_cancelled() {
-        return Err("cancelled during setup".into());
-    }
-    if !outcome.success() {
-        let status = match (outcome.exit_code, outcome.timed_out) {
-            (_, true) => "timed out".to_string(),
-            (Some(code), _) => format!("exited with {code}"),
-            (None, _) => format!("was killed ({})", outcome.killed_by.unwrap_or_default()),
-        };
-        events.emit(EventKind::SetupOutput {
-            stream: ExecStream::Stderr,
-            text: format!("setup script {status}\n"),
-        });
-        return Err(format!("the setup script {status}"));
-    }
-    Ok(())
-}
-
-/// Diff, diff stat and a commit on the attempt's branch; a failure here is
-/// a warning, since the agent's result stands without them.
-fn record_result(
-    checkout: &Checkout,
-    prompt: &str,
-    events: &EventLog,
-    outcome: &mut AttemptOutcome,
-) {
-    match checkout.diff(MAX_STORED_DIFF) {
-        Ok((diff, stat)) => {
-            let diff = events
-                .redact(&bounded_diff(diff, checkout.worktree.branch(), events))
-                .into_owned();
-            outcome.diff = Some(diff);
-            outcome.diff_stat = Some(stat);
-        }
-        Err(err) => {
-            events.emit(EventKind::Warning {
-                message: format!("cannot compute the diff: {err}"),
-            });
-        }
-    }
-    let title: String = prompt
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(72)
-        .collect();
-    let message = format!("kiln: {title}");
-    match checkout.commit(&events.redact(&message)) {
-        Ok(commit) => {
-            outcome.branch = Some(checkout.worktree.branch().to_string());
-            outcome.commit_sha = commit;
-        }
-        Err(err) => {
-            events.emit(EventKind::Warning {
-                message: format!("cannot commit on {}: {err}", checkout.worktree.branch()),
-            });
-        }
-    }
 }
 
 #[cfg(test)]

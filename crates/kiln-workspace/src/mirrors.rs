@@ -16,20 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_store::DiffStat;
-use kiln_workspace::{run_git_with_env, BaseCheckouts, Diff, GitEnv, GitError, Repo, Worktree};
+use kiln_protocol::DiffStat;
 use sha2::{Digest, Sha256};
 
-use kiln_store::RepoCredential;
-
-use crate::repo_access::{git_credential_env, CheckedRepo, GIT_FETCH_ENV_REMOVE};
+use crate::{run_git_with_env, BaseCheckouts, Diff, GitEnv, GitError, Repo, Worktree};
 
 /// How long a fetch serves later checkouts of the same mirror.
 const FETCH_REUSE: Duration = Duration::from_secs(2);
 
 /// Why an attempt could not get its checkout.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CheckoutError {
+pub enum CheckoutError {
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("cannot prepare {}: {source}", path.display())]
@@ -39,32 +36,30 @@ pub(crate) enum CheckoutError {
     },
     #[error("base ref {wanted:?} does not exist in {repo}: use a branch, tag or commit of that repository")]
     UnknownRef { wanted: String, repo: String },
-    #[error("{0}")]
-    Credential(String),
     #[error("the checkout task stopped: {0}")]
     Join(String),
 }
 
 /// An attempt's checkout and the commit its diff is measured against.
-pub(crate) struct Checkout {
-    pub(crate) worktree: Worktree,
+pub struct Checkout {
+    pub worktree: Worktree,
     /// The environment's base commit (a follow-up continues from the
     /// attempt's last commit, but its diff still covers the whole attempt).
-    pub(crate) base_commit: String,
+    pub base_commit: String,
     /// The mirror's `.git` directory, which the worktree's git metadata lives in.
-    pub(crate) git_dir: PathBuf,
+    pub git_dir: PathBuf,
     /// Why the checkout is a full worktree rather than copy-on-write.
-    pub(crate) full_checkout_reason: Option<String>,
+    pub full_checkout_reason: Option<String>,
     /// The checkout as the setup script left it (a tree id), when setup ran
     /// in this checkout: what setup wrote is not the agent's change.
-    pub(crate) setup_tree: Option<String>,
+    pub setup_tree: Option<String>,
     /// kiln's record of `setup_tree`, beside the checkout, for a follow-up.
     setup_file: PathBuf,
 }
 
 /// The mirrors under one data directory, with one lock per mirror so that
 /// fetches and worktree changes of one repository take turns.
-pub(crate) struct Mirrors {
+pub struct Mirrors {
     root: PathBuf,
     bases: BaseCheckouts,
     /// Per mirror: its lock, holding when it was last fetched.
@@ -72,7 +67,7 @@ pub(crate) struct Mirrors {
 }
 
 impl Mirrors {
-    pub(crate) fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path) -> Self {
         Mirrors {
             root: data_dir.to_path_buf(),
             bases: BaseCheckouts::new(data_dir.join("bases")),
@@ -80,33 +75,33 @@ impl Mirrors {
         }
     }
 
-    pub(crate) fn checkout_dir(&self, task_id: &str, n: u32) -> PathBuf {
+    pub fn checkout_dir(&self, task_id: &str, n: u32) -> PathBuf {
         self.root
             .join("checkouts")
             .join(task_id)
             .join(n.to_string())
     }
 
-    /// A fresh checkout of `base` (the remote default branch when `None`), or,
-    /// with `resume`, a checkout continuing from the branch's last commit.
-    pub(crate) async fn checkout(
+    /// The attempt's checkout at `DATA/checkouts/<task>/<n>` on branch
+    /// `kiln/<task>/<n>`, from `source`'s mirror, starting as `start` says.
+    pub async fn checkout(
         &self,
         source: Source<'_>,
-        base: Option<&str>,
+        start: Start<'_>,
         task_id: &str,
         n: u32,
-        resume: bool,
     ) -> Result<Checkout, CheckoutError> {
-        let Source { repo, owner, fetch } = source;
+        let Source {
+            url,
+            owner,
+            name,
+            fetch,
+        } = source;
         // One mirror per owner: the sandbox sees its mirror's git directory,
         // so a mirror shared by users would show each one the others' task
         // branches (prompts, diffs, setup products) and let a `base_ref`
         // start from them.
-        let mirror = self
-            .root
-            .join("mirrors")
-            .join(owner_dir_name(owner))
-            .join(mirror_name(repo));
+        let mirror = self.mirror_dir(owner, name);
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(mirror.clone()).or_default().clone()
@@ -116,13 +111,12 @@ impl Mirrors {
         // from a recent fetch triggers a new one (see `Request::run`).
         let fresh = last_fetch.is_some_and(|at| at.elapsed() < FETCH_REUSE);
         let request = Request {
-            repo: repo.to_string(),
-            base: base.map(str::to_string),
+            repo: url.to_string(),
+            start: start.owned(),
             branch: format!("kiln/{task_id}/{n}"),
             dest: self.checkout_dir(task_id, n),
             mirror,
             bases: self.bases.clone(),
-            resume,
             fresh,
             fetch,
         };
@@ -134,16 +128,101 @@ impl Mirrors {
         }
         result
     }
+
+    /// The mirror of `name` (a repository location, or any stable key) kept for `owner`.
+    pub fn mirror_dir(&self, owner: &str, name: &str) -> PathBuf {
+        self.root
+            .join("mirrors")
+            .join(owner_dir_name(owner))
+            .join(mirror_name(name))
+    }
+
+    /// Fetch `source`'s mirror now (cloning it the first time) and resolve
+    /// `base` in it (the remote's default branch when `None`): the mirror's
+    /// directory and the base commit. For a server that lets another machine
+    /// check out from its mirror.
+    pub async fn prepare(
+        &self,
+        source: Source<'_>,
+        base: Option<&str>,
+    ) -> Result<(PathBuf, String), CheckoutError> {
+        let Source {
+            url,
+            owner,
+            name,
+            fetch,
+        } = source;
+        let mirror = self.mirror_dir(owner, name);
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(mirror.clone()).or_default().clone()
+        };
+        let mut last_fetch = lock.lock().await;
+        let request = Request {
+            repo: url.to_string(),
+            start: OwnedStart::Fresh {
+                base: base.map(str::to_string),
+            },
+            branch: String::new(),
+            dest: PathBuf::new(),
+            mirror: mirror.clone(),
+            bases: self.bases.clone(),
+            fresh: false,
+            fetch,
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            request.sync_mirror()?;
+            request.resolve_base(&Repo::at(&request.mirror))
+        })
+        .await
+        .map_err(|err| CheckoutError::Join(err.to_string()))?;
+        *last_fetch = Some(Instant::now());
+        result.map(|commit| (mirror, commit))
+    }
+}
+
+/// Where an attempt's checkout starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// A fresh checkout of `base` (a branch, tag or commit; the remote's
+    /// default branch when `None`). An earlier try's checkout is discarded.
+    Fresh { base: Option<&'a str> },
+    /// A follow-up on this machine: the parked checkout when there is one
+    /// (setup products included), else the branch's last commit.
+    Resume,
+    /// A follow-up of an attempt that ran elsewhere: continue from `tip` (a
+    /// ref or commit the fetch brought in), measuring the diff from `base_commit`.
+    Continue { base_commit: &'a str, tip: &'a str },
+}
+
+impl Start<'_> {
+    fn owned(self) -> OwnedStart {
+        match self {
+            Start::Fresh { base } => OwnedStart::Fresh {
+                base: base.map(str::to_string),
+            },
+            Start::Resume => OwnedStart::Resume,
+            Start::Continue { base_commit, tip } => OwnedStart::Continue {
+                base_commit: base_commit.to_string(),
+                tip: tip.to_string(),
+            },
+        }
+    }
+}
+
+enum OwnedStart {
+    Fresh { base: Option<String> },
+    Resume,
+    Continue { base_commit: String, tip: String },
 }
 
 struct Request {
     repo: String,
-    base: Option<String>,
+    start: OwnedStart,
     branch: String,
     dest: PathBuf,
     mirror: PathBuf,
     bases: BaseCheckouts,
-    resume: bool,
     /// The mirror was fetched moments ago.
     fresh: bool,
     fetch: FetchRules,
@@ -151,10 +230,15 @@ struct Request {
 
 /// Where an attempt's repository comes from: its location, whose mirror
 /// holds it, and how that mirror may be fetched.
-pub(crate) struct Source<'a> {
-    pub(crate) repo: &'a str,
-    pub(crate) owner: &'a str,
-    pub(crate) fetch: FetchRules,
+pub struct Source<'a> {
+    /// What git fetches from (a URL or a path).
+    pub url: &'a str,
+    /// Whose mirror: one per owner, so that no one sees another's branches.
+    pub owner: &'a str,
+    /// Names the mirror within the owner's: the repository's location, or
+    /// another key that stays the same while `url` changes.
+    pub name: &'a str,
+    pub fetch: FetchRules,
 }
 
 /// How a mirror's clone and fetch run, as the check of the environment's
@@ -162,48 +246,17 @@ pub(crate) struct Source<'a> {
 /// the checked transport, no redirects, pinned addresses, and none of the
 /// server's own credentials (an empty `HOME`, no ssh agent or keys).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FetchRules {
+pub struct FetchRules {
     /// `-c` options before `clone`/`fetch`.
-    pub(crate) options: Vec<String>,
-    pub(crate) env: GitEnv,
-}
-
-impl Mirrors {
-    /// The rules for fetching `repo`, a location that passed `checked`,
-    /// with the credential its environment stores (sent as a header for
-    /// that URL only, from git's environment: never in its arguments or in
-    /// the mirror's config, which sandboxes can read).
-    pub(crate) fn fetch_rules(
-        &self,
-        checked: &CheckedRepo,
-        repo: &str,
-        credential: Option<&RepoCredential>,
-    ) -> Result<FetchRules, CheckoutError> {
-        let home = self.root.join("git-home");
-        create_private_dir(&home)?;
-        let mut set: Vec<(String, String)> = CheckedRepo::git_fetch_env(&home)
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
-        if let Some(credential) = credential {
-            let header = git_credential_env(repo, credential)
-                .map_err(|err| CheckoutError::Credential(err.to_string()))?;
-            set.extend(
-                header
-                    .into_iter()
-                    .map(|(name, value)| (name.to_string(), value)),
-            );
-        }
-        let remove = GIT_FETCH_ENV_REMOVE.iter().map(|s| s.to_string()).collect();
-        Ok(FetchRules {
-            options: checked.git_fetch_args(),
-            env: GitEnv { set, remove },
-        })
-    }
+    pub options: Vec<String>,
+    pub env: GitEnv,
+    /// What a fetch brings in; the remote's branches (as `origin/*`) and
+    /// tags when empty.
+    pub refspecs: Vec<String>,
 }
 
 /// An empty directory only kiln can read, as git's `HOME` for fetches.
-fn create_private_dir(dir: &Path) -> Result<(), CheckoutError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), CheckoutError> {
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
@@ -230,17 +283,31 @@ impl Request {
         }
         let repo = Repo::at(&self.mirror);
         let base_file = self.dest.with_extension("base");
-        if self.resume {
-            if let Some(checkout) = self.reattach(&base_file)? {
-                return Ok(checkout);
+        let previous = match &self.start {
+            OwnedStart::Fresh { .. } => None,
+            OwnedStart::Resume => {
+                if let Some(checkout) = self.reattach(&base_file)? {
+                    return Ok(checkout);
+                }
+                let base = std::fs::read_to_string(&base_file).ok();
+                let head = repo.resolve(&self.branch).ok();
+                base.zip(head)
             }
-        }
-        let previous = if self.resume {
-            let base = std::fs::read_to_string(&base_file).ok();
-            let head = repo.resolve(&self.branch).ok();
-            base.zip(head)
-        } else {
-            None
+            OwnedStart::Continue { base_commit, tip } => {
+                let head = match repo.resolve(tip) {
+                    Err(_) if fetched.is_none() => {
+                        self.sync_mirror()?;
+                        *fetched = Some(Instant::now());
+                        repo.resolve(tip)
+                    }
+                    other => other,
+                }
+                .map_err(|_| CheckoutError::UnknownRef {
+                    wanted: tip.clone(),
+                    repo: self.repo.clone(),
+                })?;
+                Some((base_commit.clone(), head))
+            }
         };
         // A fresh checkout holds no setup products, whatever an earlier try's
         // record says.
@@ -320,20 +387,7 @@ impl Request {
             // A mirror cloned by an older kiln may hold a credential in its
             // URL, in a config file every sandbox of the owner can read.
             mirror.git(["remote", "set-url", "--", "origin", &self.repo])?;
-            let mut args = self.fetch.options.clone();
-            args.extend(
-                [
-                    "fetch",
-                    "--quiet",
-                    "--prune",
-                    "origin",
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                ]
-                .map(String::from),
-            );
-            mirror.git_with_env(&args, &self.fetch.env)?;
-            return Ok(());
+            return self.fetch_into(&mirror);
         }
         let parent = self.mirror.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(parent).map_err(|source| CheckoutError::Io {
@@ -346,26 +400,61 @@ impl Request {
         let _ = std::fs::remove_dir_all(&partial);
         let partial_str = partial.to_string_lossy().into_owned();
         let mut args = self.fetch.options.clone();
-        args.extend(
-            [
-                "clone",
-                "--quiet",
-                "--no-checkout",
-                "--",
-                &self.repo,
-                &partial_str,
-            ]
-            .map(String::from),
-        );
-        run_git_with_env(parent, &args, &self.fetch.env)?;
+        if self.fetch.refspecs.is_empty() {
+            args.extend(
+                [
+                    "clone",
+                    "--quiet",
+                    "--no-checkout",
+                    "--",
+                    &self.repo,
+                    &partial_str,
+                ]
+                .map(String::from),
+            );
+            run_git_with_env(parent, &args, &self.fetch.env)?;
+        } else {
+            // Only the refs the rules name: a clone would take the remote's
+            // branches, which are not what such a remote offers.
+            run_git_with_env(
+                parent,
+                ["init", "--quiet", "--", &partial_str],
+                &GitEnv::default(),
+            )?;
+            let partial_repo = Repo::at(&partial);
+            partial_repo.git(["remote", "add", "--", "origin", &self.repo])?;
+            self.fetch_into(&partial_repo)?;
+        }
         std::fs::rename(&partial, &self.mirror).map_err(|source| CheckoutError::Io {
             path: self.mirror.clone(),
             source,
         })
     }
 
+    fn fetch_into(&self, mirror: &Repo) -> Result<(), CheckoutError> {
+        let mut args = self.fetch.options.clone();
+        args.extend(["fetch", "--quiet", "--prune", "origin"].map(String::from));
+        if self.fetch.refspecs.is_empty() {
+            args.extend(
+                [
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                ]
+                .map(String::from),
+            );
+        } else {
+            args.extend(self.fetch.refspecs.iter().cloned());
+        }
+        mirror.git_with_env(&args, &self.fetch.env)?;
+        Ok(())
+    }
+
     fn resolve_base(&self, repo: &Repo) -> Result<String, CheckoutError> {
-        let candidates: Vec<String> = match self.base.as_deref() {
+        let base = match &self.start {
+            OwnedStart::Fresh { base } => base.as_deref(),
+            _ => None,
+        };
+        let candidates: Vec<String> = match base {
             None | Some("HEAD") => vec!["origin/HEAD".into(), "HEAD".into()],
             Some(base) => vec![format!("origin/{base}"), base.to_string()],
         };
@@ -373,16 +462,39 @@ impl Request {
             .iter()
             .find_map(|rev| repo.resolve(rev).ok())
             .ok_or_else(|| CheckoutError::UnknownRef {
-                wanted: self.base.clone().unwrap_or_else(|| "HEAD".into()),
+                wanted: base.unwrap_or("HEAD").to_string(),
                 repo: self.repo.clone(),
             })
     }
 }
 
 impl Checkout {
+    /// An attempt's checkout made some other way (`kiln exec --worktree`):
+    /// `worktree`, whose diff is measured from `base_commit`, with its
+    /// repository's git directory.
+    pub fn of_worktree(worktree: Worktree, base_commit: String, git_dir: PathBuf) -> Self {
+        let setup_file = worktree.path().with_extension("setup");
+        Checkout {
+            worktree,
+            base_commit,
+            git_dir,
+            full_checkout_reason: None,
+            setup_tree: None,
+            setup_file,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.worktree.path()
+    }
+
+    pub fn branch(&self) -> &str {
+        self.worktree.branch()
+    }
+
     /// The whole attempt's changes against the base, untracked files
     /// included, at most `cap` bytes of it (see [`Diff::cut`]).
-    pub(crate) fn diff(&self, cap: usize) -> Result<(Diff, DiffStat), GitError> {
+    pub fn diff(&self, cap: usize) -> Result<(Diff, DiffStat), GitError> {
         let base = self.setup_tree.as_deref().unwrap_or(&self.base_commit);
         let diff = self.worktree.diff_against(base, cap)?;
         let stat = DiffStat {
@@ -397,7 +509,7 @@ impl Checkout {
 impl Checkout {
     /// Take the checkout as setup left it as the attempt's base, and record
     /// it for a follow-up in this checkout.
-    pub(crate) fn record_setup(&mut self) -> Result<(), CheckoutError> {
+    pub fn record_setup(&mut self) -> Result<(), CheckoutError> {
         let tree = self.worktree.snapshot_tree()?;
         std::fs::write(&self.setup_file, &tree).map_err(|source| CheckoutError::Io {
             path: self.setup_file.clone(),
@@ -409,7 +521,7 @@ impl Checkout {
 
     /// Commit the agent's changes on the attempt's branch (never what only
     /// setup wrote).
-    pub(crate) fn commit(&self, message: &str) -> Result<Option<String>, GitError> {
+    pub fn commit(&self, message: &str) -> Result<Option<String>, GitError> {
         match &self.setup_tree {
             Some(tree) => self.worktree.commit_changes_since(tree, message),
             None => self.worktree.commit_all(message),
@@ -451,95 +563,5 @@ fn mirror_name(repo: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "checkout_tests.rs"]
+#[path = "mirrors_tests.rs"]
 mod tests;
-
-/// For remote workers (`kiln worker`), which get the repository from the
-/// server's mirror over git's smart HTTP instead of a checkout here.
-impl Mirrors {
-    /// Where `owner`'s mirror of `repo` lives (it may not exist yet).
-    pub(crate) fn mirror_dir(&self, owner: &str, repo: &str) -> PathBuf {
-        self.root
-            .join("mirrors")
-            .join(owner_dir_name(owner))
-            .join(mirror_name(repo))
-    }
-
-    /// Brings the mirror up to date for a remote attempt on `branch` and
-    /// returns it with the commit the run starts from. A fresh run starts
-    /// from what `base` resolves to, and its branch is set there so the
-    /// worker can fetch it whatever `base` is (a commit that no advertised
-    /// ref points at included); a follow-up (`fresh_branch` false)
-    /// continues the branch's tip, which must exist.
-    pub(crate) async fn prepare(
-        &self,
-        source: Source<'_>,
-        base: Option<&str>,
-        branch: &str,
-        fresh_branch: bool,
-    ) -> Result<(PathBuf, String), CheckoutError> {
-        let Source { repo, owner, fetch } = source;
-        let mirror = self.mirror_dir(owner, repo);
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(mirror.clone()).or_default().clone()
-        };
-        let mut last_fetch = lock.lock().await;
-        let fresh = last_fetch.is_some_and(|at| at.elapsed() < FETCH_REUSE);
-        let request = Request {
-            repo: repo.to_string(),
-            base: base.map(str::to_string),
-            branch: branch.to_string(),
-            dest: PathBuf::new(),
-            mirror: mirror.clone(),
-            bases: self.bases.clone(),
-            resume: !fresh_branch,
-            fresh,
-            fetch,
-        };
-        let (result, fetched) = tokio::task::spawn_blocking(move || {
-            let mut fetched = None;
-            let result = request.prepare_remote(fresh_branch, &mut fetched);
-            (result, fetched)
-        })
-        .await
-        .map_err(|err| CheckoutError::Join(err.to_string()))?;
-        if let Some(at) = fetched {
-            *last_fetch = Some(at);
-        }
-        result.map(|commit| (mirror, commit))
-    }
-}
-
-impl Request {
-    fn prepare_remote(
-        &self,
-        fresh_branch: bool,
-        fetched: &mut Option<Instant>,
-    ) -> Result<String, CheckoutError> {
-        if !self.fresh {
-            self.sync_mirror()?;
-            *fetched = Some(Instant::now());
-        }
-        let repo = Repo::at(&self.mirror);
-        let branch_ref = format!("refs/heads/{}", self.branch);
-        if !fresh_branch {
-            return repo
-                .resolve(&branch_ref)
-                .map_err(|_| CheckoutError::UnknownRef {
-                    wanted: self.branch.clone(),
-                    repo: self.repo.clone(),
-                });
-        }
-        let commit = match self.resolve_base(&repo) {
-            Err(_) if fetched.is_none() => {
-                self.sync_mirror()?;
-                *fetched = Some(Instant::now());
-                self.resolve_base(&repo)?
-            }
-            other => other?,
-        };
-        repo.git(["update-ref", &branch_ref, &commit])?;
-        Ok(commit)
-    }
-}

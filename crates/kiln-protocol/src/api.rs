@@ -1,0 +1,456 @@
+//! The bodies of `kiln serve`'s HTTP API, as the server writes them and its
+//! clients (the `kiln task|env` commands, kiln-bench, tests) read them.
+//!
+//! The JSON shapes are part of kiln's public interface: `GET /api/openapi.json`
+//! is generated from these types' schemas, and a field renamed here is a
+//! breaking change for every client. kiln-store maps its rows to them.
+//!
+//! ```
+//! use kiln_protocol::api::{NewTask, TaskStatus};
+//! let body: NewTask = serde_json::from_str(r#"{"environment":"app","prompt":"fix it"}"#).unwrap();
+//! assert_eq!(body.attempts, 1);
+//! assert_eq!("running".parse::<TaskStatus>().unwrap(), TaskStatus::Running);
+//! ```
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{DiffStat, Mode, Usage};
+
+/// Most attempts one task may run.
+pub const MAX_ATTEMPTS: u32 = 8;
+/// Largest page of `GET /api/tasks`.
+pub const MAX_PAGE: u32 = 200;
+
+/// A status word the API does not know (`?status=`, a stored row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStatus {
+    /// What was given.
+    pub given: String,
+    /// The words that are accepted, for the message.
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not one of {}", self.given, self.expected)
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
+/// A task's status, derived from its attempts whenever one changes:
+///
+/// - `queued` while every attempt is still queued;
+/// - `running` while any attempt is queued, running or interrupted (and at
+///   least one has left the queue);
+/// - once every attempt is finished: `succeeded` if any attempt succeeded,
+///   else `cancelled` if any was cancelled, else `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        Ok(match s {
+            "queued" => TaskStatus::Queued,
+            "running" => TaskStatus::Running,
+            "succeeded" => TaskStatus::Succeeded,
+            "failed" => TaskStatus::Failed,
+            "cancelled" => TaskStatus::Cancelled,
+            other => {
+                return Err(UnknownStatus {
+                    given: other.to_string(),
+                    expected: "queued, running, succeeded, failed, cancelled",
+                })
+            }
+        })
+    }
+}
+
+/// Where an attempt is in its life (see docs/store.md for the transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker that holds a lease on it.
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Its worker was lost mid-run; it waits in the queue to run again.
+    Interrupted,
+}
+
+impl AttemptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Queued => "queued",
+            AttemptState::Running => "running",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::Cancelled => "cancelled",
+            AttemptState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            AttemptState::Succeeded | AttemptState::Failed | AttemptState::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AttemptState {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        Ok(match s {
+            "queued" => AttemptState::Queued,
+            "running" => AttemptState::Running,
+            "succeeded" => AttemptState::Succeeded,
+            "failed" => AttemptState::Failed,
+            "cancelled" => AttemptState::Cancelled,
+            "interrupted" => AttemptState::Interrupted,
+            other => {
+                return Err(UnknownStatus {
+                    given: other.to_string(),
+                    expected: "queued, running, succeeded, failed, cancelled, interrupted",
+                })
+            }
+        })
+    }
+}
+
+/// `POST /api/tasks`: `{environment, prompt, mode?, attempts?, model?, base_ref?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NewTask {
+    /// The environment's id or, among the caller's own, its name.
+    pub environment: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// How many attempts run in parallel (best-of-N), 1 to [`MAX_ATTEMPTS`].
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
+    pub attempts: u32,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// What to check out; `None` means the environment's base branch.
+    #[serde(default)]
+    pub base_ref: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl NewTask {
+    pub fn new(environment: impl Into<String>, prompt: impl Into<String>) -> Self {
+        NewTask {
+            environment: environment.into(),
+            prompt: prompt.into(),
+            mode: Mode::Code,
+            attempts: 1,
+            model: None,
+            base_ref: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    pub id: String,
+    pub owner_token_id: String,
+    pub environment_id: String,
+    pub prompt: String,
+    pub mode: Mode,
+    pub attempt_count: u32,
+    pub model: Option<String>,
+    pub base_ref: Option<String>,
+    pub status: TaskStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One attempt of a task, without its diff text
+/// (`GET /api/tasks/{id}/attempts/{n}/diff` has it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attempt {
+    pub task_id: String,
+    /// From 1.
+    pub n: u32,
+    pub status: AttemptState,
+    /// Claims since the attempt was last queued fresh.
+    pub tries: u32,
+    pub cancel_requested: bool,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub final_message: Option<String>,
+    pub diff_stat: Option<DiffStat>,
+    pub usage: Usage,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    /// Why it failed, was cancelled or interrupted.
+    pub reason: Option<String>,
+}
+
+/// A task with its attempts, as `POST /api/tasks` and `GET /api/tasks/{id}`
+/// return it: the task's fields and `attempts` side by side.
+// The OpenAPI document has named this schema TaskView since the API began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "TaskView")]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: Task,
+    pub attempts: Vec<Attempt>,
+}
+
+/// `GET /api/tasks?status=&limit=&cursor=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    /// 1 to [`MAX_PAGE`]; `None` means 50.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Tasks newest first, and the cursor of the next page if there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /api/environments`:
+/// `{name, repo, base_branch?, setup_script?, env?, secrets?, network?, image?}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NewEnvironment {
+    pub name: String,
+    /// A local path or a git URL. A user name and password or token in an
+    /// https URL are split out and stored sealed, never shown again.
+    pub repo: String,
+    /// `None`: the repository's default branch.
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    /// Runs once per attempt, before the agent, with network and secrets.
+    #[serde(default)]
+    pub setup_script: Option<String>,
+    /// Variables for setup and agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables for the setup script only.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Whether the agent phase has network access (off by default).
+    #[serde(default)]
+    pub network: bool,
+    /// A container image to run in instead of the host's root filesystem.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// An environment as the API shows it: secret names, never their values,
+/// and the repository URL without its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Environment {
+    pub id: String,
+    pub owner_token_id: String,
+    pub name: String,
+    /// The repository location, without any credential it was given with.
+    pub repo: String,
+    /// Whether a credential from the repository URL is stored (sealed) for
+    /// the server's clones and fetches.
+    #[serde(default)]
+    pub repo_has_credential: bool,
+    pub base_branch: Option<String>,
+    pub setup_script: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub secret_names: Vec<String>,
+    pub network: bool,
+    pub image: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /api/environments`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentList {
+    pub environments: Vec<Environment>,
+}
+
+/// `POST /api/tasks/{id}/messages`: steers a running attempt, continues a
+/// finished one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "NewMessage")]
+pub struct NewMessage {
+    pub text: String,
+    /// Every attempt when absent.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub attempt: Option<u32>,
+}
+
+/// A message for one attempt. A message sent to "all attempts" is stored
+/// once per attempt, so each attempt takes its own copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    /// Increasing in the order messages were sent.
+    pub id: i64,
+    pub task_id: String,
+    pub attempt: u32,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to `POST /api/tasks/{id}/messages`: the message as stored for
+/// each attempt it went to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageList {
+    pub messages: Vec<Message>,
+}
+
+/// The answer to `POST /api/tasks/{id}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelOutcome {
+    /// Attempts that had not started (or waited to re-run) and are now cancelled.
+    pub cancelled: Vec<u32>,
+    /// Running attempts whose workers are asked to stop.
+    pub cancel_requested: Vec<u32>,
+}
+
+/// The `data:` of a `GET /api/tasks/{id}/events` frame whose `event:` is not
+/// `task.status`: a stored event and the attempt it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptEvent {
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub event: crate::Event,
+}
+
+/// The `data:` of a `task.status` frame of `GET /api/tasks/{id}/events`:
+/// sent when the stream opens and whenever the task's status changes; the
+/// last frame of a stream that ends because the task finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatusFrame {
+    /// Always `task.status`, so the data alone says what it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+impl TaskStatusFrame {
+    /// The SSE `event:` name of these frames.
+    pub const EVENT: &'static str = "task.status";
+
+    pub fn new(task_id: impl Into<String>, status: TaskStatus) -> Self {
+        TaskStatusFrame {
+            kind: Self::EVENT.to_string(),
+            task_id: task_id.into(),
+            status,
+        }
+    }
+}
+
+/// One frame of `GET /api/tasks/{id}/events`, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskStreamItem {
+    /// An event of an attempt's log; `id` is its per-task id, the one to
+    /// resume after with `Last-Event-ID`.
+    Event { id: i64, event: AttemptEvent },
+    /// The task's status (not stored; carries no id).
+    Status(TaskStatusFrame),
+}
+
+/// Why a frame of the task event stream could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFrame {
+    pub event: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server sent a {:?} frame kiln cannot read: {}",
+            self.event, self.reason
+        )
+    }
+}
+
+impl std::error::Error for BadFrame {}
+
+impl TaskStreamItem {
+    /// Decodes one SSE frame of the task event stream.
+    pub fn from_frame(frame: &crate::sse::SseFrame) -> Result<Self, BadFrame> {
+        let bad = |reason: String| BadFrame {
+            event: frame.event.clone(),
+            reason,
+        };
+        if frame.event == TaskStatusFrame::EVENT {
+            let status: TaskStatusFrame =
+                serde_json::from_str(&frame.data).map_err(|e| bad(e.to_string()))?;
+            return Ok(TaskStreamItem::Status(status));
+        }
+        let id = frame
+            .id
+            .as_deref()
+            .and_then(|id| id.parse::<i64>().ok())
+            .ok_or_else(|| bad(format!("its id {:?} is not a number", frame.id)))?;
+        let event: AttemptEvent =
+            serde_json::from_str(&frame.data).map_err(|e| bad(e.to_string()))?;
+        Ok(TaskStreamItem::Event { id, event })
+    }
+}
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;
