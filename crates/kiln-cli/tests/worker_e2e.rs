@@ -537,3 +537,65 @@ async fn sigterm_hands_an_attempt_that_outlives_the_drain_back_to_the_server() {
         .count();
     assert_eq!(finished, 1, "the first run reported no end: {events:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_the_setup_with_its_secret_and_keeps_its_products_out_of_the_diff() {
+    const SECRET: &str = "setup-only-secret-7f3a9c";
+    let repo = fixtures::repo("calc-py");
+    let script = Script::new(vec![
+        add_file("AGENT.md", "the agent's change"),
+        Turn::message("Added AGENT.md."),
+    ]);
+    let model = ScriptedServer::start(script).await;
+    let install = Installation::new();
+    let server = KilnServer::start_with(&install, &model, 1, &["--no-local-workers"]).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                "setup_script": "echo \"TOKEN=$API_SECRET\" > .env.local; echo \"setup saw $API_SECRET\"",
+                "secrets": {"API_SECRET": SECRET},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let _worker = KilnWorker::start(&server, &worker_token(&server, "w").await, "w", 1);
+    let task = server
+        .task(ADMIN_TOKEN, json!({"environment": "calc", "prompt": "add"}))
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["diff_stat"]["files_changed"], 1,
+        "{task:#}"
+    );
+    let (_, diff) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/diff"), ADMIN_TOKEN)
+        .await;
+    let diff = diff.as_str().unwrap();
+    assert!(diff.contains("+the agent's change"), "{diff}");
+    assert!(
+        !diff.contains(".env.local") && !diff.contains(SECRET),
+        "{diff}"
+    );
+    let events = events_of(&server, &id).await;
+    let setup: String = events
+        .iter()
+        .filter(|e| e["type"] == "setup.output")
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(setup.contains("setup saw [REDACTED:API_SECRET]"), "{setup}");
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(SECRET), "{all}");
+    let mirror = serve_support::mirror_dir(install.data_dir());
+    let files = serve_support::git(
+        &mirror,
+        &["ls-tree", "-r", "--name-only", &format!("kiln/{id}/1")],
+    );
+    assert!(files.lines().any(|f| f == "AGENT.md"), "{files}");
+    assert!(!files.lines().any(|f| f == ".env.local"), "{files}");
+}
