@@ -29,5 +29,5 @@ pub use client::{Backoff, LeaseClient, ServerClient, DEFAULT_CLAIM_WAIT_SECS};
 pub use error::WorkerError;
 pub use heartbeat::{Heartbeats, STEERING_CAPACITY};
 pub use pool::{run, WorkerConfig};
-pub use repository::{mirror_dir, AttemptRemote};
+pub use repository::AttemptRemote;
 pub use uploader::{UploadEnd, UploadSink, Uploader, FLUSH_INTERVAL, MAX_BATCH, MAX_PENDING};

@@ -9,11 +9,10 @@
 //! config, an empty `HOME`, no credential helper, no prompts, no redirects,
 //! and no transport but the server's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_protocol::worker::WorkerClaim;
 use kiln_workspace::{GitEnv, GitError, Repo};
-use sha2::{Digest, Sha256};
 
 /// Variables removed from git's environment: they would lend git the
 /// worker machine's own credentials or config.
@@ -109,32 +108,5 @@ impl AttemptRemote {
         );
         Repo::at(mirror).git_with_env(&args, &self.env)?;
         Ok(())
-    }
-}
-
-/// The worker's local mirror for a server's `mirror_key`, under `root`
-/// (`DATA/mirrors`). The key comes from the server: it names a directory
-/// only through its hash, whatever it holds.
-pub fn mirror_dir(root: &Path, mirror_key: &str) -> PathBuf {
-    let digest = Sha256::digest(mirror_key.as_bytes());
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    root.join(hex)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_hostile_mirror_key_names_a_directory_inside_the_root() {
-        let root = Path::new("/data/mirrors");
-        for key in ["../../etc", "/etc/passwd", "a/../../b", "", "..", "x\0y"] {
-            let dir = mirror_dir(root, key);
-            assert_eq!(dir.parent(), Some(root), "{key:?} -> {}", dir.display());
-            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(name.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
-        }
-        assert_eq!(mirror_dir(root, "k"), mirror_dir(root, "k"));
-        assert_ne!(mirror_dir(root, "k"), mirror_dir(root, "l"));
     }
 }
