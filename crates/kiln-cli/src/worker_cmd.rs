@@ -43,12 +43,23 @@ pub struct RunArgs {
     /// name); unique per worker token.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Seconds running attempts get to finish after SIGTERM or Ctrl-C;
+    /// then they are cancelled unreported and the server runs them again.
+    #[arg(long, value_name = "SECS")]
+    pub drain_secs: Option<u64>,
 }
 
 pub fn run(args: Args) -> ExitCode {
     match args.command {
         Some(WorkerCommand::List) => run_blocking(list(args.run.server)),
-        None => run_blocking(async move { crate::worker_run::run(&args.run).await }),
+        None => {
+            // Copy-on-write checkouts need the process's own mount
+            // namespace, entered before the runtime starts its threads.
+            if let Err(reason) = kiln_workspace::overlay::enable() {
+                tracing::warn!("checkouts will be full copies, not copy-on-write: {reason}");
+            }
+            run_blocking(async move { crate::worker_run::run(&args.run).await })
+        }
     }
 }
 

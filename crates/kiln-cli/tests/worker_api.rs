@@ -2,6 +2,7 @@
 //! `kiln serve --no-local-workers` on SQLite: worker tokens, claims with
 //! lease tokens, the calls fenced by them, git over smart HTTP with the
 //! lease token, the model pass-through, and `GET /api/workers`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 

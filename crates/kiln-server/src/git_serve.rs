@@ -26,7 +26,6 @@
 //! away (the response body owns the process).
 
 // The worker routes are the callers; until they are wired, only the tests are.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::io::Write;
 use std::path::Path;

@@ -12,7 +12,6 @@
 //! key is cut out of it, in case a provider quotes it.
 
 // The worker routes are the callers; until they are wired, only the tests are.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::time::Duration;
 
