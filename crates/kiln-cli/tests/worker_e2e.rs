@@ -8,88 +8,15 @@ mod serve_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use kiln_testkit::{fixtures, Script, ScriptedServer, Turn};
 use serde_json::{json, Value};
-use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
-use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use serve_support::{worker_token, Installation, KilnServer, KilnWorker, ADMIN_TOKEN};
 
 const LONG: Duration = Duration::from_secs(60);
 const MODEL_KEY: &str = "sk-test-key";
 const TASKS: usize = 20;
-
-/// A `kiln worker` process with its own data directory and home.
-struct KilnWorker {
-    name: String,
-    child: Child,
-    data: TempDir,
-    home: TempDir,
-}
-
-impl KilnWorker {
-    fn start(server: &KilnServer, token: &str, name: &str, max_parallel: u32) -> Self {
-        Self::start_with(server, token, name, max_parallel, &[])
-    }
-
-    fn start_with(
-        server: &KilnServer,
-        token: &str,
-        name: &str,
-        max_parallel: u32,
-        extra: &[&str],
-    ) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let home = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["worker", "--server", &server.url, "--name", name])
-            .args(["--max-parallel", &max_parallel.to_string()])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data.path())
-            // Only what a worker machine has: no model key, no model URL.
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("KILN_HOME", home.path())
-            .env("KILN_TOKEN", token)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start kiln worker");
-        KilnWorker {
-            name: name.to_string(),
-            child,
-            data,
-            home,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("a running worker")
-    }
-
-    /// Whether `cwd` (an `attempt.started` event's) is a checkout of this worker.
-    fn ran_in(&self, cwd: &str) -> bool {
-        let data = self.data.path().canonicalize().unwrap();
-        Path::new(cwd).starts_with(&data) || Path::new(cwd).starts_with(self.data.path())
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
-    }
-
-    /// SIGKILL: no shutdown code runs, as when a machine dies.
-    async fn kill9(&mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
 
 /// Every file under `dir` (not following links) whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -390,19 +317,6 @@ async fn two_remote_workers_run_tasks_survive_a_killed_worker_and_continue_a_fol
         .requests()
         .iter()
         .all(|r| r.header("authorization") == Some(format!("Bearer {MODEL_KEY}").as_str())));
-}
-
-/// A worker token made by the admin.
-async fn worker_token(server: &KilnServer, name: &str) -> String {
-    let (status, token) = server
-        .post(
-            "/api/tokens",
-            ADMIN_TOKEN,
-            json!({"name": name, "worker": true}),
-        )
-        .await;
-    assert_eq!(status, 201, "{token}");
-    token["secret"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,3 +421,86 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A `kiln worker` process with its own data directory and home.
+pub struct KilnWorker {
+    pub name: String,
+    pub child: Child,
+    pub data: TempDir,
+    pub home: TempDir,
+}
+
+impl KilnWorker {
+    pub fn start(server: &KilnServer, token: &str, name: &str, max_parallel: u32) -> Self {
+        Self::start_with(server, token, name, max_parallel, &[])
+    }
+
+    pub fn start_with(
+        server: &KilnServer,
+        token: &str,
+        name: &str,
+        max_parallel: u32,
+        extra: &[&str],
+    ) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["worker", "--server", &server.url, "--name", name])
+            .args(["--max-parallel", &max_parallel.to_string()])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            // Only what a worker machine has: no model key, no model URL.
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("KILN_HOME", home.path())
+            .env("KILN_TOKEN", token)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kiln worker");
+        KilnWorker {
+            name: name.to_string(),
+            child,
+            data,
+            home,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running worker")
+    }
+
+    /// Whether `cwd` (an `attempt.started` event's) is a checkout of this worker.
+    pub fn ran_in(&self, cwd: &str) -> bool {
+        let data = self.data.path().canonicalize().unwrap();
+        Path::new(cwd).starts_with(&data) || Path::new(cwd).starts_with(self.data.path())
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// SIGKILL: no shutdown code runs, as when a machine dies.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// A worker token made by the admin.
+pub async fn worker_token(server: &KilnServer, name: &str) -> String {
+    let (status, token) = server
+        .post(
+            "/api/tokens",
+            ADMIN_TOKEN,
+            json!({"name": name, "worker": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    token["secret"].as_str().unwrap().to_string()
+}
