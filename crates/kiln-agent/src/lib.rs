@@ -77,6 +77,7 @@ mod output;
 mod plan;
 mod prompt;
 mod redact;
+mod steering;
 mod tools;
 pub mod workspace_file;
 
@@ -96,6 +97,7 @@ pub use plan::{
     MAX_DIFF_IN_EVENT, MAX_REPORTED_DIFF,
 };
 pub use redact::{Redactor, StreamRedactor, MIN_SECRET_LEN};
+pub use steering::{commit_message, UserMessages};
 pub use tools::{
     ApplyPatchTool, DuplicateTool, ShellTool, Tool, ToolContext, ToolRegistry, ToolResult,
     UpdatePlanTool,

@@ -136,7 +136,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     } else {
         sinks.push(Arc::new(HumanRenderer::new()));
     }
-    let message = commit_message(&prompt);
+    let message = kiln_agent::commit_message(&prompt);
     let (input, next_seq) = match resumed {
         Some(resumed) => (
             AttemptInput::resume(prompt, &resumed.events),
@@ -355,18 +355,6 @@ fn park_worktree(home: &Path, dir: &Path) -> Result<()> {
         worktree.park()?;
     }
     Ok(())
-}
-
-/// `kiln: <the prompt's first line>`, at most 72 characters of it.
-fn commit_message(prompt: &str) -> String {
-    let title: String = prompt
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(72)
-        .collect();
-    format!("kiln: {title}")
 }
 
 pub(crate) fn agent_config(

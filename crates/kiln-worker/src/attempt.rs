@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_agent::{
@@ -12,7 +12,7 @@ use kiln_agent::{
 };
 use kiln_model::{ModelClient, ProviderConfig, WireApi};
 use kiln_protocol::worker::{FinishRequest, WorkerClaim};
-use kiln_protocol::{AttemptReport, AttemptStatus, Event, EventKind, EventSink, Role};
+use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, EventSink};
 use kiln_workspace::{Checkout, FetchRules, Mirrors, Repo, Source, Start};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -158,7 +158,7 @@ pub(crate) async fn run_claimed(
     }
 
     let (upload_sink, uploader) = Uploader::start(lease.clone(), cancel.clone());
-    let user_messages = Arc::new(UserMessages::default());
+    let user_messages = Arc::new(kiln_agent::UserMessages::default());
     let mut secrets: Vec<(String, String)> =
         vec![("KILN_LEASE_TOKEN".to_string(), claim.lease_token.clone())];
     if let Some(setup) = &claim.setup {
@@ -192,7 +192,7 @@ pub(crate) async fn run_claimed(
     // meanwhile: a slow upload must not cost the lease).
     let upload = uploader.finish().await;
     let lost = heartbeats.lease_lost() || lease.lease_lost();
-    let unread = unread(heartbeats.received(), &user_messages.seen());
+    let unread = user_messages.not_seen(heartbeats.received());
     heartbeats.stop().await;
     let address = format!("{}/{}", claim.attempt.task_id, claim.attempt.n);
     match upload {
@@ -268,15 +268,7 @@ async fn execute(
         script: setup.script.clone(),
         secrets: setup.secrets.clone(),
     });
-    let title: String = claim
-        .prompt
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(72)
-        .collect();
-    plan.commit_message = Some(format!("kiln: {title}"));
+    plan.commit_message = Some(kiln_agent::commit_message(&claim.prompt));
     let push = Arc::new(PushBranch {
         remote,
         pushed: AtomicBool::new(false),
@@ -326,44 +318,4 @@ fn model_client(claim: &WorkerClaim, lease: &LeaseClient) -> Result<Arc<dyn Mode
         ProviderConfig::new("kiln server", lease.attempt_url("/model"), None, wire_api);
     provider.api_key = Some(lease.lease_token().to_string());
     kiln_model::connect(&provider).map_err(|err| format!("cannot reach the model: {err}"))
-}
-
-/// The user messages the agent took into its conversation, to tell which
-/// steering messages it never read.
-#[derive(Default)]
-struct UserMessages(Mutex<Vec<String>>);
-
-impl EventSink for UserMessages {
-    fn emit(&self, event: &Event) {
-        if let EventKind::Message {
-            role: Role::User,
-            text,
-        } = &event.kind
-        {
-            if let Ok(mut seen) = self.0.lock() {
-                seen.push(text.clone());
-            }
-        }
-    }
-}
-
-impl UserMessages {
-    fn seen(&self) -> Vec<String> {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-/// `received` minus what the agent used (each use cancels one copy).
-fn unread(received: Vec<String>, seen: &[String]) -> Vec<String> {
-    let mut seen = seen.to_vec();
-    received
-        .into_iter()
-        .filter(|text| match seen.iter().position(|s| s == text) {
-            Some(i) => {
-                seen.swap_remove(i);
-                false
-            }
-            None => true,
-        })
-        .collect()
 }

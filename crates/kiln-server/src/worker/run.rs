@@ -30,7 +30,7 @@ pub(crate) async fn run_claimed(
     let attempt = claimed.attempt.clone();
     let (sink, writer) = StoreSink::start(shared.store.clone(), attempt.clone());
     let sink = Arc::new(sink);
-    let user_messages = Arc::new(UserMessages::default());
+    let user_messages = Arc::new(kiln_agent::UserMessages::default());
     let events = EventLog::new(
         claimed.next_seq,
         vec![
@@ -121,42 +121,6 @@ async fn continue_with_late_messages(shared: &Shared, attempt: &AttemptRef, mut 
         .await
     {
         tracing::error!("continuing {attempt} with late messages failed: {err}");
-    }
-}
-
-/// The user messages the agent took into its conversation, to tell which
-/// forwarded steering messages it never read.
-#[derive(Default)]
-struct UserMessages(std::sync::Mutex<Vec<String>>);
-
-impl EventSink for UserMessages {
-    fn emit(&self, event: &kiln_protocol::Event) {
-        if let EventKind::Message {
-            role: kiln_protocol::Role::User,
-            text,
-        } = &event.kind
-        {
-            if let Ok(mut seen) = self.0.lock() {
-                seen.push(text.clone());
-            }
-        }
-    }
-}
-
-impl UserMessages {
-    /// `forwarded` minus what the agent used (each use cancels one copy).
-    fn not_seen(&self, forwarded: Vec<String>) -> Vec<String> {
-        let mut seen = self.0.lock().map(|s| s.clone()).unwrap_or_default();
-        forwarded
-            .into_iter()
-            .filter(|text| match seen.iter().position(|s| s == text) {
-                Some(i) => {
-                    seen.swap_remove(i);
-                    false
-                }
-                None => true,
-            })
-            .collect()
     }
 }
 
@@ -264,7 +228,7 @@ async fn plan(
             secrets: access.secrets,
         });
     }
-    plan.commit_message = Some(commit_message(&task.prompt));
+    plan.commit_message = Some(kiln_agent::commit_message(&task.prompt));
     plan.diff_location = Some(format!(
         "GET /api/tasks/{}/attempts/{}/diff",
         task.id, claimed.attempt.n
@@ -342,18 +306,6 @@ pub(crate) fn environment_sandbox(
     policy
 }
 
-/// `kiln: <the prompt's first line>`, at most 72 characters of it.
-pub(crate) fn commit_message(prompt: &str) -> String {
-    let title: String = prompt
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(72)
-        .collect();
-    format!("kiln: {title}")
-}
-
 pub(crate) async fn read_secrets(
     shared: &Shared,
     environment: &Environment,
@@ -370,7 +322,3 @@ pub(crate) async fn read_secrets(
             other => format!("cannot read the environment's secrets: {other}"),
         })
 }
-
-#[cfg(test)]
-#[path = "run_tests.rs"]
-mod tests;
