@@ -13,6 +13,42 @@ fn output(seq: u64, text: &str) -> Event {
 }
 
 on_both_backends! {
+    async fn a_follow_up_reads_the_whole_conversation_past_one_page_of_events(t) {
+        let me = t.user("me").await;
+        let task = t.task(&me, 1).await;
+        let attempt = AttemptRef::new(task.task.id.clone(), 1);
+        // More than one page (10,000) of what a follow-up needs (command
+        // output), with streamed deltas between that it does not need.
+        let page = kiln_store::MAX_EVENTS_PER_READ as u64;
+        let total = page + page / 2;
+        let events: Vec<Event> = (1..=total)
+            .map(|seq| match seq % 10 {
+                0 => Event::new(seq, EventKind::ModelDelta { text: "x".into() }),
+                _ if seq == total - 1 => Event::new(
+                    seq,
+                    EventKind::Message {
+                        role: kiln_protocol::Role::User,
+                        text: "the last message".into(),
+                    },
+                ),
+                _ => output(seq, "line\n"),
+            })
+            .collect();
+        for batch in events.chunks(2_000) {
+            t.store.append_events(&attempt, batch).await.unwrap();
+        }
+
+        let conversation = t.store.conversation_events(&task.task.id, 1).await.unwrap();
+        let wanted: Vec<u64> = (1..=total).filter(|seq| seq % 10 != 0).collect();
+        let seqs: Vec<u64> = conversation.iter().map(|e| e.seq).collect();
+        assert!(wanted.len() as u64 > page);
+        assert_eq!(seqs, wanted, "deltas left out, nothing past the first page lost");
+        assert!(matches!(
+            &conversation.last().unwrap().kind,
+            EventKind::Message { text, .. } if text == "the last message"
+        ));
+    }
+
     async fn appended_events_read_back_in_order(t) {
         let me = t.user("me").await;
         let task = t.task(&me, 1).await;
