@@ -71,8 +71,10 @@ pub enum RecoverScope<'a> {
     ExpiredLeases,
     /// All of one worker's, e.g. when a worker process restarts under the same id.
     Worker(&'a str),
-    /// Every running attempt: at the start of an embedded server, whose
-    /// in-process workers all died with it. Never with workers on other machines.
+    /// Every running attempt of the server's own workers: at the start of an
+    /// embedded server, whose in-process workers all died with it. Attempts
+    /// that remote workers (`kiln worker`) hold are left alone: those workers
+    /// may well be alive, and if not, their leases expire.
     AllRunning,
 }
 
@@ -406,7 +408,9 @@ impl Store {
                     .bind(worker),
                     RecoverScope::AllRunning => query(
                         "SELECT task_id, n, tries, worker_id, lease_expires_at, cancel_requested
-                         FROM attempts WHERE status = 'running' ORDER BY task_id, n",
+                         FROM attempts WHERE status = 'running'
+                           AND (worker_id IS NULL OR worker_id NOT LIKE 'remote:%')
+                         ORDER BY task_id, n",
                     ),
                 };
                 let rows = self.inner.db.fetch_all(q).await?;

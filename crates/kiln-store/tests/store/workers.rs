@@ -23,6 +23,20 @@ fn warning(seq: u64, text: &str) -> Event {
 }
 
 on_both_backends! {
+    async fn a_server_restart_leaves_remote_workers_their_attempts(t) {
+        let me = t.user("me").await;
+        t.task(&me, 2).await;
+        let worker = t.store.create_worker_token("w").await.unwrap().info.principal();
+        let remote = t.store.claim_for_worker(&worker, &identity("box1"), LEASE).await.unwrap().unwrap();
+        let local = t.store.claim_next("serve-0", LEASE).await.unwrap().unwrap();
+        // The server restarts; the worker on the other machine goes on.
+        t.restart().await;
+        let report = t.store.recover(RecoverScope::AllRunning, 3).await.unwrap();
+        assert_eq!(report.requeued, vec![local.attempt.clone()], "only the server's own");
+        let holder = t.store.verify_lease(&remote.lease_token, &remote.claimed.attempt).await.unwrap();
+        assert_eq!(holder.worker_id, remote.worker_id, "the remote lease still holds");
+    }
+
     async fn worker_tokens_say_so_and_are_listed(t) {
         let created = t.store.create_worker_token("build-box").await.unwrap();
         assert!(created.info.worker && !created.info.admin);
