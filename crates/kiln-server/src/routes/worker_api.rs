@@ -420,23 +420,14 @@ async fn redactor_for(shared: &Shared, attempt: &AttemptRef) -> Result<Redactor,
         .store
         .environment(&system, &task.environment_id)
         .await?;
-    let mut values: Vec<(String, String)> = crate::worker::run::read_secrets(shared, &environment)
+    let secrets = crate::worker::run::read_secrets(shared, &environment)
         .await
-        .map_err(ApiError::Internal)?
-        .into_iter()
-        .collect();
-    if let Some(credential) = shared
+        .map_err(ApiError::Internal)?;
+    let credential = shared
         .store
         .environment_repo_credential(&environment.id)
-        .await?
-    {
-        values.extend(
-            credential
-                .redaction_values()
-                .into_iter()
-                .map(|(name, value)| (name.to_string(), value)),
-        );
-    }
+        .await?;
+    let values = crate::worker::run::redaction_values(&secrets, credential.as_ref());
     Ok(Redactor::new(values))
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use kiln_agent::{AttemptInput, AttemptPlan, EventLog, SandboxPlan, Setup, Workspace};
 use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, EventSink};
 use kiln_sandbox::{Backend, SandboxPolicy};
-use kiln_store::{AttemptRef, ClaimedAttempt, Environment, StoreError};
+use kiln_store::{AttemptRef, ClaimedAttempt, Environment, RepoCredential, StoreError};
 use kiln_workspace::{FetchRules, Mirrors, Source, Start};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -269,23 +269,33 @@ pub(crate) async fn prepare_access(
     )
     .map_err(|e| format!("cannot prepare the fetch of {}: {e}", environment.repo))?;
     let secrets = read_secrets(shared, environment).await?;
-    let mut redacted: Vec<(String, String)> = secrets
+    let redacted = redaction_values(&secrets, credential.as_ref());
+    Ok(Access {
+        fetch,
+        secrets,
+        redacted,
+    })
+}
+
+/// The values no event, diff or report of the environment's attempts may
+/// show: its secrets and its repository credential, by name.
+pub(crate) fn redaction_values(
+    secrets: &BTreeMap<String, String>,
+    credential: Option<&RepoCredential>,
+) -> Vec<(String, String)> {
+    let mut values: Vec<(String, String)> = secrets
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
-    if let Some(credential) = &credential {
-        redacted.extend(
+    if let Some(credential) = credential {
+        values.extend(
             credential
                 .redaction_values()
                 .into_iter()
                 .map(|(name, value)| (name.to_string(), value)),
         );
     }
-    Ok(Access {
-        fetch,
-        secrets,
-        redacted,
-    })
+    values
 }
 
 /// The server's base sandbox policy with what an environment adds: its
