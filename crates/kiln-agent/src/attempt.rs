@@ -449,6 +449,8 @@ impl Attempt<'_> {
         self.events.emit(EventKind::Usage {
             turn: *turn,
             total: self.usage,
+            turn_cost_usd: None,
+            total_cost_usd: None,
         });
     }
 

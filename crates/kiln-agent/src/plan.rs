@@ -267,6 +267,7 @@ fn finished(events: &EventLog, report: &AttemptReport) {
         reason: report.reason.clone(),
         final_message: report.final_message.clone(),
         usage: report.usage,
+        cost_usd: report.cost_usd,
     });
 }
 

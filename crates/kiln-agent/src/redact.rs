@@ -284,7 +284,29 @@ impl Redactor {
                     })
                     .collect(),
             },
-            EventKind::Usage { turn, total } => EventKind::Usage { turn, total },
+            usage @ EventKind::Usage { .. } => usage,
+            EventKind::CheckFinished(check) => {
+                EventKind::CheckFinished(kiln_protocol::CheckResult {
+                    command: r(check.command),
+                    reason: check.reason.map(r),
+                    ..check
+                })
+            }
+            // Written by the server from its own rows: nothing of the sandbox in them.
+            ranked @ EventKind::TaskRanked { .. } => ranked,
+            EventKind::PrOpened {
+                forge,
+                number,
+                url,
+                branch,
+                updated,
+            } => EventKind::PrOpened {
+                forge,
+                number,
+                url: r(url),
+                branch,
+                updated,
+            },
             EventKind::ContextCompacted {
                 items,
                 tokens_before,
@@ -311,11 +333,13 @@ impl Redactor {
                 reason,
                 final_message,
                 usage,
+                cost_usd,
             } => EventKind::AttemptFinished {
                 status,
                 reason: reason.map(r),
                 final_message: final_message.map(r),
                 usage,
+                cost_usd,
             },
         }
     }

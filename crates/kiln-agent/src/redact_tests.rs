@@ -185,6 +185,7 @@ fn every_text_field_of_an_event_is_redacted() {
             reason: Some(SECRET.into()),
             final_message: Some(SECRET.into()),
             usage: Default::default(),
+            cost_usd: None,
         },
         EventKind::ContextCompacted {
             items: vec![Item::user(SECRET)],

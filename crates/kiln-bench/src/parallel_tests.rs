@@ -74,6 +74,7 @@ fn finished(status: AttemptStatus, message: &str) -> Event {
         reason: None,
         final_message: Some(message.to_string()),
         usage: Usage::default(),
+        cost_usd: None,
     })
 }
 

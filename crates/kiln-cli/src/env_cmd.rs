@@ -78,6 +78,7 @@ pub fn run(args: Args) -> ExitCode {
                     secrets: pairs("--secret", &secrets)?,
                     network,
                     image,
+                    ..NewEnvironment::default()
                 };
                 let env = client.create_environment(&new).await?;
                 if args.server.json {

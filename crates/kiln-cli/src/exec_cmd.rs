@@ -223,8 +223,19 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
             eprintln!("kiln: cancelled");
             ExitCode::from(130)
         }
+        AttemptStatus::ChecksFailed => {
+            eprintln!(
+                "kiln: {}",
+                outcome.reason.as_deref().unwrap_or("the checks failed")
+            );
+            ExitCode::from(EXIT_CHECKS_FAILED)
+        }
     })
 }
+
+/// The exit status of `kiln exec` (and `kiln task logs -f`) when the agent
+/// finished but a check kiln ran itself failed. 1 is any other failure.
+pub const EXIT_CHECKS_FAILED: u8 = 3;
 
 /// Outside a repository the workspace is the working directory itself: in
 /// `$HOME` (or `/`, `/home`) that hands the agent every file the user has,

@@ -237,6 +237,27 @@ impl HumanRenderer {
             }
             EventKind::Warning { message } => out += &s.yellow(&format!("warning: {message}\n")),
             EventKind::Error { message } => out += &s.red(&format!("error: {message}\n")),
+            EventKind::CheckFinished(check) => {
+                let verdict = if check.passed {
+                    s.green("passed")
+                } else {
+                    s.red(check.reason.as_deref().unwrap_or("failed"))
+                };
+                out += &format!(
+                    "check {} {verdict} {}\n",
+                    check.name,
+                    s.dim(&format!("({} ms, {})", check.duration_ms, check.chunk_id))
+                );
+            }
+            EventKind::TaskRanked { .. } => {}
+            EventKind::PrOpened { url, updated, .. } => {
+                let word = if *updated {
+                    "pull request updated"
+                } else {
+                    "pull request opened"
+                };
+                out += &format!("{word} {url}\n");
+            }
             EventKind::AttemptFinished {
                 status,
                 reason,
@@ -251,11 +272,13 @@ impl HumanRenderer {
                     AttemptStatus::Succeeded => {
                         out += &format!("{} {}\n", s.green("done"), s.dim(&tokens))
                     }
-                    AttemptStatus::Failed | AttemptStatus::Cancelled => {
-                        let word = if *status == AttemptStatus::Failed {
-                            "failed"
-                        } else {
-                            "cancelled"
+                    AttemptStatus::Failed
+                    | AttemptStatus::Cancelled
+                    | AttemptStatus::ChecksFailed => {
+                        let word = match status {
+                            AttemptStatus::Cancelled => "cancelled",
+                            AttemptStatus::ChecksFailed => "checks failed",
+                            _ => "failed",
                         };
                         let reason = reason.as_deref().unwrap_or("");
                         out += &format!("{} {reason} {}\n", s.red(word), s.dim(&tokens));

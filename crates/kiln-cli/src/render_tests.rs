@@ -61,6 +61,7 @@ fn control_sequences_in_messages_and_the_final_message_are_shown_not_obeyed() {
             reason: Some(format!("reason {CLEAR_SCREEN}")),
             final_message: None,
             usage: Default::default(),
+            cost_usd: None,
         },
     ]);
     assert!(!out.contains('\x1b') && !out.contains('\u{9b}'), "{out:?}");

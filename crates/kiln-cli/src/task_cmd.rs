@@ -94,6 +94,7 @@ pub fn run(args: Args) -> ExitCode {
                     None => only_environment(&client).await?,
                 };
                 let new = NewTask {
+                    budget_usd: None,
                     environment,
                     prompt,
                     mode: if ask { Mode::Ask } else { Mode::Code },
@@ -304,6 +305,7 @@ fn exit_status(status: TaskStatus) -> ExitCode {
     match status {
         TaskStatus::Succeeded => ExitCode::SUCCESS,
         TaskStatus::Cancelled => ExitCode::from(130),
+        TaskStatus::ChecksFailed => ExitCode::from(crate::exec_cmd::EXIT_CHECKS_FAILED),
         TaskStatus::Failed | TaskStatus::Queued | TaskStatus::Running => ExitCode::FAILURE,
     }
 }

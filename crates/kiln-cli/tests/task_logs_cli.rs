@@ -91,6 +91,7 @@ fn finished(status: AttemptStatus, message: &str) -> String {
             reason: None,
             final_message: Some(message.into()),
             usage: Usage::default(),
+            cost_usd: None,
         },
     )
 }

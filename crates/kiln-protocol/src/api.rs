@@ -18,7 +18,10 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{DiffStat, Mode, Usage};
+use crate::{
+    CheckResult, CheckSpec, DiffStat, ForgeConfig, Mode, PullRequest, RankEntry, Usage,
+    WebhookConfig,
+};
 
 /// Most attempts one task may run.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -48,7 +51,8 @@ impl std::error::Error for UnknownStatus {}
 /// - `running` while any attempt is queued, running or interrupted (and at
 ///   least one has left the queue);
 /// - once every attempt is finished: `succeeded` if any attempt succeeded,
-///   else `cancelled` if any was cancelled, else `failed`.
+///   else `checks_failed` if any attempt's checks failed, else `cancelled`
+///   if any was cancelled, else `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -57,6 +61,8 @@ pub enum TaskStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// No attempt succeeded and at least one finished with failing checks.
+    ChecksFailed,
 }
 
 impl TaskStatus {
@@ -67,13 +73,17 @@ impl TaskStatus {
             TaskStatus::Succeeded => "succeeded",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::ChecksFailed => "checks_failed",
         }
     }
 
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+            TaskStatus::Succeeded
+                | TaskStatus::Failed
+                | TaskStatus::Cancelled
+                | TaskStatus::ChecksFailed
         )
     }
 }
@@ -93,10 +103,11 @@ impl std::str::FromStr for TaskStatus {
             "succeeded" => TaskStatus::Succeeded,
             "failed" => TaskStatus::Failed,
             "cancelled" => TaskStatus::Cancelled,
+            "checks_failed" => TaskStatus::ChecksFailed,
             other => {
                 return Err(UnknownStatus {
                     given: other.to_string(),
-                    expected: "queued, running, succeeded, failed, cancelled",
+                    expected: "queued, running, succeeded, failed, cancelled, checks_failed",
                 })
             }
         })
@@ -116,6 +127,8 @@ pub enum AttemptState {
     Cancelled,
     /// Its worker was lost mid-run; it waits in the queue to run again.
     Interrupted,
+    /// The agent finished but a check kiln ran itself failed.
+    ChecksFailed,
 }
 
 impl AttemptState {
@@ -127,13 +140,17 @@ impl AttemptState {
             AttemptState::Failed => "failed",
             AttemptState::Cancelled => "cancelled",
             AttemptState::Interrupted => "interrupted",
+            AttemptState::ChecksFailed => "checks_failed",
         }
     }
 
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            AttemptState::Succeeded | AttemptState::Failed | AttemptState::Cancelled
+            AttemptState::Succeeded
+                | AttemptState::Failed
+                | AttemptState::Cancelled
+                | AttemptState::ChecksFailed
         )
     }
 }
@@ -154,18 +171,20 @@ impl std::str::FromStr for AttemptState {
             "failed" => AttemptState::Failed,
             "cancelled" => AttemptState::Cancelled,
             "interrupted" => AttemptState::Interrupted,
+            "checks_failed" => AttemptState::ChecksFailed,
             other => {
                 return Err(UnknownStatus {
                     given: other.to_string(),
-                    expected: "queued, running, succeeded, failed, cancelled, interrupted",
+                    expected:
+                        "queued, running, succeeded, failed, cancelled, interrupted, checks_failed",
                 })
             }
         })
     }
 }
 
-/// `POST /api/tasks`: `{environment, prompt, mode?, attempts?, model?, base_ref?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `POST /api/tasks`: `{environment, prompt, mode?, attempts?, model?, base_ref?, budget_usd?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NewTask {
     /// The environment's id or, among the caller's own, its name.
     pub environment: String,
@@ -181,6 +200,10 @@ pub struct NewTask {
     /// What to check out; `None` means the environment's base branch.
     #[serde(default)]
     pub base_ref: Option<String>,
+    /// Most US dollars each attempt may spend on tokens; reaching it stops
+    /// the attempt cleanly (its work kept). `None`: the environment's budget.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -196,11 +219,12 @@ impl NewTask {
             attempts: 1,
             model: None,
             base_ref: None,
+            budget_usd: None,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub id: String,
     pub owner_token_id: String,
@@ -210,6 +234,12 @@ pub struct Task {
     pub attempt_count: u32,
     pub model: Option<String>,
     pub base_ref: Option<String>,
+    /// The task's own budget per attempt, if it has one.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// The attempt a user marked preferred: it ranks first.
+    #[serde(default)]
+    pub preferred_attempt: Option<u32>,
     pub status: TaskStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -217,7 +247,7 @@ pub struct Task {
 
 /// One attempt of a task, without its diff text
 /// (`GET /api/tasks/{id}/attempts/{n}/diff` has it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {
     pub task_id: String,
     /// From 1.
@@ -237,17 +267,41 @@ pub struct Attempt {
     pub commit_sha: Option<String>,
     /// Why it failed, was cancelled or interrupted.
     pub reason: Option<String>,
+    /// The checks kiln ran itself after the agent's last turn.
+    #[serde(default)]
+    pub checks: Vec<CheckResult>,
+    /// Citations of the final message that held, and that did not.
+    #[serde(default)]
+    pub citations_valid: u32,
+    #[serde(default)]
+    pub citations_invalid: u32,
+    /// What its tokens cost in US dollars, when the model's price is known.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// Its place in the task's ranking (1 is best), once it finished.
+    #[serde(default)]
+    pub rank: Option<u32>,
 }
 
 /// A task with its attempts, as `POST /api/tasks` and `GET /api/tasks/{id}`
 /// return it: the task's fields and `attempts` side by side.
 // The OpenAPI document has named this schema TaskView since the API began.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "TaskView")]
 pub struct TaskDetail {
     #[serde(flatten)]
     pub task: Task,
     pub attempts: Vec<Attempt>,
+    /// The finished attempts, best first, with the evidence weighed.
+    #[serde(default)]
+    pub ranking: Vec<RankEntry>,
+    /// What all its attempts cost, in US dollars (attempts of models with a
+    /// known price only).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// The task's pull request, once one was opened.
+    #[serde(default)]
+    pub pull_request: Option<PullRequest>,
 }
 
 /// `GET /api/tasks?status=&limit=&cursor=`.
@@ -262,15 +316,15 @@ pub struct TaskQuery {
 }
 
 /// Tasks newest first, and the cursor of the next page if there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskPage {
     pub tasks: Vec<Task>,
     pub next_cursor: Option<String>,
 }
 
-/// `POST /api/environments`:
-/// `{name, repo, base_branch?, setup_script?, env?, secrets?, network?, image?}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `POST /api/environments`: `{name, repo, base_branch?, setup_script?, env?,
+/// secrets?, network?, image?, checks?, forge?, webhook?, budget_usd?}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NewEnvironment {
     pub name: String,
     /// A local path or a git URL. A user name and password or token in an
@@ -294,11 +348,23 @@ pub struct NewEnvironment {
     /// A container image to run in instead of the host's root filesystem.
     #[serde(default)]
     pub image: Option<String>,
+    /// Checks kiln runs after every attempt, besides the repository's own.
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// Where pull requests are opened.
+    #[serde(default)]
+    pub forge: Option<ForgeConfig>,
+    /// Where task and attempt completions (and pull requests) are POSTed.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Most US dollars one attempt may spend on tokens (a task may set its own).
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
 }
 
 /// An environment as the API shows it: secret names, never their values,
 /// and the repository URL without its credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
     pub id: String,
     pub owner_token_id: String,
@@ -315,11 +381,20 @@ pub struct Environment {
     pub secret_names: Vec<String>,
     pub network: bool,
     pub image: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    #[serde(default)]
+    pub forge: Option<ForgeConfig>,
+    /// The outgoing webhook's URL (its secret is never shown).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
     pub created_at: DateTime<Utc>,
 }
 
 /// `GET /api/environments`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EnvironmentList {
     pub environments: Vec<Environment>,
 }

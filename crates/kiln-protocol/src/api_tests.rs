@@ -11,9 +11,9 @@ fn a_task_detail_is_the_tasks_fields_beside_its_attempts() {
     let json = serde_json::json!({
         "id": "t_1", "owner_token_id": "tok_1", "environment_id": "env_1",
         "prompt": "fix it", "mode": "code", "attempt_count": 1, "model": null,
-        "base_ref": null, "status": "running",
+        "base_ref": null, "budget_usd": null, "preferred_attempt": null, "status": "running",
         "created_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:01Z",
-        "attempts": []
+        "attempts": [], "ranking": [], "cost_usd": null, "pull_request": null
     });
     let detail: TaskDetail = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(detail.task.status, TaskStatus::Running);
@@ -28,6 +28,7 @@ fn status_words_round_trip_and_unknown_ones_are_named() {
         TaskStatus::Succeeded,
         TaskStatus::Failed,
         TaskStatus::Cancelled,
+        TaskStatus::ChecksFailed,
     ] {
         assert_eq!(status.as_str().parse::<TaskStatus>(), Ok(status));
         assert_eq!(

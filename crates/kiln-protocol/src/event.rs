@@ -96,6 +96,26 @@ pub enum AttemptStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// The agent finished, but a check kiln ran itself failed (whatever the
+    /// model claimed). The work is kept on the attempt's branch.
+    ChecksFailed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::Cancelled => "cancelled",
+            AttemptStatus::ChecksFailed => "checks_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// The verdict on one citation of the final message.
@@ -186,9 +206,17 @@ pub enum EventKind {
         explanation: Option<String>,
         plan: Vec<PlanItem>,
     },
-    /// Usage of one model turn and the running total of the attempt.
+    /// Usage of one model turn and the running total of the attempt, with
+    /// their cost in US dollars when the model's price is known.
     #[serde(rename = "usage")]
-    Usage { turn: Usage, total: Usage },
+    Usage {
+        turn: Usage,
+        total: Usage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_cost_usd: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_cost_usd: Option<f64>,
+    },
     /// The history was compacted to fit the context window; `items` replaces it.
     #[serde(rename = "context.compacted")]
     ContextCompacted {
@@ -235,6 +263,28 @@ pub enum EventKind {
     /// `succeeded`, `failed`, `cancelled`). Streamed to clients so none polls.
     #[serde(rename = "task.status")]
     TaskStatus { task_id: String, status: String },
+    /// A check kiln ran itself after the agent's last turn. Its output was
+    /// streamed before as `exec.begin`/`exec.output`/`exec.end` of `chunk_id`.
+    #[serde(rename = "check.finished")]
+    CheckFinished(crate::CheckResult),
+    /// The ranking of a task's attempts changed (an attempt finished, or a
+    /// user marked one preferred). Best first.
+    #[serde(rename = "task.ranked")]
+    TaskRanked {
+        task_id: String,
+        ranking: Vec<crate::RankEntry>,
+    },
+    /// A pull (merge) request was opened for the task, or updated with a new
+    /// commit (`updated`).
+    #[serde(rename = "pr.opened")]
+    PrOpened {
+        forge: crate::ForgeKind,
+        number: u64,
+        url: String,
+        branch: String,
+        #[serde(default)]
+        updated: bool,
+    },
     #[serde(rename = "attempt.finished")]
     AttemptFinished {
         status: AttemptStatus,
@@ -243,6 +293,9 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         final_message: Option<String>,
         usage: Usage,
+        /// The attempt's cost in US dollars, when the model's price is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
     },
 }
 

@@ -16,6 +16,7 @@
 
 pub mod api;
 mod event;
+mod evidence;
 mod item;
 mod mode;
 mod plan;
@@ -26,6 +27,10 @@ pub mod worker;
 pub use event::{
     AttemptStatus, CitationCheck, DiffStat, Event, EventKind, EventSink, ExecStream, FileChange,
     FileChangeKind, Usage,
+};
+pub use evidence::{
+    micros_from_usd, usd_from_micros, CheckResult, CheckSpec, ForgeConfig, ForgeKind,
+    NewPullRequest, PullRequest, RankEntry, WebhookConfig, WebhookDelivery,
 };
 pub use item::{Item, Role};
 pub use mode::Mode;

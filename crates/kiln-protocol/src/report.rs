@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptStatus, CitationCheck, DiffStat, Item, Usage};
+use crate::{AttemptStatus, CheckResult, CitationCheck, DiffStat, Item, Usage};
 
 /// The result of one attempt (or one follow-up run of it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +18,12 @@ pub struct AttemptReport {
     /// Tokens used over the whole run, compaction included.
     #[serde(default)]
     pub usage: Usage,
+    /// Cost of `usage` in US dollars, when the model's price is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// The checks kiln ran itself after the agent's last turn, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
     /// The verdict on each citation of the final message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub citations: Vec<CitationCheck>,
@@ -45,6 +51,8 @@ impl AttemptReport {
             reason: None,
             final_message: None,
             usage: Usage::default(),
+            cost_usd: None,
+            checks: Vec::new(),
             citations: Vec::new(),
             diff: None,
             diff_stat: None,
@@ -59,5 +67,16 @@ impl AttemptReport {
         let mut report = AttemptReport::new(status);
         report.reason = Some(reason.into());
         report
+    }
+
+    /// Whether every check kiln ran passed; `None` when none ran.
+    pub fn checks_passed(&self) -> Option<bool> {
+        (!self.checks.is_empty()).then(|| self.checks.iter().all(|c| c.passed))
+    }
+
+    /// Valid and invalid citations of the final message.
+    pub fn citation_counts(&self) -> (u32, u32) {
+        let valid = self.citations.iter().filter(|c| c.valid).count() as u32;
+        (valid, self.citations.len() as u32 - valid)
     }
 }

@@ -118,6 +118,7 @@ async fn the_stream_sends_each_status_change_in_order_and_ends_after_the_final_o
             reason: None,
             final_message: Some("done".into()),
             usage: Usage::default(),
+            cost_usd: None,
         },
     );
     store

@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_repo_credential.sql"),
     ),
     (3, "workers", include_str!("../migrations/0003_workers.sql")),
+    (
+        4,
+        "evidence_delivery",
+        include_str!("../migrations/0004_evidence_delivery.sql"),
+    ),
 ];
 
 #[derive(Debug)]

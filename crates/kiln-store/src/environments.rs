@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use kiln_protocol::api::{Environment, NewEnvironment};
+use kiln_protocol::{usd_from_micros, CheckSpec, ForgeConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::clock::from_millis;
 use crate::db::{query, DbRow};
@@ -20,7 +22,8 @@ use crate::Store;
 macro_rules! select_environment {
     () => {
         "SELECT id, owner_token_id, name, repo, base_branch, setup_script,
-            env_json, secrets_json, repo_credential, network, image, created_at
+            env_json, secrets_json, repo_credential, network, image, settings_json,
+            created_at
             FROM environments "
     };
 }
@@ -33,6 +36,8 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     let repo = repo_url::split(&row.text("repo")?);
     let repo_has_credential =
         repo.credential.is_some() || !secrets::names(&row.text("repo_credential")?)?.is_empty();
+    let settings: Settings = serde_json::from_str(&row.text("settings_json")?)
+        .map_err(|e| StoreError::corrupt("environment settings", e))?;
     Ok(Environment {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
@@ -45,9 +50,39 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
         secret_names,
         network: row.bool("network")?,
         image: row.opt_text("image")?,
+        checks: settings.checks,
+        forge: settings.forge,
+        webhook_url: settings.webhook_url,
+        budget_usd: settings.budget_microusd.map(usd_from_micros),
         created_at: from_millis(row.int("created_at")?),
     })
 }
+
+/// `environments.settings_json`: what environments gained after their
+/// first columns (issue 12), kept as one JSON object so that a new setting
+/// needs no migration.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Settings {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checks: Vec<CheckSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forge: Option<ForgeConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget_microusd: Option<u64>,
+}
+
+/// An environment's outgoing webhook with its secret, for the server's
+/// deliveries only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+const WEBHOOK_SECRET_NAME: &str = "webhook";
 
 fn parse_map(what: &'static str, json: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, e))
@@ -64,6 +99,15 @@ impl Store {
         let repo = repo_url::split(new.repo.trim());
         repo.check_new()?;
         let env_json = to_json(&new.env)?;
+        let settings = Settings {
+            checks: new.checks.clone(),
+            forge: new.forge.clone(),
+            webhook_url: new.webhook.as_ref().map(|w| w.url.trim().to_string()),
+            budget_microusd: crate::tasks::budget_micros("budget_usd", new.budget_usd)?
+                .map(|m| m as u64),
+        };
+        let settings_json = serde_json::to_string(&settings)
+            .map_err(|e| StoreError::invalid("settings", e.to_string()))?;
         self.run("create environment", || async {
             let id = self.new_id("env_");
             // Sealed per try: the id is the associated data.
@@ -73,14 +117,23 @@ impl Store {
                 &id,
                 repo.credential.as_ref(),
             )?;
+            let webhook_secret = match &new.webhook {
+                Some(webhook) => Some(secrets::seal_as(
+                    Sealed::WebhookSecret,
+                    self.inner.secret_key.as_ref(),
+                    &id,
+                    &BTreeMap::from([(WEBHOOK_SECRET_NAME.to_string(), webhook.secret.clone())]),
+                )?),
+                None => None,
+            };
             let mut tx = self.begin().await?;
             let inserted = tx
                 .execute(
                     query(
                         "INSERT INTO environments (id, owner_token_id, name, repo, base_branch,
                             setup_script, env_json, secrets_json, repo_credential, network,
-                            image, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                            image, created_at, settings_json, webhook_secret)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                     )
                     .bind(&id)
                     .bind(&owner.token_id)
@@ -93,7 +146,9 @@ impl Store {
                     .bind(&repo_credential)
                     .bind(new.network)
                     .bind(new.image.as_deref())
-                    .bind(self.now_ms()),
+                    .bind(self.now_ms())
+                    .bind(&settings_json)
+                    .bind(webhook_secret),
                 )
                 .await;
             match inserted {
@@ -196,6 +251,38 @@ impl Store {
                 environment_id,
                 &row.text("secrets_json")?,
             )?)
+        })
+        .await
+    }
+
+    /// The environment's outgoing webhook and its signing secret, for the
+    /// server's deliveries; `None` when it has none. Never return the secret
+    /// to an API client. Fails like [`Store::environment_secrets`].
+    pub async fn environment_webhook(&self, environment_id: &str) -> Result<Option<WebhookTarget>> {
+        self.run("read the environment's webhook", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query("SELECT settings_json, webhook_secret FROM environments WHERE id = $1")
+                        .bind(environment_id),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
+            let settings: Settings = serde_json::from_str(&row.text("settings_json")?)
+                .map_err(|e| StoreError::corrupt("environment settings", e))?;
+            let (Some(url), Some(sealed)) = (settings.webhook_url, row.opt_text("webhook_secret")?)
+            else {
+                return Ok(None);
+            };
+            let mut values = secrets::open_as(
+                Sealed::WebhookSecret,
+                self.inner.secret_key.as_ref(),
+                environment_id,
+                &sealed,
+            )?;
+            let secret = values.remove(WEBHOOK_SECRET_NAME).unwrap_or_default();
+            Ok(Some(WebhookTarget { url, secret }))
         })
         .await
     }
@@ -453,11 +540,94 @@ fn validate(new: &NewEnvironment) -> Result<()> {
             "give the repository as a local path or a git URL",
         ));
     }
+    validate_checks(&new.checks)?;
+    if let Some(forge) = &new.forge {
+        if forge.repo.trim().is_empty() || forge.repo.split('/').any(|part| part.trim().is_empty())
+        {
+            return Err(StoreError::invalid(
+                "forge",
+                format!(
+                    "forge.repo {:?} is not a repository: give it as \"owner/name\"",
+                    forge.repo
+                ),
+            ));
+        }
+        if !new.secrets.contains_key(&forge.token_secret) {
+            return Err(StoreError::invalid(
+                "forge",
+                format!(
+                    "forge.token_secret names {:?}, which is not one of the environment's secrets: \
+                     add the forge token under that name in \"secrets\"",
+                    forge.token_secret
+                ),
+            ));
+        }
+        if let Some(api_url) = &forge.api_url {
+            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                return Err(StoreError::invalid(
+                    "forge",
+                    format!("forge.api_url {api_url:?} is not an http(s) URL"),
+                ));
+            }
+        }
+    }
+    if let Some(webhook) = &new.webhook {
+        let url = webhook.url.trim();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(StoreError::invalid(
+                "webhook",
+                format!("webhook.url {url:?} is not an http(s) URL"),
+            ));
+        }
+        if webhook.secret.len() < 16 {
+            return Err(StoreError::invalid(
+                "webhook",
+                "webhook.secret is shorter than 16 characters: use a long random string \
+                 (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+    }
     for (field, map) in [("env", &new.env), ("secrets", &new.secrets)] {
         if let Some(bad) = map.keys().find(|k| !is_variable_name(k)) {
             return Err(StoreError::invalid(
                 field,
                 format!("{bad:?} is not a variable name (letters, digits and _, not starting with a digit)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check names are unique and commands are not empty.
+pub fn validate_checks(checks: &[CheckSpec]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for check in checks {
+        let name = check.name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(StoreError::invalid(
+                "checks",
+                format!(
+                    "check name {:?} must be 1 to 64 printable characters",
+                    check.name
+                ),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(StoreError::invalid(
+                "checks",
+                format!("two checks are named {name:?}: give each its own name"),
+            ));
+        }
+        if check.command.trim().is_empty() {
+            return Err(StoreError::invalid(
+                "checks",
+                format!("check {name:?} has an empty command"),
+            ));
+        }
+        if check.timeout_secs == Some(0) {
+            return Err(StoreError::invalid(
+                "checks",
+                format!("check {name:?} has timeout_secs 0: give a number of seconds above 0"),
             ));
         }
     }

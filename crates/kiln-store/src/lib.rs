@@ -74,7 +74,7 @@ mod workers;
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::Backend;
-pub use environments::SealReport;
+pub use environments::{validate_checks, SealReport, WebhookTarget};
 pub use error::{Result, StoreError};
 pub use events::{Appended, StoredEvent, MAX_EVENTS_PER_READ};
 // The API's types, which the store maps its rows to; re-exported so that

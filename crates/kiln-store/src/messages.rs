@@ -70,7 +70,7 @@ impl Store {
                         "UPDATE attempts SET status = 'queued', resume = TRUE, tries = 0,
                             finished_at = NULL, reason = NULL, cancel_requested = FALSE
                          WHERE task_id = $1 AND ($2 IS NULL OR n = $2)
-                           AND status IN ('succeeded', 'failed', 'cancelled')",
+                           AND status IN ('succeeded', 'failed', 'cancelled', 'checks_failed')",
                     )
                     .bind(task_id)
                     .bind(attempt.map(i64::from)),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_protocol::api::{CancelOutcome, Task};
-use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, Usage};
+use kiln_protocol::{micros_from_usd, AttemptReport, AttemptStatus, EventKind, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -41,7 +41,7 @@ const CLAIM_SQLITE: &str = claim_sql!("");
 const CLAIM_POSTGRES: &str = claim_sql!("FOR NO KEY UPDATE SKIP LOCKED");
 
 /// An attempt a worker now holds, with what it needs to run it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedAttempt {
     pub attempt: AttemptRef,
     pub task: Task,
@@ -98,6 +98,7 @@ pub struct QueueStats {
     pub succeeded: u64,
     pub failed: u64,
     pub cancelled: u64,
+    pub checks_failed: u64,
     /// Tokens of every finished attempt.
     pub usage: Usage,
 }
@@ -106,14 +107,6 @@ impl QueueStats {
     /// Attempts waiting for a worker.
     pub fn depth(&self) -> u64 {
         self.queued + self.interrupted
-    }
-}
-
-fn status_str(status: AttemptStatus) -> &'static str {
-    match status {
-        AttemptStatus::Succeeded => "succeeded",
-        AttemptStatus::Failed => "failed",
-        AttemptStatus::Cancelled => "cancelled",
     }
 }
 
@@ -252,6 +245,15 @@ impl Store {
         outcome: &AttemptReport,
     ) -> Result<(), OpError> {
         let stat = outcome.diff_stat;
+        let checks_json = if outcome.checks.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&outcome.checks)
+                    .map_err(|e| StoreError::invalid("checks", e.to_string()))?,
+            )
+        };
+        let (citations_valid, citations_invalid) = outcome.citation_counts();
         {
             let now = self.now_ms();
             let changed = tx
@@ -260,13 +262,15 @@ impl Store {
                         "UPDATE attempts SET status = $4, finished_at = $5, lease_expires_at = NULL,
                             final_message = $6, diff = $7, files_changed = $8, insertions = $9,
                             deletions = $10, input_tokens = $11, cached_input_tokens = $12,
-                            output_tokens = $13, branch = $14, commit_sha = $15, reason = $16
+                            output_tokens = $13, branch = $14, commit_sha = $15, reason = $16,
+                            checks_json = $17, citations_valid = $18, citations_invalid = $19,
+                            cost_microusd = $20
                          WHERE task_id = $1 AND n = $2 AND worker_id = $3 AND status = 'running'",
                     )
                     .bind(attempt.task_id.as_str())
                     .bind(attempt.n)
                     .bind(worker_id)
-                    .bind(status_str(outcome.status))
+                    .bind(outcome.status.as_str())
                     .bind(now)
                     .bind(outcome.final_message.as_deref())
                     .bind(outcome.diff.as_deref())
@@ -278,7 +282,11 @@ impl Store {
                     .bind(to_i64(outcome.usage.output_tokens))
                     .bind(outcome.branch.as_deref())
                     .bind(outcome.commit_sha.as_deref())
-                    .bind(outcome.reason.as_deref()),
+                    .bind(outcome.reason.as_deref())
+                    .bind(checks_json)
+                    .bind(i64::from(citations_valid))
+                    .bind(i64::from(citations_invalid))
+                    .bind(outcome.cost_usd.map(|usd| to_i64(micros_from_usd(usd)))),
                 )
                 .await?;
             if changed == 0 {
@@ -334,6 +342,7 @@ impl Store {
                     reason: Some("cancelled before it ran".to_string()),
                     final_message: None,
                     usage: Usage::default(),
+                    cost_usd: None,
                 };
                 last_event = Some(
                     crate::events::append_store_events(
@@ -516,12 +525,14 @@ impl Store {
                 reason: Some(reason.clone()),
                 final_message: None,
                 usage: Usage::default(),
+                cost_usd: None,
             },
             Verdict::Cancelled => EventKind::AttemptFinished {
                 status: AttemptStatus::Cancelled,
                 reason: Some(reason.clone()),
                 final_message: None,
                 usage: Usage::default(),
+                cost_usd: None,
             },
         };
         let last_id =
@@ -561,6 +572,7 @@ impl Store {
                     "succeeded" => stats.succeeded = n,
                     "failed" => stats.failed = n,
                     "cancelled" => stats.cancelled = n,
+                    "checks_failed" => stats.checks_failed = n,
                     other => return Err(StoreError::corrupt("attempt status", other).into()),
                 }
                 stats.usage.add(&Usage {

@@ -172,6 +172,8 @@ pub(crate) enum Sealed {
     /// `environments.repo_credential`: the credential split out of `repo`
     /// (`repo_url.rs`), for the server's own git only.
     RepoCredential,
+    /// `environments.webhook_secret`: signs outgoing webhooks, server only.
+    WebhookSecret,
 }
 
 impl Sealed {
@@ -179,6 +181,7 @@ impl Sealed {
         match self {
             Sealed::SetupSecrets => b"kiln environment secret v1\0",
             Sealed::RepoCredential => b"kiln repository credential v1\0",
+            Sealed::WebhookSecret => b"kiln webhook secret v1\0",
         }
     }
 }

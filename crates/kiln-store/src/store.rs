@@ -288,6 +288,8 @@ const DERIVE_TASK_STATUS: &str = "UPDATE tasks SET status = CASE
         THEN 'running'
     WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.task_id = $1 AND a.status = 'succeeded')
         THEN 'succeeded'
+    WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.task_id = $1 AND a.status = 'checks_failed')
+        THEN 'checks_failed'
     WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.task_id = $1 AND a.status = 'cancelled')
         THEN 'cancelled'
     ELSE 'failed' END

@@ -5,7 +5,7 @@ use kiln_protocol::api::{
     Attempt, AttemptState, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus,
     MAX_ATTEMPTS, MAX_PAGE,
 };
-use kiln_protocol::{DiffStat, Mode, Usage};
+use kiln_protocol::{micros_from_usd, usd_from_micros, DiffStat, Mode, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
@@ -43,7 +43,8 @@ impl std::fmt::Display for AttemptRef {
 macro_rules! select_task {
     () => {
         "SELECT id, owner_token_id, environment_id, prompt, mode, attempt_count, model,
-            base_ref, status, created_at, updated_at FROM tasks "
+            base_ref, budget_microusd, preferred_attempt, status, created_at, updated_at
+         FROM tasks "
     };
 }
 pub(crate) use select_task;
@@ -52,7 +53,8 @@ macro_rules! select_attempt {
     () => {
         "SELECT task_id, n, status, tries, cancel_requested, worker_id, lease_expires_at,
             started_at, finished_at, final_message, files_changed, insertions, deletions,
-            input_tokens, cached_input_tokens, output_tokens, branch, commit_sha, reason
+            input_tokens, cached_input_tokens, output_tokens, branch, commit_sha, reason,
+            checks_json, citations_valid, citations_invalid, cost_microusd
          FROM attempts "
     };
 }
@@ -76,6 +78,12 @@ pub(crate) fn task_from_row(row: &DbRow) -> Result<Task, OpError> {
         attempt_count: row.uint("attempt_count")?,
         model: row.opt_text("model")?,
         base_ref: row.opt_text("base_ref")?,
+        budget_usd: row
+            .opt_int("budget_microusd")?
+            .map(|m| usd_from_micros(u64::try_from(m).unwrap_or(0))),
+        preferred_attempt: row
+            .opt_int("preferred_attempt")?
+            .and_then(|n| u32::try_from(n).ok()),
         status,
         created_at: from_millis(row.int("created_at")?),
         updated_at: from_millis(row.int("updated_at")?),
@@ -114,7 +122,47 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, OpError> {
         branch: row.opt_text("branch")?,
         commit_sha: row.opt_text("commit_sha")?,
         reason: row.opt_text("reason")?,
+        checks: match row.opt_text("checks_json")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| StoreError::corrupt("attempt checks", e))?
+            }
+            None => Vec::new(),
+        },
+        citations_valid: row.uint("citations_valid")?,
+        citations_invalid: row.uint("citations_invalid")?,
+        cost_usd: row
+            .opt_int("cost_microusd")?
+            .map(|m| usd_from_micros(u64::try_from(m).unwrap_or(0))),
+        rank: None,
     })
+}
+
+/// A task with its attempts and what is derived from them: the total cost
+/// and (filled by the ranking) each finished attempt's place.
+pub(crate) fn task_detail(task: Task, attempts: Vec<Attempt>) -> TaskDetail {
+    let costs: Vec<f64> = attempts.iter().filter_map(|a| a.cost_usd).collect();
+    let cost_usd = (!costs.is_empty()).then(|| costs.iter().sum());
+    TaskDetail {
+        task,
+        attempts,
+        ranking: Vec::new(),
+        cost_usd,
+        pull_request: None,
+    }
+}
+
+/// `budget_usd` as given, checked: a positive, finite number of dollars.
+pub(crate) fn budget_micros(field: &'static str, budget: Option<f64>) -> Result<Option<i64>> {
+    match budget {
+        None => Ok(None),
+        Some(usd) if usd.is_finite() && usd > 0.0 => Ok(Some(
+            i64::try_from(micros_from_usd(usd)).unwrap_or(i64::MAX),
+        )),
+        Some(usd) => Err(StoreError::invalid(
+            field,
+            format!("{usd} is not a budget: give a positive number of US dollars, e.g. 2.5"),
+        )),
+    }
 }
 
 impl Store {
@@ -129,6 +177,7 @@ impl Store {
                 format!("{} is out of range: use 1 to {MAX_ATTEMPTS}", new.attempts),
             ));
         }
+        let budget = budget_micros("budget_usd", new.budget_usd)?;
         let environment = self.environment(owner, &new.environment).await?;
         let task_id = self
             .run("create task", || async {
@@ -138,8 +187,9 @@ impl Store {
                 tx.execute(
                     query(
                         "INSERT INTO tasks (id, owner_token_id, environment_id, prompt, mode,
-                            attempt_count, model, base_ref, status, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9)",
+                            attempt_count, model, base_ref, status, created_at, updated_at,
+                            budget_microusd)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9, $10)",
                     )
                     .bind(&task_id)
                     .bind(&owner.token_id)
@@ -149,7 +199,8 @@ impl Store {
                     .bind(new.attempts)
                     .bind(new.model.as_deref())
                     .bind(new.base_ref.as_deref())
-                    .bind(now),
+                    .bind(now)
+                    .bind(budget),
                 )
                 .await?;
                 for n in 1..=new.attempts {
@@ -185,7 +236,7 @@ impl Store {
                 .iter()
                 .map(attempt_from_row)
                 .collect::<Result<_, _>>()?;
-            Ok(TaskDetail { task, attempts })
+            Ok(task_detail(task, attempts))
         })
         .await
     }

@@ -33,7 +33,7 @@ use crate::Store;
 pub const MAX_WORKER_NAME: usize = 64;
 
 /// An attempt a remote worker claimed, with the only credential for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteClaim {
     pub claimed: ClaimedAttempt,
     /// Shown to the worker once; only its SHA-256 is stored.

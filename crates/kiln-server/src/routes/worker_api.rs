@@ -272,6 +272,7 @@ async fn fail_unprepared(shared: &Shared, claim: &RemoteClaim, reason: String) {
                 reason: Some(reason.clone()),
                 final_message: None,
                 usage: Default::default(),
+                cost_usd: None,
             },
         ),
     ];

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use kiln_protocol::{CheckSpec, ForgeConfig, ForgeKind, WebhookConfig};
 use kiln_store::{NewEnvironment, StoreError};
 
 fn full_environment() -> NewEnvironment {
@@ -12,6 +13,22 @@ fn full_environment() -> NewEnvironment {
         secrets: BTreeMap::from([("CARGO_TOKEN".into(), "s3cret-value".into())]),
         network: true,
         image: Some("localhost/rust:1".into()),
+        checks: vec![CheckSpec {
+            name: "tests".into(),
+            command: "cargo test".into(),
+            timeout_secs: Some(600),
+        }],
+        forge: Some(ForgeConfig {
+            kind: ForgeKind::Gitlab,
+            api_url: Some("https://gitlab.example/api/v4".into()),
+            repo: "team/backend".into(),
+            token_secret: "CARGO_TOKEN".into(),
+        }),
+        webhook: Some(WebhookConfig {
+            url: "https://hooks.example/kiln".into(),
+            secret: "whsec-0123456789abcdef".into(),
+        }),
+        budget_usd: Some(2.5),
     }
 }
 
@@ -35,6 +52,47 @@ on_both_backends! {
 
         let secrets = t.store.environment_secrets(&created.id).await.unwrap();
         assert_eq!(secrets["CARGO_TOKEN"], "s3cret-value");
+
+        let full = full_environment();
+        assert_eq!(created.checks, full.checks);
+        assert_eq!(created.forge, full.forge);
+        assert_eq!(created.webhook_url.as_deref(), Some("https://hooks.example/kiln"));
+        assert_eq!(created.budget_usd, Some(2.5));
+        // The webhook secret is for the server's deliveries, never the view.
+        assert!(!format!("{created:?}").contains("whsec-"));
+        assert!(!secrets.values().any(|v| v.contains("whsec-")));
+        let webhook = t.store.environment_webhook(&created.id).await.unwrap().unwrap();
+        assert_eq!(webhook.secret, "whsec-0123456789abcdef");
+        assert_eq!(webhook.url, "https://hooks.example/kiln");
+    }
+
+    async fn environment_settings_are_checked(t) {
+        let me = t.user("me").await;
+        let cases: Vec<(NewEnvironment, &str)> = vec![
+            (
+                NewEnvironment { forge: Some(ForgeConfig { token_secret: "NOPE".into(), ..full_environment().forge.unwrap() }), ..full_environment() },
+                "NOPE",
+            ),
+            (
+                NewEnvironment { checks: vec![full_environment().checks[0].clone(); 2], ..full_environment() },
+                "two checks are named \"tests\"",
+            ),
+            (
+                NewEnvironment { webhook: Some(WebhookConfig { url: "ftp://x".into(), secret: "0123456789abcdef0".into() }), ..full_environment() },
+                "not an http(s) URL",
+            ),
+            (
+                NewEnvironment { webhook: Some(WebhookConfig { url: "https://x".into(), secret: "short".into() }), ..full_environment() },
+                "shorter than 16",
+            ),
+            (NewEnvironment { budget_usd: Some(-1.0), ..full_environment() }, "positive number"),
+        ];
+        for (new, expected) in cases {
+            let err = t.store.create_environment(&me, &new).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
+        assert!(t.store.list_environments(&me).await.unwrap().is_empty());
     }
 
     async fn environment_names_are_unique_per_owner(t) {

@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kiln_protocol::{AttemptStatus, Usage};
+use kiln_protocol::{AttemptStatus, CheckResult, CitationCheck, Usage};
 use kiln_store::{AttemptRef, AttemptReport, AttemptState, DiffStat, StoreError, TaskStatus};
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -84,7 +84,21 @@ on_both_backends! {
             usage: Usage { input_tokens: 100, cached_input_tokens: 40, output_tokens: 7 },
             branch: Some(format!("kiln/{}/1", task.task.id)),
             commit_sha: Some("0123abcd".into()),
-            citations: Vec::new(),
+            citations: vec![
+                CitationCheck { citation: "【F:src/a.rs†L1-L2】".into(), valid: true, reason: None },
+                CitationCheck { citation: "【t9†L1-L2】".into(), valid: false, reason: Some("no chunk t9".into()) },
+            ],
+            cost_usd: Some(0.012_345),
+            checks: vec![CheckResult {
+                name: "tests".into(),
+                command: "cargo test".into(),
+                passed: true,
+                exit_code: Some(0),
+                duration_ms: 1200,
+                timed_out: false,
+                chunk_id: "t4".into(),
+                reason: None,
+            }],
             history: Vec::new(),
         };
         t.store.finish("w", &claimed.attempt, &outcome).await.unwrap();
@@ -99,6 +113,10 @@ on_both_backends! {
         assert_eq!(attempt.commit_sha, outcome.commit_sha);
         assert_eq!(attempt.finished_at, Some(t.store.now()));
         assert_eq!(attempt.lease_expires_at, None);
+        assert_eq!(attempt.checks, outcome.checks);
+        assert_eq!((attempt.citations_valid, attempt.citations_invalid), (1, 1));
+        assert_eq!(attempt.cost_usd, Some(0.012_345));
+        assert_eq!(detail.cost_usd, Some(0.012_345));
         assert_eq!(detail.task.status, TaskStatus::Succeeded);
         assert_eq!(
             t.store.attempt_diff(&me, &claimed.attempt).await.unwrap(),
