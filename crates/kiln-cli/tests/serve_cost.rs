@@ -1,0 +1,162 @@
+//! Cost through `kiln serve`: the operator's `[model_prices]` price the
+//! scripted usage, `GET /api/tasks/{id}` carries each attempt's cost and the
+//! task's, `kiln task show` prints them, and a budget (the task's, else the
+//! environment's) stops an attempt cleanly with its work committed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod serve_support;
+
+use std::time::Duration;
+
+use kiln_protocol::{micros_from_usd, Usage};
+use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, Turn};
+use serde_json::{json, Value};
+use serve_support::{git, mirror_dir, Installation, KilnServer, ADMIN_TOKEN};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn usage(input: u64, cached: u64, output: u64) -> Usage {
+    Usage {
+        input_tokens: input,
+        cached_input_tokens: cached,
+        output_tokens: output,
+    }
+}
+
+fn micros(value: &Value) -> u64 {
+    micros_from_usd(
+        value
+            .as_f64()
+            .unwrap_or_else(|| panic!("not a cost: {value}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_each_attempts_cost_and_a_budget_stops_an_attempt_with_its_work_committed() {
+    let repo = fixtures::repo("calc-py");
+    let script = Script::new(Vec::new())
+        .with_route(
+            "[costed]",
+            vec![
+                // $0.02 + $0.008 at $2/M in, $8/M out.
+                Turn::shell("ls").with_usage(usage(10_000, 0, 1_000)),
+                // 4,000 uncached × $2/M + 16,000 cached × $0.50/M + 500 × $8/M.
+                Turn::message("Looked.").with_usage(usage(20_000, 16_000, 500)),
+            ],
+        )
+        .with_route(
+            "[budget]",
+            std::iter::once(
+                Turn::tool_call(
+                    "apply_patch",
+                    json!({ "input": scenarios::CALC_PY_FIX_PATCH }),
+                )
+                .with_usage(usage(5_000, 0, 0)),
+            )
+            .chain((0..5).map(|_| Turn::shell("ls").with_usage(usage(5_000, 0, 0))))
+            .collect(),
+        );
+    let model = ScriptedServer::start(script).await;
+    let install = Installation::new();
+    // The operator's own price for the model the server runs.
+    std::fs::write(
+        install.home.path().join("config.toml"),
+        "model = \"kiln-test-model\"\n\
+         [model_prices.\"kiln-test-model\"]\ninput = 2\ncached_input = 0.5\noutput = 8\n",
+    )
+    .unwrap();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({"name": "calc", "repo": repo.path().display().to_string(), "budget_usd": 0.015}),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+
+    // The task's own budget wins over the environment's $0.015, which the
+    // first turn ($0.028) would have reached.
+    let created = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "[costed] look around", "budget_usd": 10}),
+        )
+        .await;
+    let costed = created["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &costed, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(task["budget_usd"], 10.0);
+    assert_eq!(micros(&task["attempts"][0]["cost_usd"]), 48_000, "{task:#}");
+    assert_eq!(micros(&task["cost_usd"]), 48_000, "{task:#}");
+
+    // Without one, the environment's budget holds: two turns of $0.01 reach it.
+    let created = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "[budget] fix median"}),
+        )
+        .await;
+    let budgeted = created["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &budgeted, LONG).await;
+    let attempt = &task["attempts"][0];
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(
+        attempt["reason"], "budget $0.0150 reached ($0.0200 spent)",
+        "{task:#}"
+    );
+    assert_eq!(micros(&attempt["cost_usd"]), 20_000);
+    assert_eq!(micros(&task["cost_usd"]), 20_000);
+    // The work done before the budget ran out is committed on its branch.
+    let sha = attempt["commit_sha"]
+        .as_str()
+        .expect("a commit")
+        .to_string();
+    let mirror = mirror_dir(install.data_dir());
+    let branch = format!("kiln/{budgeted}/1");
+    assert_eq!(git(&mirror, &["rev-parse", &branch]), sha);
+    let shown = git(&mirror, &["show", &format!("{sha}:calc.py")]);
+    assert!(shown.contains("ordered[middle - 1]"), "{shown}");
+
+    // The usage events of the log carry each turn's cost and the running total.
+    let events = server
+        .events(ADMIN_TOKEN, &budgeted, None)
+        .await
+        .all(LONG)
+        .await;
+    let costs: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e.kind == "usage")
+        .map(|e| {
+            (
+                micros(&e.data["turn_cost_usd"]),
+                micros(&e.data["total_cost_usd"]),
+            )
+        })
+        .collect();
+    assert_eq!(costs, vec![(10_000, 10_000), (10_000, 20_000)]);
+
+    // And the CLI shows them.
+    let shown = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["task", "show", &costed])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", ADMIN_TOKEN)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(
+        stdout.contains("cost $0.0480 · budget $10.00 per attempt"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("attempt 1: succeeded"), "{stdout}");
+    assert!(stdout.contains("  $0.0480  "), "{stdout}");
+}
