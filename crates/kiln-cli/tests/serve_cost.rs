@@ -11,7 +11,9 @@ use std::time::Duration;
 use kiln_protocol::{micros_from_usd, Usage};
 use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer, Turn};
 use serde_json::{json, Value};
-use serve_support::{git, mirror_dir, Installation, KilnServer, ADMIN_TOKEN};
+use serve_support::{
+    git, mirror_dir, worker_token, Installation, KilnServer, KilnWorker, ADMIN_TOKEN,
+};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -21,6 +23,31 @@ fn usage(input: u64, cached: u64, output: u64) -> Usage {
         cached_input_tokens: cached,
         output_tokens: output,
     }
+}
+
+/// The fix ($0.01 at $2/M in), then turns of $0.01 each until stopped.
+fn fix_then_look_around() -> Vec<Turn> {
+    std::iter::once(
+        Turn::tool_call(
+            "apply_patch",
+            json!({ "input": scenarios::CALC_PY_FIX_PATCH }),
+        )
+        .with_usage(usage(5_000, 0, 0)),
+    )
+    .chain((0..5).map(|_| Turn::shell("ls").with_usage(usage(5_000, 0, 0))))
+    .collect()
+}
+
+/// A server installation whose operator priced the model it runs.
+fn priced_installation() -> Installation {
+    let install = Installation::new();
+    std::fs::write(
+        install.home.path().join("config.toml"),
+        "model = \"kiln-test-model\"\n\
+         [model_prices.\"kiln-test-model\"]\ninput = 2\ncached_input = 0.5\noutput = 8\n",
+    )
+    .unwrap();
+    install
 }
 
 fn micros(value: &Value) -> u64 {
@@ -44,27 +71,9 @@ async fn the_api_shows_each_attempts_cost_and_a_budget_stops_an_attempt_with_its
                 Turn::message("Looked.").with_usage(usage(20_000, 16_000, 500)),
             ],
         )
-        .with_route(
-            "[budget]",
-            std::iter::once(
-                Turn::tool_call(
-                    "apply_patch",
-                    json!({ "input": scenarios::CALC_PY_FIX_PATCH }),
-                )
-                .with_usage(usage(5_000, 0, 0)),
-            )
-            .chain((0..5).map(|_| Turn::shell("ls").with_usage(usage(5_000, 0, 0))))
-            .collect(),
-        );
+        .with_route("[budget]", fix_then_look_around());
     let model = ScriptedServer::start(script).await;
-    let install = Installation::new();
-    // The operator's own price for the model the server runs.
-    std::fs::write(
-        install.home.path().join("config.toml"),
-        "model = \"kiln-test-model\"\n\
-         [model_prices.\"kiln-test-model\"]\ninput = 2\ncached_input = 0.5\noutput = 8\n",
-    )
-    .unwrap();
+    let install = priced_installation();
     let server = KilnServer::start(&install, &model, 1).await;
     let (status, env) = server
         .post(
@@ -159,4 +168,41 @@ async fn the_api_shows_each_attempts_cost_and_a_budget_stops_an_attempt_with_its
     );
     assert!(stdout.contains("attempt 1: succeeded"), "{stdout}");
     assert!(stdout.contains("  $0.0480  "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_measures_cost_and_budget_with_the_servers_price() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(fix_then_look_around())).await;
+    let install = priced_installation();
+    let server = KilnServer::start_with(&install, &model, 1, &["--no-local-workers"]).await;
+    server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let created = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "fix median", "budget_usd": 0.025}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // The worker's own configuration knows no price of kiln-test-model: what
+    // it measures comes from the claim.
+    let _worker = KilnWorker::start(&server, &worker_token(&server, "w").await, "w", 1);
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+
+    let attempt = &task["attempts"][0];
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(
+        attempt["reason"], "budget $0.0250 reached ($0.0300 spent)",
+        "{task:#}"
+    );
+    assert_eq!(micros(&attempt["cost_usd"]), 30_000);
+    assert_eq!(model.turns_served(), 3);
+    // The commit came back from the worker to the server's mirror.
+    let sha = attempt["commit_sha"]
+        .as_str()
+        .expect("a commit")
+        .to_string();
+    let mirror = mirror_dir(install.data_dir());
+    let shown = git(&mirror, &["show", &format!("{sha}:calc.py")]);
+    assert!(shown.contains("ordered[middle - 1]"), "{shown}");
 }
