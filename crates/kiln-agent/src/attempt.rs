@@ -318,7 +318,7 @@ impl Attempt<'_> {
             let (final_text, calls) = self.record_turn(turn);
             // The provider's count covers the request and its answer; later
             // estimates add only what came after.
-            self.reported = Some((usage.input_tokens + usage.output_tokens, self.history.len()));
+            self.reported = Some((usage.total(), self.history.len()));
 
             if calls.is_empty() {
                 // A message from the user that arrived meanwhile gets an answer first.
@@ -593,9 +593,8 @@ impl Attempt<'_> {
             &self.history,
         );
         match self.reported {
-            Some((tokens, len)) if len <= self.history.len() => {
-                by_bytes.max(tokens + tokens_for_bytes(items_bytes(&self.history[len..])))
-            }
+            Some((tokens, len)) if len <= self.history.len() => by_bytes
+                .max(tokens.saturating_add(tokens_for_bytes(items_bytes(&self.history[len..])))),
             _ => by_bytes,
         }
     }

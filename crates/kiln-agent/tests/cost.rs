@@ -132,3 +132,25 @@ async fn a_budget_on_a_model_of_unknown_price_stops_before_the_first_turn() {
     );
     assert_eq!(harness.server.turns_served(), 0);
 }
+
+#[tokio::test]
+async fn absurd_usage_from_a_provider_saturates_instead_of_crashing_or_wrapping() {
+    // Each turn's numbers fit; their sum does not.
+    let absurd = usage(u64::MAX - 10, 0, 10);
+    let turns = vec![
+        Turn::shell("ls").with_usage(absurd),
+        // The reported count fills any context window: the history is summarised.
+        Turn::message("Summary: listed the files.").with_usage(absurd),
+        Turn::message("Done.").with_usage(absurd),
+    ];
+    let mut harness = Harness::new(Mode::Code, turns).await;
+    priced(&mut harness);
+    let outcome = harness.run("Look.").await;
+
+    assert_eq!(outcome.status, AttemptStatus::Succeeded);
+    assert_eq!(harness.server.turns_served(), 3);
+    assert_eq!(outcome.usage.input_tokens, u64::MAX);
+    assert_eq!(outcome.usage.total(), u64::MAX);
+    // A wrapped sum would have cost next to nothing.
+    assert!(outcome.cost_usd.unwrap() > 1e12, "{:?}", outcome.cost_usd);
+}
