@@ -50,6 +50,20 @@ fn priced_installation() -> Installation {
     install
 }
 
+/// `kiln ARGS` as a client of `server`, with the admin token.
+async fn kiln_cli(server: &KilnServer, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", ADMIN_TOKEN)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap()
+}
+
 fn micros(value: &Value) -> u64 {
     micros_from_usd(
         value
@@ -86,13 +100,25 @@ async fn the_api_shows_each_attempts_cost_and_a_budget_stops_an_attempt_with_its
 
     // The task's own budget wins over the environment's $0.015, which the
     // first turn ($0.028) would have reached.
-    let created = server
-        .task(
-            ADMIN_TOKEN,
-            json!({"environment": "calc", "prompt": "[costed] look around", "budget_usd": 10}),
-        )
-        .await;
-    let costed = created["id"].as_str().unwrap().to_string();
+    let new = kiln_cli(
+        &server,
+        &[
+            "task",
+            "new",
+            "--env",
+            "calc",
+            "--budget-usd",
+            "10",
+            "[costed] look around",
+        ],
+    )
+    .await;
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let costed = String::from_utf8_lossy(&new.stdout).trim().to_string();
     let task = server.wait_finished(ADMIN_TOKEN, &costed, LONG).await;
     assert_eq!(task["status"], "succeeded", "{task:#}");
     assert_eq!(task["budget_usd"], 10.0);
@@ -146,16 +172,7 @@ async fn the_api_shows_each_attempts_cost_and_a_budget_stops_an_attempt_with_its
     assert_eq!(costs, vec![(10_000, 10_000), (10_000, 20_000)]);
 
     // And the CLI shows them.
-    let shown = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["task", "show", &costed])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", ADMIN_TOKEN)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap();
+    let shown = kiln_cli(&server, &["task", "show", &costed]).await;
     let stdout = String::from_utf8_lossy(&shown.stdout);
     assert!(
         shown.status.success(),
