@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_model::{ModelClient, ModelRequest, ToolSpec};
-use kiln_protocol::{AttemptReport, AttemptStatus, EventKind, Item, Role, Usage};
+use kiln_protocol::{format_usd, AttemptReport, AttemptStatus, EventKind, Item, Role, Usage};
 use kiln_sandbox::Sandbox;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -290,6 +290,9 @@ impl Attempt<'_> {
                     ));
                 }
             }
+            if let Some(end) = self.budget_end() {
+                return end;
+            }
             if let Err(end) = self.fit_context(force_compaction).await {
                 return end;
             }
@@ -315,7 +318,7 @@ impl Attempt<'_> {
             let (final_text, calls) = self.record_turn(turn);
             // The provider's count covers the request and its answer; later
             // estimates add only what came after.
-            self.reported = Some((usage.input_tokens + usage.output_tokens, self.history.len()));
+            self.reported = Some((usage.total(), self.history.len()));
 
             if calls.is_empty() {
                 // A message from the user that arrived meanwhile gets an answer first.
@@ -446,12 +449,36 @@ impl Attempt<'_> {
 
     fn record_usage(&mut self, turn: &Usage) {
         self.usage.add(turn);
+        let price = self.config.price();
         self.events.emit(EventKind::Usage {
             turn: *turn,
             total: self.usage,
-            turn_cost_usd: None,
-            total_cost_usd: None,
+            turn_cost_usd: price.map(|price| price.cost(turn)),
+            total_cost_usd: price.map(|price| price.cost(&self.usage)),
         });
+    }
+
+    /// The end of an attempt whose cost reached its budget. A budget on a
+    /// model of unknown price ends it before the first turn: it could not hold.
+    fn budget_end(&self) -> Option<End> {
+        let budget = self.config.limits.max_cost_usd?;
+        let Some(price) = self.config.price() else {
+            let model = &self.config.model;
+            return Some(End::Failed(format!(
+                "a budget of {} is set, but the price of model {model:?} is unknown: set \
+                 [model_prices.{model:?}] input, cached_input and output (US dollars per \
+                 million tokens) in kiln's config.toml, or remove the budget",
+                format_usd(budget)
+            )));
+        };
+        let spent = price.cost(&self.usage);
+        (spent >= budget).then(|| {
+            End::Failed(format!(
+                "budget {} reached ({} spent)",
+                format_usd(budget),
+                format_usd(spent)
+            ))
+        })
     }
 
     /// Make the next request fit the context window: shorten old tool
@@ -566,9 +593,8 @@ impl Attempt<'_> {
             &self.history,
         );
         match self.reported {
-            Some((tokens, len)) if len <= self.history.len() => {
-                by_bytes.max(tokens + tokens_for_bytes(items_bytes(&self.history[len..])))
-            }
+            Some((tokens, len)) if len <= self.history.len() => by_bytes
+                .max(tokens.saturating_add(tokens_for_bytes(items_bytes(&self.history[len..])))),
             _ => by_bytes,
         }
     }
@@ -647,6 +673,7 @@ impl Attempt<'_> {
         report.final_message = final_message;
         report.reason = reason;
         report.usage = self.usage;
+        report.cost_usd = self.config.price().map(|price| price.cost(&self.usage));
         report.history = std::mem::take(&mut self.history);
         report.citations = citations;
         report

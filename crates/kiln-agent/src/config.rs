@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kiln_model::{ModelPrice, PriceTable};
 use kiln_protocol::Mode;
 
 /// Everything [`run_attempt`](crate::run_attempt) needs besides the model, the
@@ -29,6 +30,9 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Extra guidance from the user's configuration, appended to the system prompt.
     pub user_instructions: Option<String>,
+    /// What `model`'s tokens cost: the cost in `usage` and `attempt.finished`
+    /// events and what [`Limits::max_cost_usd`] is measured with.
+    pub prices: PriceTable,
 }
 
 impl AgentConfig {
@@ -44,7 +48,13 @@ impl AgentConfig {
             instructions: InstructionsConfig::default(),
             limits: Limits::default(),
             user_instructions: None,
+            prices: PriceTable::builtin(),
         }
+    }
+
+    /// The price of `model`'s tokens, when the user or kiln knows it.
+    pub fn price(&self) -> Option<ModelPrice> {
+        self.prices.price(&self.model)
     }
 }
 
@@ -66,13 +76,17 @@ impl Default for InstructionsConfig {
     }
 }
 
-/// Budgets that end an attempt (turns, tokens, time) and bound what one step may use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Budgets that end an attempt (turns, tokens, money, time) and bound what one step may use.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Model turns per attempt (one request/response each, retries not counted).
     pub max_turns: u32,
     /// Input + output tokens over the whole attempt, as the provider reports them.
     pub max_total_tokens: Option<u64>,
+    /// US dollars per attempt at [`AgentConfig::price`]: no turn starts once
+    /// the attempt's cost reached it. An attempt with a budget and a model
+    /// of unknown price does not start (the budget could not hold).
+    pub max_cost_usd: Option<f64>,
     /// Wall-clock budget for the attempt, commands included.
     pub wall_clock: Option<Duration>,
     /// Timeout of a command when the model does not ask for one.
@@ -90,6 +104,7 @@ impl Default for Limits {
         Limits {
             max_turns: 50,
             max_total_tokens: None,
+            max_cost_usd: None,
             wall_clock: None,
             command_timeout: Duration::from_secs(120),
             max_command_timeout: Duration::from_secs(600),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kiln_model::ProviderConfig;
+use kiln_model::{ModelPrice, PriceTable, ProviderConfig};
 
 use crate::config_keys::{check_known_keys, dotted_keys};
 use serde::Deserialize;
@@ -29,6 +29,10 @@ pub struct Config {
     pub model: String,
     pub model_provider: String,
     pub model_providers: BTreeMap<String, ProviderConfig>,
+    /// `[model_prices."NAME"] input, cached_input, output`: US dollars per
+    /// million tokens, over kiln's built-in prices. Only the user's own file
+    /// (or `-c`) may set them: a repository's prices could void a budget.
+    pub model_prices: BTreeMap<String, ModelPrice>,
     /// The model's context window in tokens; compaction starts before it is full.
     pub model_context_window: Option<u64>,
     /// Byte budget shared by all AGENTS.md files.
@@ -62,6 +66,7 @@ impl Default for Config {
             model: "gpt-5-codex".into(),
             model_provider: DEFAULT_PROVIDER.into(),
             model_providers: BTreeMap::new(),
+            model_prices: BTreeMap::new(),
             model_context_window: None,
             project_doc_max_bytes: 32 * 1024,
             project_doc_fallback_filenames: Vec::new(),
@@ -78,6 +83,8 @@ impl Default for Config {
 pub struct LimitsConfig {
     pub max_turns: Option<u32>,
     pub max_total_tokens: Option<u64>,
+    /// US dollars one run may cost at the model's price (see `model_prices`).
+    pub max_cost_usd: Option<f64>,
     /// Wall-clock budget of one run, in seconds.
     pub wall_clock_secs: Option<u64>,
     /// Default timeout of one shell command, in seconds.
@@ -132,6 +139,28 @@ impl Config {
             )
         })
     }
+
+    /// kiln's built-in prices with the user's `[model_prices]` over them.
+    pub fn price_table(&self) -> Result<PriceTable> {
+        PriceTable::builtin()
+            .with_overrides(&self.model_prices)
+            .map_err(|err| anyhow::anyhow!("{err}: fix that price in your config.toml"))
+    }
+
+    /// What deserializing cannot check: prices and budgets that are numbers
+    /// but not amounts of money.
+    fn validate(&self) -> Result<()> {
+        self.price_table()?;
+        if let Some(budget) = self.limits.max_cost_usd {
+            if !budget.is_finite() || budget <= 0.0 {
+                bail!(
+                    "limits.max_cost_usd = {budget} is not a budget: give a positive number of \
+                     US dollars, e.g. 2.5"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `$KILN_HOME`, or `~/.kiln`.
@@ -164,6 +193,7 @@ pub const REPOSITORY_KEYS: &[&str] = &[
     "project_doc_fallback_filenames",
     "limits.max_turns",
     "limits.max_total_tokens",
+    "limits.max_cost_usd",
     "limits.wall_clock_secs",
     "limits.command_timeout_secs",
     "limits.max_command_timeout_secs",
@@ -189,6 +219,9 @@ fn tighten_only_defaults() -> [(&'static str, Option<i64>); 6] {
         ),
     ]
 }
+
+/// Amounts an untrusted repository may only lower; none by default (unlimited).
+const TIGHTEN_ONLY_AMOUNTS: [&str; 1] = ["limits.max_cost_usd"];
 
 /// Files read from a repository are small; anything larger is not a
 /// configuration file.
@@ -258,10 +291,12 @@ fn load_layers(
         check_known_keys(&layer, &format!("-c {raw}"))?;
         merge(&mut merged, Value::Table(layer));
     }
-    merged
+    let config: Config = merged
         .try_into()
         .map_err(|err: toml::de::Error| anyhow::anyhow!("invalid configuration: {err}"))
-        .context("fix the key in config.toml or the -c override that sets it")
+        .context("fix the key in config.toml or the -c override that sets it")?;
+    config.validate()?;
+    Ok(config)
 }
 
 fn read_user_layer(path: &Path) -> Result<Option<toml::Table>> {
@@ -366,6 +401,18 @@ fn untrusted_layer(
             .or(default);
         if let Some(ceiling) = ceiling.filter(|ceiling| wanted > *ceiling) {
             set_path(&mut layer, key, Value::Integer(ceiling));
+        }
+    }
+    // Money is not counted in whole units: the same rule for a number of dollars.
+    for key in TIGHTEN_ONLY_AMOUNTS {
+        let as_number = |value: &Value| value.as_float().or(value.as_integer().map(|i| i as f64));
+        let Some(wanted) = get_path(&Value::Table(layer.clone()), key).and_then(as_number) else {
+            continue;
+        };
+        if let Some(ceiling) = get_path(before, key).and_then(as_number) {
+            if wanted > ceiling || wanted.is_nan() {
+                set_path(&mut layer, key, Value::Float(ceiling));
+            }
         }
     }
     Ok(layer)

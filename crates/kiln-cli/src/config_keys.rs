@@ -19,6 +19,7 @@ enum Shape {
 const LIMITS_KEYS: &[(&str, Shape)] = &[
     ("max_turns", Shape::Value),
     ("max_total_tokens", Shape::Value),
+    ("max_cost_usd", Shape::Value),
     ("wall_clock_secs", Shape::Value),
     ("command_timeout_secs", Shape::Value),
     ("max_command_timeout_secs", Shape::Value),
@@ -37,6 +38,10 @@ const TOP_KEYS: &[(&str, Shape)] = &[
     ("model", Shape::Value),
     ("model_provider", Shape::Value),
     ("model_providers", Shape::Named(ProviderConfig::KEYS)),
+    (
+        "model_prices",
+        Shape::Named(&["input", "cached_input", "output"]),
+    ),
     ("model_context_window", Shape::Value),
     ("project_doc_max_bytes", Shape::Value),
     ("project_doc_fallback_filenames", Shape::Value),

@@ -321,9 +321,128 @@ fn every_known_key_loads() {
     write(
         &home.path().join("config.toml"),
         "model = \"m\"\nmodel_provider = \"p\"\nmodel_context_window = 1000\nproject_doc_max_bytes = 10\nproject_doc_fallback_filenames = [\"CLAUDE.md\"]\n\
-         [limits]\nmax_turns = 1\nmax_total_tokens = 1\nwall_clock_secs = 1\ncommand_timeout_secs = 1\nmax_command_timeout_secs = 1\n\
+         [limits]\nmax_turns = 1\nmax_total_tokens = 1\nmax_cost_usd = 0.5\nwall_clock_secs = 1\ncommand_timeout_secs = 1\nmax_command_timeout_secs = 1\n\
          [sandbox]\nbackend = \"bwrap\"\nnetwork = false\nmemory = \"1GiB\"\nmax_processes = 1\nreadable_paths = []\nwritable_paths = []\n\
-         [model_providers.p]\nbase_url = \"http://h/v1\"\n[projects.\"/x\"]\ntrust_level = \"untrusted\"\n",
+         [model_providers.p]\nbase_url = \"http://h/v1\"\n[model_prices.m]\ninput = 1\ncached_input = 0.1\noutput = 2\n[projects.\"/x\"]\ntrust_level = \"untrusted\"\n",
     );
     load(home.path(), home.path(), &[]).unwrap();
+}
+
+#[test]
+fn the_users_prices_override_kilns_and_cached_input_may_be_left_out() {
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join("config.toml"),
+        "[model_prices.\"gpt-4.1\"]\ninput = 3\ncached_input = 0.75\noutput = 12.5\n\
+         [model_prices.\"qwen3-coder:30b\"]\ninput = 0.1\noutput = 0.2\n",
+    );
+    let config = load(home.path(), home.path(), &[]).unwrap();
+    let table = config.price_table().unwrap();
+    assert_eq!(
+        table.price("gpt-4.1-2025-04-14"),
+        Some(ModelPrice::new(3.0, 0.75, 12.5))
+    );
+    let local = table.price("qwen3-coder:30b").unwrap();
+    assert_eq!(
+        (local.input, local.cached_input, local.output),
+        (0.1, None, 0.2)
+    );
+    assert_eq!(
+        table.price("gpt-4.1-mini"),
+        PriceTable::builtin().price("gpt-4.1-mini")
+    );
+    // And the agent measures its cost and budget with that table.
+    let agent = crate::exec_cmd::agent_config(
+        &config,
+        "openai",
+        kiln_protocol::Mode::Code,
+        home.path().to_path_buf(),
+        home.path(),
+    );
+    assert_eq!(agent.prices, table);
+}
+
+#[test]
+fn a_repository_may_not_set_prices_even_below_the_users() {
+    // A repository that made its model free would void every budget.
+    for text in [
+        "[model_prices.\"gpt-5\"]\ninput = 0\ncached_input = 0\noutput = 0\n",
+        "[model_prices.cheap]\ninput = 0\noutput = 0\n",
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        write(
+            &home.path().join("config.toml"),
+            "[model_prices.\"gpt-5\"]\ninput = 1\noutput = 9\n",
+        );
+        let repo = repo_with_config(text);
+        let err = load_err(home.path(), repo.path(), &[]);
+        assert!(
+            err.contains(".kiln/config.toml sets `model_prices."),
+            "{err}"
+        );
+        assert!(err.contains("which a repository may not set"), "{err}");
+    }
+}
+
+#[test]
+fn a_price_that_is_not_money_is_refused_with_the_model_named() {
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join("config.toml"),
+        "[model_prices.\"gpt-5\"]\ninput = -1\noutput = 9\n",
+    );
+    let err = load_err(home.path(), home.path(), &[]);
+    assert!(
+        err.contains("[model_prices.\"gpt-5\"]: input = -1"),
+        "{err}"
+    );
+
+    write(
+        &home.path().join("config.toml"),
+        "[model_prices.\"gpt-5\"]\ninput = 1\noutptu = 9\n",
+    );
+    let err = load_err(home.path(), home.path(), &[]);
+    assert!(
+        err.contains("`model_prices.gpt-5.outptu`: did you mean `output`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_budget_must_be_a_positive_amount() {
+    let home = tempfile::tempdir().unwrap();
+    for bad in ["0", "-2.5", "inf"] {
+        let err = load_err(
+            home.path(),
+            home.path(),
+            &[&format!("limits.max_cost_usd={bad}")],
+        );
+        assert!(err.contains("is not a budget"), "{bad}: {err}");
+    }
+    let config = load(home.path(), home.path(), &["limits.max_cost_usd=2".into()]).unwrap();
+    assert_eq!(config.limits.max_cost_usd, Some(2.0));
+}
+
+#[test]
+fn a_repository_may_lower_the_cost_budget_but_not_raise_it() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = repo_with_config("[limits]\nmax_cost_usd = 50\n");
+    // With no budget of the user's, the repository's own one holds.
+    let config = load(home.path(), repo.path(), &[]).unwrap();
+    assert_eq!(config.limits.max_cost_usd, Some(50.0));
+
+    write(
+        &home.path().join("config.toml"),
+        "[limits]\nmax_cost_usd = 1.5\n",
+    );
+    let config = load(home.path(), repo.path(), &[]).unwrap();
+    assert_eq!(
+        config.limits.max_cost_usd,
+        Some(1.5),
+        "capped at the user's"
+    );
+
+    let lower = repo_with_config("[limits]\nmax_cost_usd = 0.25\n");
+    let config = load(home.path(), lower.path(), &[]).unwrap();
+    assert_eq!(config.limits.max_cost_usd, Some(0.25));
 }

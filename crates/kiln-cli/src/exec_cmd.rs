@@ -42,6 +42,10 @@ pub struct Args {
     /// Override a configuration key for this run, e.g. -c model_provider=ollama.
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Stop cleanly once the run has cost this many US dollars at the
+    /// model's price, keeping its work (overrides `limits.max_cost_usd`).
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
     /// Run even when the workspace would be your home directory (or one of
     /// its parents) outside any git repository.
     #[arg(long)]
@@ -103,6 +107,10 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     }
     if let Some(backend) = &args.sandbox {
         overrides.push(format!("sandbox.backend={}", toml_string(backend)));
+    }
+    if let Some(budget) = args.budget_usd {
+        // `{:?}` keeps a decimal point (2.0, not 2): TOML reads a float.
+        overrides.push(format!("limits.max_cost_usd={budget:?}"));
     }
     let config = config::load(&home, &cwd, &overrides)?;
 
@@ -388,6 +396,7 @@ pub(crate) fn agent_config(
         limits.max_turns = turns;
     }
     limits.max_total_tokens = wanted.max_total_tokens;
+    limits.max_cost_usd = wanted.max_cost_usd;
     limits.wall_clock = wanted.wall_clock_secs.map(Duration::from_secs);
     if let Some(secs) = wanted.command_timeout_secs {
         limits.command_timeout = Duration::from_secs(secs);
@@ -397,6 +406,10 @@ pub(crate) fn agent_config(
     }
     if let Some(window) = config.model_context_window {
         limits.context_window = window;
+    }
+    // `load` refused invalid prices already: a table is always at hand here.
+    if let Ok(prices) = config.price_table() {
+        agent.prices = prices;
     }
     agent
 }

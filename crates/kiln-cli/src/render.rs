@@ -32,6 +32,9 @@ struct RenderState {
     chunk_lines_shown: usize,
     chunk_elided: bool,
     pending_partial_line: bool,
+    /// The model of the attempt, from `attempt.started`: the footer names it
+    /// when its price is unknown.
+    model: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -91,6 +94,7 @@ impl HumanRenderer {
                 cwd,
                 instructions,
             } => {
+                state.model = Some(model.clone());
                 out += &s.bold(&format!("kiln {mode} · {model} ({provider}) · {cwd}\n"));
                 if !instructions.is_empty() {
                     out += &s.dim(&format!("instructions: {}\n", instructions.join(", ")));
@@ -262,11 +266,15 @@ impl HumanRenderer {
                 status,
                 reason,
                 usage,
+                cost_usd,
                 ..
             } => {
                 let tokens = format!(
-                    "tokens: {} in ({} cached) · {} out",
-                    usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+                    "tokens: {} in ({} cached) · {} out · {}",
+                    usage.input_tokens,
+                    usage.cached_input_tokens,
+                    usage.output_tokens,
+                    cost_text(*cost_usd, state.model.as_deref())
                 );
                 match status {
                     AttemptStatus::Succeeded => {
@@ -392,6 +400,18 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
 fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The attempt's cost for the footer, or what to set to see it.
+fn cost_text(cost_usd: Option<f64>, model: Option<&str>) -> String {
+    match (cost_usd, model) {
+        (Some(cost), _) => format!("cost {}", kiln_protocol::format_usd(cost)),
+        (None, Some(model)) => format!(
+            "unknown price: set [model_prices.{}]",
+            toml::Value::String(model.to_string())
+        ),
+        (None, None) => "cost unknown".to_string(),
+    }
 }
 
 /// A copy of `event` whose every string is [`terminal_safe`]. Going through

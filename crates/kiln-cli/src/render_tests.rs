@@ -83,3 +83,35 @@ fn a_lone_carriage_return_cannot_hide_the_start_of_a_line() {
 fn bidirectional_overrides_are_made_visible() {
     assert_eq!(terminal_safe("a\u{202e}b"), "a\\u{202e}b");
 }
+
+#[test]
+fn the_footer_shows_the_attempts_cost_or_the_key_that_would_price_it() {
+    let started = |model: &str| EventKind::AttemptStarted {
+        mode: kiln_protocol::Mode::Code,
+        model: model.into(),
+        provider: "p".into(),
+        cwd: "/w".into(),
+        instructions: Vec::new(),
+    };
+    let finished = |cost_usd| EventKind::AttemptFinished {
+        status: AttemptStatus::Succeeded,
+        reason: None,
+        final_message: None,
+        usage: kiln_protocol::Usage {
+            input_tokens: 10,
+            cached_input_tokens: 4,
+            output_tokens: 2,
+        },
+        cost_usd,
+    };
+    let out = rendered(vec![started("gpt-5"), finished(Some(0.012_34))]);
+    assert!(
+        out.ends_with("done tokens: 10 in (4 cached) · 2 out · cost $0.0123\n"),
+        "{out}"
+    );
+    let out = rendered(vec![started("qwen3-coder:30b"), finished(None)]);
+    assert!(
+        out.ends_with("· unknown price: set [model_prices.\"qwen3-coder:30b\"]\n"),
+        "{out}"
+    );
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use kiln_protocol::api::{NewMessage, NewTask, TaskDetail, TaskQuery, TaskStatus, TaskStreamItem};
-use kiln_protocol::{EventKind, EventSink, Mode};
+use kiln_protocol::{format_usd, EventKind, EventSink, Mode};
 
 use crate::api_client::{ApiClient, EventsQuery, ServerArgs};
 use crate::render::{terminal_safe, HumanRenderer};
@@ -37,6 +37,10 @@ pub enum TaskCommand {
         /// Branch, tag or commit to start from (default: the environment's base branch).
         #[arg(long)]
         base_ref: Option<String>,
+        /// Stop each attempt cleanly (its work kept) once it has cost this
+        /// many US dollars (default: the environment's budget).
+        #[arg(long, value_name = "USD")]
+        budget_usd: Option<f64>,
         prompt: String,
     },
     /// List your tasks, newest first.
@@ -87,6 +91,7 @@ pub fn run(args: Args) -> ExitCode {
                 attempts,
                 model,
                 base_ref,
+                budget_usd,
                 prompt,
             } => {
                 let environment = match environment {
@@ -94,7 +99,7 @@ pub fn run(args: Args) -> ExitCode {
                     None => only_environment(&client).await?,
                 };
                 let new = NewTask {
-                    budget_usd: None,
+                    budget_usd,
                     environment,
                     prompt,
                     mode: if ask { Mode::Ask } else { Mode::Code },
@@ -203,6 +208,16 @@ fn print_task(detail: &TaskDetail) {
     let task = &detail.task;
     println!("{}  {}  ({} mode)", task.id, task.status, task.mode);
     println!("{}", terminal_safe(&task.prompt));
+    let mut spending = Vec::new();
+    if let Some(cost) = detail.cost_usd {
+        spending.push(format!("cost {}", format_usd(cost)));
+    }
+    if let Some(budget) = task.budget_usd {
+        spending.push(format!("budget {} per attempt", format_usd(budget)));
+    }
+    if !spending.is_empty() {
+        println!("{}", spending.join(" · "));
+    }
     for attempt in &detail.attempts {
         let stat = match attempt.diff_stat {
             Some(stat) => format!(
@@ -211,11 +226,17 @@ fn print_task(detail: &TaskDetail) {
             ),
             None => "no diff yet".into(),
         };
+        let cost = match attempt.cost_usd {
+            Some(cost) => format!("  {}", format_usd(cost)),
+            None if attempt.usage.total() > 0 => "  cost unknown".to_string(),
+            None => String::new(),
+        };
         println!(
-            "  attempt {}: {}  {}  {}",
+            "  attempt {}: {}  {}{}  {}",
             attempt.n,
             attempt.status,
             stat,
+            cost,
             terminal_safe(attempt.branch.as_deref().unwrap_or_default())
         );
         if let Some(reason) = &attempt.reason {

@@ -1110,3 +1110,74 @@ async fn worktree_json_shows_the_diff_and_the_commit_before_attempt_finished_las
     let title = git_in(kiln.repo.path(), &["log", "-1", "--format=%s", branch]);
     assert_eq!(title.trim(), "kiln: Make the test suite pass.");
 }
+
+fn scripted_usage(input: u64, output: u64) -> kiln_protocol::Usage {
+    kiln_protocol::Usage {
+        input_tokens: input,
+        cached_input_tokens: 0,
+        output_tokens: output,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_stops_a_worktree_run_with_its_work_committed_and_the_footer_shows_the_cost() {
+    // The fix, then turns that only look around; each costs $0.01 at $2/M in.
+    let mut turns =
+        vec![Turn::apply_patch(scenarios::CALC_PY_FIX_PATCH).with_usage(scripted_usage(5_000, 0))];
+    turns.extend((0..5).map(|_| Turn::shell("ls").with_usage(scripted_usage(5_000, 0))));
+    let kiln = Kiln::new(turns).await;
+    kiln.write_config(
+        "model = \"kiln-test-model\"\n\
+         [model_prices.\"kiln-test-model\"]\ninput = 2\ncached_input = 0.5\noutput = 8\n",
+    );
+    let output = kiln
+        .run(&["exec", "--worktree", "--budget-usd", "0.025", "Fix median."])
+        .await;
+    let err = stderr(&output);
+
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "failed budget $0.0250 reached ($0.0300 spent) \
+             tokens: 15000 in (0 cached) · 0 out · cost $0.0300"
+        ),
+        "{err}"
+    );
+    assert_eq!(kiln.server.turns_served(), 3);
+    let branch = git_in(
+        kiln.repo.path(),
+        &[
+            "branch",
+            "--list",
+            "kiln/exec/*",
+            "--format=%(refname:short)",
+        ],
+    );
+    let fixed = git_in(kiln.repo.path(), &["show", &format!("{branch}:calc.py")]);
+    assert!(
+        fixed.contains("ordered[middle - 1]"),
+        "the work is kept: {fixed}"
+    );
+    let events = log_events(&log_path(&output));
+    let finished = events.last().unwrap();
+    assert_eq!(finished["type"], "attempt.finished");
+    assert_eq!(finished["cost_usd"], 0.03);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_without_a_price_gets_the_key_to_set_instead_of_a_cost() {
+    let kiln = Kiln::new(vec![
+        Turn::message("Nothing to do.").with_usage(scripted_usage(1_000, 10))
+    ])
+    .await;
+    let output = kiln
+        .run(&["exec", "-m", "qwen3-coder:30b", "Anything to do?"])
+        .await;
+    assert_success(&output);
+    let err = stderr(&output);
+    assert!(
+        err.contains("· unknown price: set [model_prices.\"qwen3-coder:30b\"]"),
+        "{err}"
+    );
+    assert!(!err.contains("cost $"), "{err}");
+}

@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 mod chat;
 mod config;
 mod error;
+mod pricing;
 mod responses;
 mod retry;
 mod sse;
@@ -64,6 +65,7 @@ mod turn_stream;
 
 pub use config::{ProviderConfig, WireApi, OPENAI_DEFAULT_BASE_URL};
 pub use error::ModelError;
+pub use pricing::{InvalidPrice, ModelPrice, PriceTable};
 pub use retry::{RetryPolicy, TurnRetry};
 
 /// A tool offered to the model, described by a JSON schema for its arguments.

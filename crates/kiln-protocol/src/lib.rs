@@ -20,6 +20,7 @@ mod evidence;
 mod item;
 mod mode;
 mod plan;
+mod price;
 mod report;
 pub mod sse;
 pub mod worker;
@@ -35,4 +36,5 @@ pub use evidence::{
 pub use item::{Item, Role};
 pub use mode::Mode;
 pub use plan::{PlanItem, StepStatus};
+pub use price::{format_usd, ModelPrice};
 pub use report::AttemptReport;

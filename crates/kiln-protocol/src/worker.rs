@@ -117,11 +117,20 @@ pub struct ClaimedSetup {
 }
 
 /// The agent's budgets for this attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimedLimits {
     pub max_turns: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_total_tokens: Option<u64>,
+    /// US dollars the attempt may cost at `price` (the task's budget, else
+    /// its environment's, else the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// The price of the claim's model in the server's table (built-in
+    /// prices and the operator's `[model_prices]`): the worker measures
+    /// cost and budget with it, so that both doors agree. `None`: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<crate::ModelPrice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_clock_secs: Option<u64>,
     pub command_timeout_secs: u64,

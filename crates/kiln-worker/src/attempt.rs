@@ -295,6 +295,8 @@ fn agent_config(base: &AgentConfig, claim: &WorkerClaim) -> AgentConfig {
     let limits = &claim.limits;
     agent.limits.max_turns = limits.max_turns;
     agent.limits.max_total_tokens = limits.max_total_tokens;
+    agent.limits.max_cost_usd = limits.max_cost_usd;
+    agent.prices = kiln_model::PriceTable::only(&claim.model, limits.price);
     agent.limits.wall_clock = limits.wall_clock_secs.map(Duration::from_secs);
     agent.limits.command_timeout = Duration::from_secs(limits.command_timeout_secs);
     agent.limits.max_command_timeout = Duration::from_secs(limits.max_command_timeout_secs);

@@ -186,6 +186,8 @@ fn a_claim() -> WorkerClaim {
         limits: ClaimedLimits {
             max_turns: 5,
             max_total_tokens: None,
+            max_cost_usd: None,
+            price: None,
             wall_clock_secs: None,
             command_timeout_secs: 10,
             max_command_timeout_secs: 10,

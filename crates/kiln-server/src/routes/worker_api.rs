@@ -141,6 +141,7 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
     };
     let agent = &shared.config.agent;
     let limits = &agent.limits;
+    let model = task.model.clone().unwrap_or_else(|| agent.model.clone());
     Ok(WorkerClaim {
         attempt: AttemptAddress {
             task_id: attempt.task_id.clone(),
@@ -151,7 +152,7 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
         try_number: claimed.try_number,
         next_seq: claimed.next_seq,
         mode: task.mode,
-        model: task.model.clone().unwrap_or_else(|| agent.model.clone()),
+        model: model.clone(),
         wire_api: shared.config.provider.wire_api.to_string(),
         prompt,
         resume: claimed.resume,
@@ -171,6 +172,12 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
         limits: ClaimedLimits {
             max_turns: limits.max_turns,
             max_total_tokens: limits.max_total_tokens,
+            max_cost_usd: crate::worker::run::attempt_budget(
+                task,
+                &environment,
+                limits.max_cost_usd,
+            ),
+            price: agent.prices.price(&model),
             wall_clock_secs: limits.wall_clock.map(|d| d.as_secs()),
             command_timeout_secs: limits.command_timeout.as_secs(),
             max_command_timeout_secs: limits.max_command_timeout.as_secs(),

@@ -207,6 +207,7 @@ async fn plan(
     if let Some(model) = &task.model {
         agent.model = model.clone();
     }
+    agent.limits.max_cost_usd = attempt_budget(task, &environment, agent.limits.max_cost_usd);
     let mut plan = AttemptPlan::new(
         agent,
         Workspace::Checkout {
@@ -234,6 +235,16 @@ async fn plan(
         task.id, claimed.attempt.n
     ));
     Ok(plan)
+}
+
+/// The budget of each attempt of `task` in US dollars: the task's own, else
+/// its environment's, else the server's configured one.
+pub(crate) fn attempt_budget(
+    task: &kiln_store::Task,
+    environment: &Environment,
+    server: Option<f64>,
+) -> Option<f64> {
+    task.budget_usd.or(environment.budget_usd).or(server)
 }
 
 /// What reaching an environment's repository and secrets takes, checked now.
