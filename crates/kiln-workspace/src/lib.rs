@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apply;
 mod bases;
 mod cow;
 mod git;
@@ -28,6 +29,10 @@ pub mod mirrors;
 pub mod overlay;
 mod worktree;
 
+pub use apply::{
+    apply, create_branch, preflight, Applied, ApplyError, BranchOutcome, Conflict, ConflictKind,
+    Preflight,
+};
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
 pub use git::{git_command, run_git, run_git_with_env, GitEnv, GitError, Repo};
