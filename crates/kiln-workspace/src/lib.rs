@@ -27,6 +27,7 @@ mod cow;
 mod git;
 pub mod mirrors;
 pub mod overlay;
+mod push;
 mod worktree;
 
 pub use apply::{
@@ -37,4 +38,5 @@ pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
 pub use git::{git_command, run_git, run_git_with_env, GitEnv, GitError, Repo};
 pub use mirrors::{Checkout, CheckoutError, FetchRules, Mirrors, Source, Start};
+pub use push::{push_branch, PushAuth, PushError};
 pub use worktree::{Diff, Worktree};
