@@ -272,6 +272,12 @@ pub fn apply(repo: &Repo, base: &str, commit: &str) -> Result<Applied, ApplyErro
         return Err(ApplyError::Conflicts(preflight.conflicts));
     }
     if !preflight.files.is_empty() {
+        // read-tree trusts the index's stat data: a file touched but not
+        // changed would otherwise count as a local change. The exit status
+        // only says that some file differs, which the preflight allowed.
+        let mut refresh = on_checkout(repo);
+        refresh.args(["update-index", "-q", "--refresh"]);
+        output_of(refresh)?;
         // A two-tree merge, as `git checkout` does: it checks every path
         // before it writes one, and keeps local changes to other files.
         run(

@@ -369,3 +369,24 @@ fn a_branch_is_created_at_the_commit_and_never_moved() {
         );
     }
 }
+
+#[test]
+fn a_file_touched_but_unchanged_is_not_a_local_change() {
+    let (dir, base, commit) = clone_with_attempt();
+    let root = dir.path();
+    let original = read(root, "a.txt");
+    std::fs::write(root.join("a.txt"), "changed for a moment\n").unwrap();
+    std::fs::write(root.join("a.txt"), &original).unwrap();
+    // Well before the index was written, so that git does not re-read the
+    // file as racily clean and only the stat data tells it apart.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("a.txt"))
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let repo = Repo::discover(root).unwrap();
+    apply(&repo, &base, &commit).unwrap();
+    assert_eq!(read(root, "a.txt"), "one\nTWO\nthree\nfour\nfive\n");
+}
