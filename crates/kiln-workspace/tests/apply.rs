@@ -390,3 +390,16 @@ fn a_file_touched_but_unchanged_is_not_a_local_change() {
     apply(&repo, &base, &commit).unwrap();
     assert_eq!(read(root, "a.txt"), "one\nTWO\nthree\nfour\nfive\n");
 }
+
+#[test]
+fn a_file_renamed_upstream_gets_the_attempts_change_under_its_new_name() {
+    let (dir, base, commit) = clone_with_attempt();
+    let root = dir.path();
+    git(root, &["mv", "a.txt", "alpha.txt"]);
+    git(root, &["commit", "-qm", "rename upstream"]);
+    let repo = Repo::discover(root).unwrap();
+    let applied = apply(&repo, &base, &commit).unwrap();
+    assert!(applied.preflight.base_moved);
+    assert_eq!(read(root, "alpha.txt"), "one\nTWO\nthree\nfour\nfive\n");
+    assert!(!root.join("a.txt").exists());
+}
