@@ -255,11 +255,21 @@ async fn apply(
 
 /// The attempt `kiln task apply` takes without --attempt, and why.
 fn default_attempt(detail: &TaskDetail) -> Result<(u32, &'static str)> {
-    if let Some(best) = detail.ranking.first() {
+    let has_commit = |n: u32| {
+        detail
+            .attempts
+            .iter()
+            .any(|a| a.n == n && a.commit_sha.is_some())
+    };
+    // An attempt that changed nothing may rank first (an answer): it has
+    // nothing to apply.
+    if let Some(best) = detail.ranking.iter().find(|e| has_commit(e.attempt)) {
         let why = if best.preferred {
             "marked preferred"
-        } else {
+        } else if best.rank == 1 {
             "the best-ranked"
+        } else {
+            "the best-ranked with a commit"
         };
         return Ok((best.attempt, why));
     }

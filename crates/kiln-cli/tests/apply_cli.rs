@@ -303,3 +303,66 @@ async fn apply_log_brings_a_worktree_runs_commit_into_the_checkout() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_without_a_commit_has_no_bundle_and_task_apply_says_why() {
+    let origin = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(kiln_testkit::Script::new(vec![
+        kiln_testkit::Turn::message("Nothing needs to change."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let allowed = origin.path().display().to_string();
+    let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &allowed]).await;
+    let place = tempfile::tempdir().unwrap();
+    succeeded(
+        &kiln_task(
+            &server,
+            ADMIN_TOKEN,
+            place.path(),
+            &["env", "add", "calc", &allowed],
+        )
+        .await,
+    );
+    let id =
+        succeeded(&kiln_task(&server, ADMIN_TOKEN, place.path(), &["task", "new", "look"]).await);
+    let id = id.trim();
+    let task = server
+        .wait_finished(ADMIN_TOKEN, id, Duration::from_secs(120))
+        .await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    let (status, body) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/bundle"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("has no commit"), "{body}");
+    let (status, _) = server
+        .get(&format!("/api/tasks/{id}/attempts/9/bundle"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 404);
+
+    let clone = clone_of(origin.path(), place.path(), "clone");
+    let before = observable(&clone);
+    let refused = kiln_task(&server, ADMIN_TOKEN, &clone, &["task", "apply", id]).await;
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("--attempt N"),
+        "no attempt to pick, and how to pick one: {err}"
+    );
+    let refused = kiln_task(
+        &server,
+        ADMIN_TOKEN,
+        &clone,
+        &["task", "apply", id, "--attempt", "1"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("has no commit"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(observable(&clone), before);
+}
