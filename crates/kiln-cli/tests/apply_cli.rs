@@ -366,3 +366,60 @@ async fn an_attempt_without_a_commit_has_no_bundle_and_task_apply_says_why() {
     );
     assert_eq!(observable(&clone), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_apply_works_for_an_attempt_a_remote_worker_ran() {
+    let origin = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(scenarios::fix_calc_py()).await;
+    let install = Installation::new();
+    let allowed = origin.path().display().to_string();
+    let server = KilnServer::start_with(
+        &install,
+        &model,
+        1,
+        &["--allow-repo", &allowed, "--no-local-workers"],
+    )
+    .await;
+    let token = serve_support::worker_token(&server, "w1").await;
+    let worker = serve_support::KilnWorker::start(&server, &token, "w1", 1);
+    let place = tempfile::tempdir().unwrap();
+    succeeded(
+        &kiln_task(
+            &server,
+            ADMIN_TOKEN,
+            place.path(),
+            &["env", "add", "calc", &allowed],
+        )
+        .await,
+    );
+    let id = succeeded(
+        &kiln_task(
+            &server,
+            ADMIN_TOKEN,
+            place.path(),
+            &["task", "new", "fix it"],
+        )
+        .await,
+    );
+    let id = id.trim();
+    let task = server
+        .wait_finished(ADMIN_TOKEN, id, Duration::from_secs(120))
+        .await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(
+        task["attempts"][0]["worker_id"]
+            .as_str()
+            .map(|w| w.contains("w1")),
+        Some(true),
+        "{task:#}"
+    );
+    drop(worker);
+
+    let clone = clone_of(origin.path(), place.path(), "clone");
+    let applied = kiln_task(&server, ADMIN_TOKEN, &clone, &["task", "apply", id]).await;
+    let out = succeeded(&applied);
+    assert!(out.contains("onto its own base"), "{out}");
+    assert!(std::fs::read_to_string(clone.join("calc.py"))
+        .unwrap()
+        .contains(FIXED_LINE));
+}
