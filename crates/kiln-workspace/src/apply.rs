@@ -53,8 +53,8 @@ pub enum ApplyError {
         "{name:?} is not a valid branch name: pick one git accepts (see git check-ref-format)"
     )]
     BadBranchName { name: String },
-    #[error("the bundle holds {size} bytes or more, over the {cap} kiln hands out: fetch the attempt's branch with git instead")]
-    BundleTooLarge { size: usize, cap: usize },
+    #[error("the attempt's commits take more than the {cap} bytes kiln hands out as a bundle: read the change with `kiln task diff` instead")]
+    BundleTooLarge { cap: usize },
 }
 
 /// A file that stops the apply, and why.
@@ -378,7 +378,7 @@ pub fn bundle(repo: &Repo, branch: &str, base: &str, cap: usize) -> Result<Vec<u
         cap,
     )?;
     if cut {
-        return Err(ApplyError::BundleTooLarge { size: cap, cap });
+        return Err(ApplyError::BundleTooLarge { cap });
     }
     Ok(bytes)
 }

@@ -403,3 +403,45 @@ fn a_file_renamed_upstream_gets_the_attempts_change_under_its_new_name() {
     assert_eq!(read(root, "alpha.txt"), "one\nTWO\nthree\nfour\nfive\n");
     assert!(!root.join("a.txt").exists());
 }
+
+#[test]
+fn a_bundle_brings_only_the_attempts_objects_and_changes_no_ref() {
+    let (mirror, base, commit) = clone_with_attempt();
+    let server = Repo::discover(mirror.path()).unwrap();
+    let bytes = kiln_workspace::apply::bundle(&server, "kiln/t/1", &base, 1 << 20).unwrap();
+    let err = kiln_workspace::apply::bundle(&server, "kiln/t/1", &base, 16).unwrap_err();
+    assert!(matches!(err, ApplyError::BundleTooLarge { .. }), "{err}");
+
+    let place = tempfile::tempdir().unwrap();
+    let source = mirror.path().display().to_string();
+    git(
+        place.path(),
+        // --no-local: only what main reaches, not a copy of the object store.
+        &[
+            "clone",
+            "-q",
+            "--no-local",
+            "--single-branch",
+            "-b",
+            "main",
+            &source,
+            "user",
+        ],
+    );
+    let user = place.path().join("user");
+    let repo = Repo::discover(&user).unwrap();
+    assert!(!kiln_workspace::apply::has_commit(&repo, &commit).unwrap());
+    let refs_before = git(&user, &["for-each-ref"]);
+    let file = place.path().join("a.bundle");
+    std::fs::write(&file, &bytes).unwrap();
+    let listed = kiln_workspace::apply::unbundle(&repo, &file).unwrap();
+    assert_eq!(
+        listed,
+        [(commit.clone(), "refs/heads/kiln/t/1".to_string())]
+    );
+    assert!(kiln_workspace::apply::has_commit(&repo, &commit).unwrap());
+    assert_eq!(git(&user, &["for-each-ref"]), refs_before);
+    assert!(!user.join(".git/FETCH_HEAD").exists());
+    apply(&repo, &base, &commit).unwrap();
+    assert_eq!(read(&user, "new.txt"), "fresh\n");
+}

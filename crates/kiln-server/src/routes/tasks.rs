@@ -78,8 +78,9 @@ pub(super) async fn diff(
     }
 }
 
-/// The largest bundle served: an attempt's own commits are far smaller.
-const MAX_BUNDLE_BYTES: usize = 512 << 20;
+/// The largest bundle served (it is held in memory while it is sent): an
+/// attempt's own commits are far smaller.
+const MAX_BUNDLE_BYTES: usize = 128 << 20;
 
 /// `GET /api/tasks/{id}/attempts/{n}/bundle`: the attempt's commits as a git
 /// bundle of `<base>..kiln/<task>/<n>` (what `kiln task apply` fetches into
@@ -145,6 +146,9 @@ pub(super) async fn bundle(
     .await
     .map_err(|err| ApiError::Internal(format!("the bundle task stopped: {err}")))?
     .map_err(|err| {
+        if let kiln_workspace::ApplyError::BundleTooLarge { .. } = err {
+            return ApiError::Conflict(err.to_string());
+        }
         let reason = crate::scrub_data_dir(&err.to_string(), &state.inner.config.data_dir);
         tracing::warn!("bundling {attempt_ref} failed: {reason}");
         ApiError::Internal(format!("cannot bundle {attempt_ref}: {reason}"))
