@@ -36,7 +36,7 @@ pub fn run(args: Args) -> ExitCode {
     crate::run_blocking(async move {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let (branch, commit, base) = committed_in(&args.log)?;
-        let repo = Repo::discover(&cwd)?;
+        let repo = your_clone(&cwd, "kiln apply")?;
         if !kiln_workspace::apply::has_commit(&repo, &commit)? {
             bail!(
                 "commit {commit} of {} is not in the repository at {}: run kiln apply in the repository the run's worktree belongs to",
@@ -45,6 +45,17 @@ pub fn run(args: Args) -> ExitCode {
             );
         }
         apply_commit(&repo, &base, &commit, &branch, &args.how)
+    })
+}
+
+/// The repository the current directory is in, which the apply changes.
+pub(crate) fn your_clone(cwd: &Path, command: &str) -> Result<Repo> {
+    Repo::discover(cwd).map_err(|err| match err {
+        kiln_workspace::GitError::NotARepository { path } => anyhow::anyhow!(
+            "{} is not inside a git repository: run {command} in your clone of the repository",
+            path.display()
+        ),
+        other => other.into(),
     })
 }
 

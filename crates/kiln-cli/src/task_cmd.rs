@@ -208,7 +208,7 @@ async fn apply(
     how: &crate::apply_cmd::HowToApply,
 ) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let repo = kiln_workspace::Repo::discover(&cwd)?;
+    let repo = crate::apply_cmd::your_clone(&cwd, "kiln task apply")?;
     let detail = client.get_task(id).await?.value;
     let n = match attempt {
         Some(n) => n,

@@ -288,6 +288,16 @@ async fn apply_log_brings_a_worktree_runs_commit_into_the_checkout() {
         "M  calc.py"
     );
 
+    // Outside any repository: told where to run it.
+    let nowhere = tempfile::tempdir().unwrap();
+    let lost = kiln_local(home.path(), &model, nowhere.path(), &["apply", &log]).await;
+    assert!(!lost.status.success());
+    assert!(
+        text(&lost.stderr).contains("in your clone"),
+        "{}",
+        text(&lost.stderr)
+    );
+
     // The run's branch already holds the commit: --branch says so.
     let branch = created["branch"].as_str().unwrap();
     let branched = kiln_local(

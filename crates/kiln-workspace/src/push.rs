@@ -100,7 +100,7 @@ pub enum PushError {
     },
     #[error("{remote} refused kiln's credentials ({detail}): check the token and that its scopes allow pushing")]
     AuthFailed { remote: String, detail: String },
-    #[error("cannot reach {remote} ({detail}): check the URL, and that the host is up and reachable from the kiln server")]
+    #[error("cannot reach {remote} ({detail}): check the URL, that the host is up and reachable from the kiln server, and that the credential may see the repository (some forges answer \"not found\" to a token without access)")]
     Unreachable { remote: String, detail: String },
     #[error("pushing to {remote} failed: {detail}")]
     Failed { remote: String, detail: String },
