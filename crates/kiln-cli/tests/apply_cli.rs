@@ -215,6 +215,36 @@ async fn task_apply_brings_an_attempt_into_a_clone_checked_merged_or_as_a_branch
         "{}",
         text(&missing.stderr)
     );
+
+    // git failing before it writes (a base the mirror lacks): an error
+    // with git's reason, not an empty bundle, naming no path of the
+    // server's data directory.
+    let data = install.data_dir().display().to_string();
+    let base_file = install.data_dir().join("checkouts").join(id).join("1.base");
+    let recorded = std::fs::read_to_string(&base_file).unwrap();
+    std::fs::write(&base_file, "1".repeat(40)).unwrap();
+    let (status, body) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/bundle"), carol)
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.to_string().contains("git bundle wrote nothing"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&data), "{body}");
+    std::fs::write(&base_file, recorded).unwrap();
+
+    // The branch gone from the server's mirror: the same.
+    let mirror = serve_support::mirror_dir(install.data_dir());
+    git(
+        &mirror,
+        &["update-ref", "-d", &format!("refs/heads/{branch}")],
+    );
+    let (status, body) = server
+        .get(&format!("/api/tasks/{id}/attempts/1/bundle"), carol)
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.to_string().contains(&data), "{body}");
 }
 
 /// `kiln exec`/`kiln apply` in `dir` with their own home and the model server.

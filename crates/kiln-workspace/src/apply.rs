@@ -363,24 +363,49 @@ pub fn unbundle(repo: &Repo, bundle: &Path) -> Result<Vec<(String, String)>, Git
 /// everything reachable from `base` left out: the attempt's own commits,
 /// for a clone that has the base. At most `cap` bytes.
 pub fn bundle(repo: &Repo, branch: &str, base: &str, cap: usize) -> Result<Vec<u8>, ApplyError> {
-    let base = commit_id("the attempt's base", base)?;
-    let (bytes, cut) = run_capped(
-        git_command(repo.git_dir(), None),
-        repo.git_dir(),
-        [
-            "bundle",
-            "create",
-            "-q",
-            "-",
-            &format!("refs/heads/{branch}"),
-            &format!("^{base}"),
-        ],
-        cap,
-    )?;
+    let (command, args) = bundle_parts(repo, branch, base)?;
+    let (bytes, cut) = run_capped(command, repo.git_dir(), args, cap)?;
     if cut {
         return Err(ApplyError::BundleTooLarge { cap });
     }
     Ok(bytes)
+}
+
+/// The git command that writes [`bundle`]'s bundle to its stdout, for a
+/// caller that streams it (stdin, stdout and stderr are the caller's to set).
+pub fn bundle_command(
+    repo: &Repo,
+    branch: &str,
+    base: &str,
+) -> Result<std::process::Command, ApplyError> {
+    let (mut command, args) = bundle_parts(repo, branch, base)?;
+    command.args(args);
+    Ok(command)
+}
+
+fn bundle_parts(
+    repo: &Repo,
+    branch: &str,
+    base: &str,
+) -> Result<(std::process::Command, [String; 6]), ApplyError> {
+    let base = commit_id("the attempt's base", base)?;
+    let refname = format!("refs/heads/{branch}");
+    let mut check = git_command(repo.git_dir(), None);
+    check.args(["check-ref-format", &refname]);
+    if branch.starts_with('-') || !output_of(check)?.status.success() {
+        return Err(ApplyError::BadBranchName {
+            name: branch.to_string(),
+        });
+    }
+    let args = [
+        "bundle".to_string(),
+        "create".to_string(),
+        "-q".to_string(),
+        "-".to_string(),
+        refname,
+        format!("^{base}"),
+    ];
+    Ok((git_command(repo.git_dir(), None), args))
 }
 
 /// `git merge-tree` of `commit` onto `head` with `base` as the merge base:

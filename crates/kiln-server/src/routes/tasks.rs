@@ -78,10 +78,6 @@ pub(super) async fn diff(
     }
 }
 
-/// The largest bundle served (it is held in memory while it is sent): an
-/// attempt's own commits are far smaller.
-const MAX_BUNDLE_BYTES: usize = 128 << 20;
-
 /// `GET /api/tasks/{id}/attempts/{n}/bundle`: the attempt's commits as a git
 /// bundle of `<base>..kiln/<task>/<n>` (what `kiln task apply` fetches into
 /// the user's clone, which must have the base), with the base, commit and
@@ -131,7 +127,7 @@ pub(super) async fn bundle(
     let branch = format!("kiln/{id}/{n}");
     let (bundle_branch, bundle_base, bundle_commit) =
         (branch.clone(), base.clone(), commit.clone());
-    let bytes = tokio::task::spawn_blocking(move || {
+    let command = tokio::task::spawn_blocking(move || {
         let repo = kiln_workspace::Repo::at(&mirror);
         // A follow-up that committed but has not finished yet moved the
         // branch past what the attempt's record says.
@@ -140,24 +136,19 @@ pub(super) async fn bundle(
             Ok(_) => return Ok(None),
             Err(err) => return Err(kiln_workspace::ApplyError::from(err)),
         }
-        kiln_workspace::apply::bundle(&repo, &bundle_branch, &bundle_base, MAX_BUNDLE_BYTES)
-            .map(Some)
+        kiln_workspace::apply::bundle_command(&repo, &bundle_branch, &bundle_base).map(Some)
     })
     .await
     .map_err(|err| ApiError::Internal(format!("the bundle task stopped: {err}")))?
-    .map_err(|err| {
-        if let kiln_workspace::ApplyError::BundleTooLarge { .. } = err {
-            return ApiError::Conflict(err.to_string());
-        }
-        let reason = crate::scrub_data_dir(&err.to_string(), &state.inner.config.data_dir);
-        tracing::warn!("bundling {attempt_ref} failed: {reason}");
-        ApiError::Internal(format!("cannot bundle {attempt_ref}: {reason}"))
-    })?
+    .map_err(|err| bundle_failed(&state, &attempt_ref, &err.to_string()))?
     .ok_or_else(|| {
         ApiError::Conflict(format!(
             "branch {branch} moved on since attempt {n} finished (a follow-up is running?): try again when it is done"
         ))
     })?;
+    let body = stream_bundle(command)
+        .await
+        .map_err(|reason| bundle_failed(&state, &attempt_ref, &reason))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-git-bundle".to_string()),
@@ -165,8 +156,77 @@ pub(super) async fn bundle(
             (header::HeaderName::from_static("kiln-commit"), commit),
             (header::HeaderName::from_static("kiln-branch"), branch),
         ],
-        bytes,
+        body,
     ))
+}
+
+fn bundle_failed(state: &AppState, attempt: &AttemptRef, reason: &str) -> ApiError {
+    // git's errors name the mirror's path: the server's layout is not the user's business.
+    let reason = crate::scrub_data_dir(reason, &state.inner.config.data_dir);
+    tracing::warn!("bundling {attempt} failed: {reason}");
+    ApiError::Internal(format!("cannot bundle {attempt}: {reason}"))
+}
+
+/// git's bundle streamed as it is written, never held whole. git checks
+/// its arguments before it writes anything, so a failure shows as no
+/// output at all: the first chunk is awaited before the answer starts, and
+/// no output is an error with git's reason. git is killed if the client
+/// goes away.
+async fn stream_bundle(command: std::process::Command) -> Result<axum::body::Body, String> {
+    use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
+    let mut command = tokio::process::Command::from(command);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("git's pipes were not opened".into());
+    };
+    // Drained all along, so that git never blocks on it; only the start is kept.
+    let stderr = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut kept).await;
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        kept
+    });
+    let mut stdout = tokio_util::io::ReaderStream::new(stdout);
+    let first = match stdout.next().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(err)) => return Err(format!("reading git's bundle failed: {err}")),
+        None => {
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            let stderr = stderr.await.unwrap_or_default();
+            return Err(format!(
+                "git bundle wrote nothing ({status}): {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ));
+        }
+    };
+    let rest = futures::stream::unfold(
+        (stdout, Some(child)),
+        |(mut stdout, mut child)| async move {
+            match stdout.next().await {
+                Some(chunk) => Some((chunk, (stdout, child))),
+                None => {
+                    if let Some(mut child) = child.take() {
+                        match child.wait().await {
+                            Ok(status) if status.success() => {}
+                            // The client's `git bundle unbundle` refuses the cut bundle.
+                            other => tracing::warn!("git bundle ended badly: {other:?}"),
+                        }
+                    }
+                    None
+                }
+            }
+        },
+    );
+    let chunks = futures::stream::once(async move { Ok(first) }).chain(rest);
+    Ok(axum::body::Body::from_stream(chunks))
 }
 
 pub(super) async fn message(
