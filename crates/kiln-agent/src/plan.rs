@@ -334,6 +334,7 @@ fn record_commit(
             events.emit(EventKind::CommitCreated {
                 branch: checkout.branch().to_string(),
                 sha: sha.clone(),
+                base: Some(checkout.base_commit.clone()),
             });
             report.branch = Some(checkout.branch().to_string());
             report.commit_sha = Some(sha);

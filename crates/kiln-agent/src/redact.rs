@@ -196,7 +196,9 @@ impl Redactor {
                 diff: diff.map(r),
                 fetch,
             },
-            EventKind::CommitCreated { branch, sha } => EventKind::CommitCreated { branch, sha },
+            EventKind::CommitCreated { branch, sha, base } => {
+                EventKind::CommitCreated { branch, sha, base }
+            }
             EventKind::TaskStatus { task_id, status } => EventKind::TaskStatus { task_id, status },
             EventKind::SetupOutput { stream, text } => EventKind::SetupOutput {
                 stream,

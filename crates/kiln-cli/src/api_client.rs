@@ -57,6 +57,15 @@ impl<T> Answer<T> {
 }
 
 /// Which events `GET /api/tasks/{id}/events` sends.
+/// `GET /api/tasks/{id}/attempts/{n}/bundle`'s answer.
+pub struct AttemptBundle {
+    pub base: String,
+    pub commit: String,
+    pub branch: String,
+    /// A git bundle of the attempt's commits, without the base's history.
+    pub bytes: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EventsQuery {
     pub attempt: Option<u32>,
@@ -194,6 +203,43 @@ impl ApiClient {
         )?;
         let response = self.send(request).await?;
         Ok(response.text().await?)
+    }
+
+    /// An attempt's commits as a git bundle (`base..branch`), with the base,
+    /// the commit and the branch the server names in its headers.
+    pub async fn attempt_bundle(&self, id: &str, attempt: u32) -> Result<AttemptBundle> {
+        let n = attempt.to_string();
+        let request = self.request_to(
+            reqwest::Method::GET,
+            &["api", "tasks", id, "attempts", &n, "bundle"],
+            &[],
+        )?;
+        let response = self.send(request).await?;
+        let header = |name: &str| -> Result<String> {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    anyhow!("the server's bundle has no {name} header (is the server another version of kiln?)")
+                })
+        };
+        let (base, commit, branch) = (
+            header("kiln-base-commit")?,
+            header("kiln-commit")?,
+            header("kiln-branch")?,
+        );
+        let bytes = response
+            .bytes()
+            .await
+            .context("reading the attempt's bundle from the server")?;
+        Ok(AttemptBundle {
+            base,
+            commit,
+            branch,
+            bytes: bytes.to_vec(),
+        })
     }
 
     pub async fn cancel_task(&self, id: &str) -> Result<Answer<CancelOutcome>> {

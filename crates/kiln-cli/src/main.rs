@@ -1,6 +1,7 @@
 //! The `kiln` binary.
 
 mod api_client;
+mod apply_cmd;
 mod apply_patch_cmd;
 mod config;
 mod config_keys;
@@ -42,6 +43,9 @@ enum Command {
     Ask(exec_cmd::Args),
     /// Apply a patch in the apply_patch format under the current directory.
     ApplyPatch(apply_patch_cmd::Args),
+    /// Apply a `kiln exec --worktree` run's commit (from its event LOG) to
+    /// the checkout here, 3-way when HEAD moved on; or --branch.
+    Apply(apply_cmd::Args),
     /// Run one command under the sandbox policy an agent's command would get.
     Sandbox(sandbox_cmd::Args),
     /// Serve the HTTP API and run tasks from the queue with a worker pool.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec_cmd::run(args, Mode::Code),
         Command::Ask(args) => exec_cmd::run(args, Mode::Ask),
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
+        Command::Apply(args) => apply_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Task(args) => task_cmd::run(args),

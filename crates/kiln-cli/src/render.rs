@@ -216,7 +216,7 @@ impl HumanRenderer {
                     s.red(&format!("-{}", stat.deletions)),
                 );
             }
-            EventKind::CommitCreated { branch, sha } => {
+            EventKind::CommitCreated { branch, sha, .. } => {
                 out += &format!(
                     "{} {} on branch {branch}; bring it in with: git merge {branch}\n",
                     s.bold("committed"),

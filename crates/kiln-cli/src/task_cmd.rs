@@ -1,4 +1,4 @@
-//! `kiln task new|list|show|logs|diff|cancel|reply`: a client of `kiln serve`.
+//! `kiln task new|list|show|logs|diff|apply|cancel|reply`: a client of `kiln serve`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,6 +67,17 @@ pub enum TaskCommand {
         id: String,
         #[arg(long, default_value_t = 1)]
         attempt: u32,
+    },
+    /// Apply an attempt's commit to the checkout in the current directory
+    /// (3-way when HEAD moved on from its base), after a preflight that
+    /// names every conflicting file; or --branch to create a branch with it.
+    Apply {
+        id: String,
+        /// The attempt (default: the best-ranked one, else the first that succeeded).
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[command(flatten)]
+        how: crate::apply_cmd::HowToApply,
     },
     /// Cancel a task's attempts.
     Cancel { id: String },
@@ -164,6 +175,9 @@ pub fn run(args: Args) -> ExitCode {
                     print!("{diff}");
                 }
             }
+            TaskCommand::Apply { id, attempt, how } => {
+                return apply(&client, &id, attempt, &how).await;
+            }
             TaskCommand::Cancel { id } => {
                 let outcome = client.cancel_task(&id).await?;
                 if json {
@@ -188,6 +202,93 @@ pub fn run(args: Args) -> ExitCode {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `kiln task apply`: the attempt's commits fetched from the server into
+/// the clone here (objects only), then the shared apply.
+async fn apply(
+    client: &ApiClient,
+    id: &str,
+    attempt: Option<u32>,
+    how: &crate::apply_cmd::HowToApply,
+) -> Result<ExitCode> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let repo = crate::apply_cmd::your_clone(&cwd, "kiln task apply")?;
+    let detail = client.get_task(id).await?.value;
+    let n = match attempt {
+        Some(n) => n,
+        None => {
+            let (n, why) = default_attempt(&detail)?;
+            eprintln!("attempt {n} ({why}); pick another with --attempt N");
+            n
+        }
+    };
+    let bundle = client.attempt_bundle(id, n).await?;
+    for (what, sha) in [("base", &bundle.base), ("commit", &bundle.commit)] {
+        if !kiln_workspace::apply::is_commit_id(sha) {
+            bail!("the server named {what} {sha:?}, which is not a commit id");
+        }
+    }
+    if !kiln_workspace::apply::has_commit(&repo, &bundle.base)? {
+        bail!(
+            "attempt {n} started from commit {base}, which your clone at {root} does not have: \
+             fetch it (`git fetch origin`, or `git fetch origin {base}`) and try again",
+            base = bundle.base,
+            root = repo.root().display()
+        );
+    }
+    // In the git directory: the bundle is the user's code, kept from other users.
+    let file = repo
+        .git_dir()
+        .join(format!("kiln-apply-{}.bundle", std::process::id()));
+    std::fs::write(&file, &bundle.bytes)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    let unbundled = kiln_workspace::apply::unbundle(&repo, &file);
+    let _ = std::fs::remove_file(&file);
+    let refs = unbundled.context("cannot read the attempt's bundle")?;
+    if !refs
+        .iter()
+        .any(|(sha, _)| sha.eq_ignore_ascii_case(&bundle.commit))
+    {
+        bail!(
+            "the server's bundle does not hold commit {} it named: try again",
+            bundle.commit
+        );
+    }
+    crate::apply_cmd::apply_commit(&repo, &bundle.base, &bundle.commit, &bundle.branch, how)
+}
+
+/// The attempt `kiln task apply` takes without --attempt, and why.
+fn default_attempt(detail: &TaskDetail) -> Result<(u32, &'static str)> {
+    let has_commit = |n: u32| {
+        detail
+            .attempts
+            .iter()
+            .any(|a| a.n == n && a.commit_sha.is_some())
+    };
+    // An attempt that changed nothing may rank first (an answer): it has
+    // nothing to apply.
+    if let Some(best) = detail.ranking.iter().find(|e| has_commit(e.attempt)) {
+        let why = if best.preferred {
+            "marked preferred"
+        } else if best.rank == 1 {
+            "the best-ranked"
+        } else {
+            "the best-ranked with a commit"
+        };
+        return Ok((best.attempt, why));
+    }
+    let succeeded = detail.attempts.iter().find(|a| {
+        a.status == kiln_protocol::api::AttemptState::Succeeded && a.commit_sha.is_some()
+    });
+    match succeeded {
+        Some(attempt) => Ok((attempt.n, "the first that succeeded with a commit")),
+        None => bail!(
+            "no attempt of task {} succeeded with a commit: pick one with --attempt N (kiln task show {} lists them)",
+            detail.task.id,
+            detail.task.id
+        ),
+    }
 }
 
 async fn only_environment(client: &ApiClient) -> Result<String> {

@@ -263,7 +263,15 @@ pub enum EventKind {
     },
     /// The attempt's change was committed on its branch.
     #[serde(rename = "commit.created")]
-    CommitCreated { branch: String, sha: String },
+    CommitCreated {
+        branch: String,
+        sha: String,
+        /// The commit the attempt's change is measured from (what
+        /// `kiln apply LOG` merges from). Absent in logs written before
+        /// kiln recorded it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
+    },
     /// The task this attempt belongs to changed status (`queued`, `running`,
     /// `succeeded`, `failed`, `cancelled`). Streamed to clients so none polls.
     #[serde(rename = "task.status")]

@@ -103,6 +103,14 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        success: Success::Opaque("application/x-git-bundle"),
+        ..op(
+            "get",
+            "/api/tasks/{id}/attempts/{n}/bundle",
+            "An attempt's commits as a git bundle of base..branch (headers Kiln-Base-Commit, Kiln-Commit, Kiln-Branch), for kiln task apply",
+        )
+    },
+    Operation {
         body: Some(of::<NewMessage>),
         status: 202,
         success: Success::ListOf("messages", of::<Message>),

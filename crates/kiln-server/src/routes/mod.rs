@@ -37,6 +37,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}", get(tasks::show))
         .route("/api/tasks/{id}/events", get(events::stream))
         .route("/api/tasks/{id}/attempts/{n}/diff", get(tasks::diff))
+        .route("/api/tasks/{id}/attempts/{n}/bundle", get(tasks::bundle))
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/workers", get(worker_api::list))

@@ -213,7 +213,7 @@ async fn environment_of(shared: &Shared, task: &Task) -> Result<Environment, Str
 
 /// The base of a follow-up: recorded by a remote run, or by an in-process
 /// run in the base file beside its checkout.
-async fn recorded_base(shared: &Shared, attempt: &AttemptRef) -> Result<String, String> {
+pub(super) async fn recorded_base(shared: &Shared, attempt: &AttemptRef) -> Result<String, String> {
     if let Some(base) = shared
         .store
         .base_commit(attempt)
