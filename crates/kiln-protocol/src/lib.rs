@@ -20,6 +20,7 @@ mod evidence;
 mod item;
 mod mode;
 mod plan;
+pub mod ranking;
 mod report;
 pub mod sse;
 pub mod worker;
