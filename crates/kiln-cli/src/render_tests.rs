@@ -83,3 +83,21 @@ fn a_lone_carriage_return_cannot_hide_the_start_of_a_line() {
 fn bidirectional_overrides_are_made_visible() {
     assert_eq!(terminal_safe("a\u{202e}b"), "a\\u{202e}b");
 }
+
+#[test]
+fn a_ranking_is_one_line_best_first_with_the_preferred_attempt_marked() {
+    let entry = |attempt, rank, preferred| kiln_protocol::RankEntry {
+        attempt,
+        rank,
+        preferred,
+        reasons: vec!["succeeded".into()],
+    };
+    let out = rendered(vec![EventKind::TaskRanked {
+        task_id: "t_1".into(),
+        ranking: vec![entry(3, 1, true), entry(1, 2, false)],
+    }]);
+    assert!(
+        out.contains("ranked 1. attempt 3 (preferred) · 2. attempt 1\n"),
+        "{out}"
+    );
+}
