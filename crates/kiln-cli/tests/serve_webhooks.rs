@@ -279,7 +279,8 @@ async fn completions_are_signed_retried_until_answered_and_listed_for_the_owner_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_an_admin_may_point_a_webhook_at_a_loopback_address() {
+async fn only_an_admin_may_point_a_webhook_at_a_loopback_address_and_none_may_put_a_password_in_it()
+{
     let model = ScriptedServer::start(Script::new(Vec::new())).await;
     let install = Installation::new();
     let server = KilnServer::start(&install, &model, 1).await;
@@ -298,4 +299,14 @@ async fn only_an_admin_may_point_a_webhook_at_a_loopback_address() {
     );
     let (status, answer) = server.post("/api/environments", ADMIN_TOKEN, body).await;
     assert_eq!(status, 201, "{answer}");
+
+    // A credential in the URL would be shown wherever the URL is: refused.
+    let body = json!({
+        "name": "with-password",
+        "repo": "https://93.184.215.14/app.git",
+        "webhook": {"url": "https://kiln:hunter2-password@93.184.215.14/hook", "secret": SECRET},
+    });
+    let (status, answer) = server.post("/api/environments", ADMIN_TOKEN, body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(!answer.to_string().contains("hunter2"), "{answer}");
 }

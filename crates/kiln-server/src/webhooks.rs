@@ -54,6 +54,16 @@ pub(crate) async fn check_url(shared: &Shared, url: &str, admin: bool) -> Result
             format!("webhook.url {url:?} is not an http(s) URL"),
         ));
     }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|err| ApiError::invalid("webhook", format!("webhook.url {url:?}: {err}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // It would be shown by the API and in every delivery listing.
+        return Err(ApiError::invalid(
+            "webhook",
+            "webhook.url carries a user name or password: leave it out; the receiver \
+             authenticates kiln by the X-Kiln-Signature header made with the webhook's secret",
+        ));
+    }
     match shared.config.repo_access.check_async(url, admin).await {
         Ok(_) => Ok(()),
         Err(RepoAccessError::Unsupported(message)) => Err(ApiError::invalid("webhook", message)),
