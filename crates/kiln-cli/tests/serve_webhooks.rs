@@ -310,3 +310,46 @@ async fn only_an_admin_may_point_a_webhook_at_a_loopback_address_and_none_may_pu
     assert_eq!(status, 422, "{answer}");
     assert!(!answer.to_string().contains("hunter2"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_who_lost_admin_rights_gets_no_more_deliveries_to_a_loopback_address() {
+    let model = ScriptedServer::start(Script::new(vec![Turn::message("Nothing to change.")])).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let receiver = Receiver::start("200").await;
+    let (status, ops) = server
+        .post(
+            "/api/tokens",
+            ADMIN_TOKEN,
+            json!({"name": "ops", "admin": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
+    let ops_token = ops["secret"].as_str().unwrap().to_string();
+    let (status, env, _repo) = hooked_environment(&server, &ops_token, "calc", &receiver.url).await;
+    assert_eq!(status, 201, "{env}");
+    let env_id = env["id"].as_str().unwrap().to_string();
+    server.revoke("ops").await;
+
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": env_id, "prompt": "anything to do?", "mode": "ask"}),
+        )
+        .await;
+    server
+        .wait_finished(ADMIN_TOKEN, task["id"].as_str().unwrap(), LONG)
+        .await;
+    let deliveries = wait_deliveries(&server, &env_id, |d| settled(d, 2)).await;
+    for delivery in &deliveries {
+        assert_eq!(delivery["status"], "failed", "{delivery:#}");
+        assert_eq!(delivery["tries"], 1, "{delivery:#}");
+        // No answer recorded: nothing was sent (the receiver answers 200).
+        assert!(delivery.get("response_code").is_none(), "{delivery:#}");
+        let error = delivery["error"].as_str().unwrap();
+        assert!(
+            error.contains("only an admin's environment may send"),
+            "{error}"
+        );
+    }
+}
