@@ -208,6 +208,10 @@ pub(crate) async fn attempts_finished_in(
     };
     let detail = task_detail_in(tx, task_id).await?;
     append_ranked_in(tx, &AttemptRef::new(task_id, log_of), &detail, now_ms).await?;
+    // Most environments have no webhook: build no payload for them.
+    if !crate::webhooks::has_webhook_in(tx, &detail.task.environment_id).await? {
+        return Ok(());
+    }
     for &n in finished {
         if let Some(attempt) = detail.attempts.iter().find(|a| a.n == n) {
             let data = serde_json::json!({

@@ -92,6 +92,11 @@ async fn webhook_url_in(tx: &mut Tx, environment_id: &str) -> Result<Option<Stri
         .map(str::to_string))
 }
 
+/// Whether the environment names a webhook, read in `tx`.
+pub(crate) async fn has_webhook_in(tx: &mut Tx, environment_id: &str) -> Result<bool, OpError> {
+    Ok(webhook_url_in(tx, environment_id).await?.is_some())
+}
+
 /// Queues a delivery of `event` to the environment's webhook inside `tx`;
 /// `None` when the environment has no webhook. The body is
 /// `{event, delivery_id, environment_id, task_id, created_at, data}`.
