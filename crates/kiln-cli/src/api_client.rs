@@ -249,6 +249,25 @@ impl ApiClient {
         self.typed(request, "the outcome of a cancellation").await
     }
 
+    /// Marks attempt `n` preferred, or (`prefer` false) clears the mark
+    /// when it holds it.
+    pub async fn prefer_attempt(
+        &self,
+        id: &str,
+        n: u32,
+        prefer: bool,
+    ) -> Result<Answer<TaskDetail>> {
+        let n = n.to_string();
+        let method = if prefer {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let request =
+            self.request_to(method, &["api", "tasks", id, "attempts", &n, "prefer"], &[])?;
+        self.typed(request, "a task").await
+    }
+
     pub async fn send_message(
         &self,
         id: &str,

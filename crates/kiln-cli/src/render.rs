@@ -253,7 +253,16 @@ impl HumanRenderer {
                     s.dim(&format!("({} ms, {})", check.duration_ms, check.chunk_id))
                 );
             }
-            EventKind::TaskRanked { .. } => {}
+            EventKind::TaskRanked { ranking, .. } => {
+                let places: Vec<String> = ranking
+                    .iter()
+                    .map(|entry| {
+                        let mark = if entry.preferred { " (preferred)" } else { "" };
+                        format!("{}. attempt {}{mark}", entry.rank, entry.attempt)
+                    })
+                    .collect();
+                out += &format!("{} {}\n", s.bold("ranked"), places.join(" · "));
+            }
             EventKind::PrOpened { url, updated, .. } => {
                 let word = if *updated {
                     "pull request updated"

@@ -115,3 +115,21 @@ fn the_footer_shows_the_attempts_cost_or_the_key_that_would_price_it() {
         "{out}"
     );
 }
+
+#[test]
+fn a_ranking_is_one_line_best_first_with_the_preferred_attempt_marked() {
+    let entry = |attempt, rank, preferred| kiln_protocol::RankEntry {
+        attempt,
+        rank,
+        preferred,
+        reasons: vec!["succeeded".into()],
+    };
+    let out = rendered(vec![EventKind::TaskRanked {
+        task_id: "t_1".into(),
+        ranking: vec![entry(3, 1, true), entry(1, 2, false)],
+    }]);
+    assert!(
+        out.contains("ranked 1. attempt 3 (preferred) · 2. attempt 1\n"),
+        "{out}"
+    );
+}

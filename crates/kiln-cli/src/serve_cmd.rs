@@ -56,6 +56,19 @@ pub struct Args {
     /// at loopback, private or link-local addresses.
     #[arg(long = "allow-repo", value_name = "PREFIX")]
     pub allow_repo: Vec<String>,
+    /// Seconds an outgoing webhook delivery that failed waits before each
+    /// next try (comma-separated; fractions allowed). After the last one
+    /// the delivery is failed: the default makes 5 tries over ~36 minutes.
+    #[arg(
+        long,
+        value_name = "SECS,…",
+        value_delimiter = ',',
+        default_value = "10,60,300,1800"
+    )]
+    pub webhook_retry_delays: Vec<f64>,
+    /// Seconds one webhook try may take, from connecting to the answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
     /// A token that may read /metrics besides admin tokens (for a scraper).
     #[arg(
         long,
@@ -144,6 +157,7 @@ async fn serve(args: Args) -> Result<()> {
     server_config.lease = Duration::from_secs(args.lease_secs.max(3));
     server_config.drain = Duration::from_secs(args.drain_secs);
     server_config.repo_access = repo_access;
+    server_config.webhooks = webhook_delivery(&args)?;
     server_config.body_limit = args.max_body_bytes;
     server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {
         (true, _) => MetricsAccess::Public,
@@ -237,4 +251,29 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The webhook retry schedule from the flags. The queue is looked at every
+/// second, or as often as the shortest delay needs.
+fn webhook_delivery(args: &Args) -> anyhow::Result<kiln_server::WebhookDelivery> {
+    let mut retry_delays = Vec::with_capacity(args.webhook_retry_delays.len());
+    for &secs in &args.webhook_retry_delays {
+        if !(secs.is_finite() && secs > 0.0 && secs <= 7.0 * 86_400.0) {
+            anyhow::bail!(
+                "--webhook-retry-delays: {secs} is not a delay; give seconds above 0 and at most a week, e.g. 10,60,300"
+            );
+        }
+        retry_delays.push(Duration::from_secs_f64(secs));
+    }
+    let poll = retry_delays
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    Ok(kiln_server::WebhookDelivery {
+        retry_delays,
+        timeout: Duration::from_secs(args.webhook_timeout_secs.max(1)),
+        poll,
+    })
 }

@@ -1,4 +1,4 @@
-//! `kiln task new|list|show|logs|diff|apply|cancel|reply`: a client of `kiln serve`.
+//! `kiln task new|list|show|logs|diff|apply|cancel|prefer|reply`: a client of `kiln serve`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -81,6 +81,14 @@ pub enum TaskCommand {
     },
     /// Cancel a task's attempts.
     Cancel { id: String },
+    /// Mark a finished attempt preferred: it ranks first whatever the
+    /// evidence (--clear takes the mark off it again).
+    Prefer {
+        id: String,
+        attempt: u32,
+        #[arg(long)]
+        clear: bool,
+    },
     /// Send a message: steers a running attempt, continues a finished one.
     Reply {
         id: String,
@@ -187,6 +195,14 @@ pub fn run(args: Args) -> ExitCode {
                         "cancelled attempts {:?}; stopping running attempts {:?}",
                         outcome.value.cancelled, outcome.value.cancel_requested
                     );
+                }
+            }
+            TaskCommand::Prefer { id, attempt, clear } => {
+                let task = client.prefer_attempt(&id, attempt, !clear).await?;
+                if json {
+                    task.print_json();
+                } else {
+                    print_ranking(&task.value);
                 }
             }
             TaskCommand::Reply { id, text, attempt } => {
@@ -348,6 +364,36 @@ fn print_task(detail: &TaskDetail) {
                 println!("    {}", terminal_safe(line));
             }
         }
+    }
+    print_ranking(detail);
+}
+
+/// The finished attempts best first, each with the evidence weighed.
+fn print_ranking(detail: &TaskDetail) {
+    if detail.ranking.is_empty() {
+        println!("ranking: no attempt finished yet");
+        return;
+    }
+    println!("ranking (best first):");
+    for entry in &detail.ranking {
+        // Reasons quote check names from the repository's configuration.
+        let reasons: Vec<String> = entry
+            .reasons
+            .iter()
+            .map(|r| terminal_safe(r).into_owned())
+            .collect();
+        println!(
+            "  {}. attempt {}: {}",
+            entry.rank,
+            entry.attempt,
+            reasons.join("; ")
+        );
+    }
+    if let Some(n) = detail.task.preferred_attempt {
+        println!(
+            "  (attempt {n} ranks first by a user's preference; clear it with: kiln task prefer --clear {} {n})",
+            detail.task.id
+        );
     }
 }
 

@@ -29,13 +29,20 @@ struct Result {
 }
 
 /// The event types that say what the attempt did, in order (streamed
-/// deltas, usage and the SSE-only status frames left out; a command's
-/// output counted once, since how the pipes split it varies from run to run).
+/// deltas, usage, the SSE-only status frames and the task's `task.ranked`,
+/// which the server's store appends after the finish and `kiln exec` has no
+/// task for, left out; a command's output counted once, since how the pipes
+/// split it varies from run to run).
 fn steps(events: &[Value]) -> Vec<String> {
     let mut steps: Vec<String> = events
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_string())
-        .filter(|t| !matches!(t.as_str(), "model.delta" | "usage" | "task.status"))
+        .filter(|t| {
+            !matches!(
+                t.as_str(),
+                "model.delta" | "usage" | "task.status" | "task.ranked"
+            )
+        })
         .collect();
     steps.dedup_by(|a, b| a == "exec.output" && b == "exec.output");
     steps

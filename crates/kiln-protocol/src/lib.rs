@@ -21,6 +21,7 @@ mod item;
 mod mode;
 mod plan;
 mod price;
+pub mod ranking;
 mod report;
 pub mod sse;
 pub mod worker;

@@ -57,6 +57,31 @@ pub enum MetricsAccess {
     Public,
 }
 
+/// How outgoing webhooks are delivered (docs/webhooks.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// The waits before the 2nd, 3rd, … try of a delivery that failed; once
+    /// they are used up the delivery is `failed`. Five tries by default.
+    pub retry_delays: Vec<Duration>,
+    /// One try's limit, from connecting to the end of the answer.
+    pub timeout: Duration,
+    /// How often the queue is looked at for due deliveries.
+    pub poll: Duration,
+}
+
+impl Default for WebhookDelivery {
+    fn default() -> Self {
+        WebhookDelivery {
+            retry_delays: [10, 60, 300, 1800]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Everything [`crate::Server`] needs besides the store.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -89,6 +114,8 @@ pub struct ServerConfig {
     /// --no-local-workers`, only remote `kiln worker`s run attempts; the
     /// expired-lease sweep runs either way).
     pub local_workers: bool,
+    /// Outgoing webhooks' retry schedule and timeouts.
+    pub webhooks: WebhookDelivery,
 }
 
 impl ServerConfig {
@@ -113,6 +140,7 @@ impl ServerConfig {
             limits: ConnectionLimits::default(),
             metrics_access: MetricsAccess::default(),
             local_workers: true,
+            webhooks: WebhookDelivery::default(),
         }
     }
 }

@@ -54,6 +54,7 @@ mod routes;
 mod secret_key;
 mod slots;
 mod state;
+mod webhooks;
 mod worker;
 
 use std::sync::Arc;
@@ -62,7 +63,9 @@ use kiln_store::{RecoverScope, RecoveryReport, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConnectionLimits, MetricsAccess, ServerConfig, DEFAULT_BODY_LIMIT};
+pub use config::{
+    ConnectionLimits, MetricsAccess, ServerConfig, WebhookDelivery, DEFAULT_BODY_LIMIT,
+};
 pub use data_dir::{secure_data_dir, secure_data_files, DataDirLock};
 pub use error::ApiError;
 pub use repo_access::{
@@ -181,6 +184,10 @@ impl Server {
                 shutdown.clone(),
             ))
         };
+        let webhooks = tokio::spawn(webhooks::run_deliveries(
+            self.state.inner.clone(),
+            shutdown.clone(),
+        ));
         let app = self.router();
         let streams = self.state.inner.shutdown.clone();
         let limits = self.state.inner.config.limits.clone();
@@ -191,6 +198,7 @@ impl Server {
         .await;
         shutdown.cancel();
         let _ = pool.await;
+        let _ = webhooks.await;
         Ok(())
     }
 }

@@ -12,13 +12,14 @@ use kiln_protocol::api::{
     TaskQuery,
 };
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
+use kiln_protocol::WebhookDelivery;
 use kiln_store::TokenInfo;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
 use crate::error::ErrorBody;
-use crate::routes::{CreatedToken, NewTokenBody};
+use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -68,6 +69,15 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         ..op("get", "/api/environments", "List environments")
     },
     Operation {
+        query: Some(of_inline::<DeliveryQuery>),
+        success: Success::ListOf("deliveries", of::<WebhookDelivery>),
+        ..op(
+            "get",
+            "/api/environments/{id}/webhook/deliveries",
+            "The environment's outgoing webhook deliveries, newest first (?limit=, owner or admin)",
+        )
+    },
+    Operation {
         body: Some(of::<NewTask>),
         status: 201,
         success: Success::Json(of::<TaskDetail>),
@@ -108,6 +118,22 @@ pub(crate) const OPERATIONS: &[Operation] = &[
             "get",
             "/api/tasks/{id}/attempts/{n}/bundle",
             "An attempt's commits as a git bundle of base..branch (headers Kiln-Base-Commit, Kiln-Commit, Kiln-Branch), for kiln task apply",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TaskDetail>),
+        ..op(
+            "post",
+            "/api/tasks/{id}/attempts/{n}/prefer",
+            "Mark a finished attempt preferred: it ranks first",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TaskDetail>),
+        ..op(
+            "delete",
+            "/api/tasks/{id}/attempts/{n}/prefer",
+            "Clear the preferred mark when this attempt holds it",
         )
     },
     Operation {

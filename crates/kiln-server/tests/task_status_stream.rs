@@ -140,6 +140,16 @@ async fn the_stream_sends_each_status_change_in_order_and_ends_after_the_final_o
         }
         other => panic!("expected attempt.finished, got {other:?}"),
     }
+    // The finish changed the ranking, in the same transaction.
+    match stream.next().await {
+        Some(TaskStreamItem::Event { event, .. }) => {
+            assert!(
+                matches!(event.event.kind, EventKind::TaskRanked { .. }),
+                "{event:?}"
+            );
+        }
+        other => panic!("expected task.ranked, got {other:?}"),
+    }
     assert_eq!(stream.next().await, status(&id, TaskStatus::Succeeded));
     assert_eq!(
         stream.next().await,
@@ -150,10 +160,12 @@ async fn the_stream_sends_each_status_change_in_order_and_ends_after_the_final_o
     // A stream opened on the finished task replays the log and ends with
     // the status too, and a resumed one sends the status after no events.
     let mut replay = Stream::open(&url, &id, "").await;
-    assert!(matches!(
-        replay.next().await,
-        Some(TaskStreamItem::Event { .. })
-    ));
+    for _ in ["attempt.finished", "task.ranked"] {
+        assert!(matches!(
+            replay.next().await,
+            Some(TaskStreamItem::Event { .. })
+        ));
+    }
     assert_eq!(replay.next().await, status(&id, TaskStatus::Succeeded));
     assert_eq!(replay.next().await, None);
     let mut resumed = Stream::open(&url, &id, "?after=1000").await;

@@ -69,6 +69,7 @@ mod secrets;
 mod store;
 mod tasks;
 mod tokens;
+mod webhooks;
 mod workers;
 
 pub use changes::{Change, Subscription, Wake};
@@ -92,6 +93,10 @@ pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use store::Store;
 pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
+pub use webhooks::{
+    DueWebhook, WebhookTry, MAX_DELIVERIES_LISTED, WEBHOOK_ATTEMPT_FINISHED, WEBHOOK_PR_OPENED,
+    WEBHOOK_TASK_FINISHED,
+};
 pub use workers::{remote_worker_id, LeaseHolder, RemoteClaim, MAX_WORKER_NAME};
 
 #[cfg(test)]

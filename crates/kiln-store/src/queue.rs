@@ -292,7 +292,8 @@ impl Store {
             if changed == 0 {
                 return Err(lease_lost(worker_id, attempt).into());
             }
-            refresh_task_status(tx, &attempt.task_id, now).await
+            refresh_task_status(tx, &attempt.task_id, now).await?;
+            crate::tasks::attempts_finished_in(tx, &attempt.task_id, &[attempt.n], now).await
         }
     }
 
@@ -354,6 +355,7 @@ impl Store {
                     .await?,
                 );
             }
+            crate::tasks::attempts_finished_in(&mut tx, task_id, &cancelled, now).await?;
             if let Some(last_id) = last_event {
                 changes.push(Change::Events {
                     task_id: task_id.to_string(),
@@ -537,6 +539,15 @@ impl Store {
         };
         let last_id =
             crate::events::append_store_events(&mut tx, &lost.attempt, vec![notice], now).await?;
+        if verdict != Verdict::Requeued {
+            crate::tasks::attempts_finished_in(
+                &mut tx,
+                &lost.attempt.task_id,
+                std::slice::from_ref(&lost.attempt.n),
+                now,
+            )
+            .await?;
+        }
         let mut changes = vec![Change::Events {
             task_id: lost.attempt.task_id.clone(),
             last_id,

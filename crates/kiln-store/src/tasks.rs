@@ -5,12 +5,12 @@ use kiln_protocol::api::{
     Attempt, AttemptState, NewTask, Task, TaskDetail, TaskPage, TaskQuery, TaskStatus,
     MAX_ATTEMPTS, MAX_PAGE,
 };
-use kiln_protocol::{micros_from_usd, usd_from_micros, DiffStat, Mode, Usage};
+use kiln_protocol::{micros_from_usd, usd_from_micros, DiffStat, EventKind, Mode, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Change;
 use crate::clock::from_millis;
-use crate::db::{query, DbRow};
+use crate::db::{query, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::ids::looks_like_id;
 use crate::tokens::Principal;
@@ -139,16 +139,111 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, OpError> {
 
 /// A task with its attempts and what is derived from them: the total cost
 /// and (filled by the ranking) each finished attempt's place.
-pub(crate) fn task_detail(task: Task, attempts: Vec<Attempt>) -> TaskDetail {
+pub(crate) fn task_detail(task: Task, mut attempts: Vec<Attempt>) -> TaskDetail {
     let costs: Vec<f64> = attempts.iter().filter_map(|a| a.cost_usd).collect();
     let cost_usd = (!costs.is_empty()).then(|| costs.iter().sum());
+    let ranking = kiln_protocol::ranking::rank(&attempts, task.preferred_attempt);
+    kiln_protocol::ranking::apply_ranks(&mut attempts, &ranking);
     TaskDetail {
         task,
         attempts,
-        ranking: Vec::new(),
+        ranking,
         cost_usd,
         pull_request: None,
     }
+}
+
+/// A task with its attempts as `tx` sees them (e.g. right after one of
+/// them finished in it).
+pub(crate) async fn task_detail_in(tx: &mut Tx, task_id: &str) -> Result<TaskDetail, OpError> {
+    let task = tx
+        .fetch_optional(query(concat!(select_task!(), "WHERE id = $1")).bind(task_id))
+        .await?
+        .ok_or_else(|| StoreError::not_found(format!("task {task_id}")))?;
+    let task = task_from_row(&task)?;
+    let attempts = tx
+        .fetch_all(query(concat!(select_attempt!(), "WHERE task_id = $1 ORDER BY n")).bind(task_id))
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(task_detail(task, attempts))
+}
+
+/// Appends `task.ranked` with `detail`'s ranking to the log of `log_of`,
+/// which must be a finished attempt (no worker appends to its log).
+async fn append_ranked_in(
+    tx: &mut Tx,
+    log_of: &AttemptRef,
+    detail: &TaskDetail,
+    now_ms: i64,
+) -> Result<(), OpError> {
+    let ranked = EventKind::TaskRanked {
+        task_id: log_of.task_id.clone(),
+        ranking: detail.ranking.clone(),
+    };
+    let last_id = crate::events::append_store_events(tx, log_of, vec![ranked], now_ms).await?;
+    tx.notify_on_commit(Change::Events {
+        task_id: log_of.task_id.clone(),
+        last_id,
+    });
+    Ok(())
+}
+
+/// After attempts of a task finished in `tx`: appends `task.ranked` to the
+/// log of the last of them (a finished attempt's log, so no worker writes
+/// to it concurrently; a client reconnecting with `Last-Event-ID` gets it
+/// again), and queues the environment's webhook deliveries
+/// (`attempt.finished` for each, `task.finished` when the task is done) in
+/// the same transaction, so that neither is lost or sent for a change that
+/// rolled back.
+pub(crate) async fn attempts_finished_in(
+    tx: &mut Tx,
+    task_id: &str,
+    finished: &[u32],
+    now_ms: i64,
+) -> Result<(), OpError> {
+    let Some(&log_of) = finished.last() else {
+        return Ok(());
+    };
+    let detail = task_detail_in(tx, task_id).await?;
+    append_ranked_in(tx, &AttemptRef::new(task_id, log_of), &detail, now_ms).await?;
+    // Most environments have no webhook: build no payload for them.
+    if !crate::webhooks::has_webhook_in(tx, &detail.task.environment_id).await? {
+        return Ok(());
+    }
+    for &n in finished {
+        if let Some(attempt) = detail.attempts.iter().find(|a| a.n == n) {
+            let data = serde_json::json!({
+                "task": detail.task,
+                "attempt": attempt,
+                "ranking": detail.ranking,
+            });
+            crate::webhooks::enqueue_in(
+                tx,
+                &detail.task.environment_id,
+                task_id,
+                crate::webhooks::ATTEMPT_FINISHED,
+                data,
+                now_ms,
+            )
+            .await?;
+        }
+    }
+    if detail.task.status.is_finished() {
+        let data = serde_json::to_value(&detail)
+            .map_err(|e| StoreError::invalid("task", e.to_string()))?;
+        crate::webhooks::enqueue_in(
+            tx,
+            &detail.task.environment_id,
+            task_id,
+            crate::webhooks::TASK_FINISHED,
+            data,
+            now_ms,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// `budget_usd` as given, checked: a positive, finite number of dollars.
@@ -218,6 +313,80 @@ impl Store {
             })
             .await?;
         self.task(owner, &task_id).await
+    }
+
+    /// Marks attempt `attempt` of a task preferred, or clears the mark
+    /// (`None`): the preferred attempt ranks first whatever the evidence.
+    /// Only a finished attempt may be preferred. A change of the ranking
+    /// appends `task.ranked` (to the preferred attempt's log, or on clearing
+    /// to the new best one's). Returns the task as it is now.
+    pub async fn prefer_attempt(
+        &self,
+        who: &Principal,
+        task_id: &str,
+        attempt: Option<u32>,
+    ) -> Result<TaskDetail> {
+        self.run("mark an attempt preferred", || async {
+            self.visible_task(who, task_id).await?;
+            let now = self.now_ms();
+            let mut tx = self.begin().await?;
+            // The task row's lock first: an attempt finishing or reopening
+            // meanwhile waits, so the status read below holds until commit.
+            let before = tx
+                .fetch_optional(
+                    query(
+                        "UPDATE tasks SET updated_at = $2 WHERE id = $1
+                         RETURNING preferred_attempt",
+                    )
+                    .bind(task_id)
+                    .bind(now),
+                )
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("task {task_id}")))?
+                .opt_int("preferred_attempt")?;
+            let detail = task_detail_in(&mut tx, task_id).await?;
+            if let Some(n) = attempt {
+                let Some(chosen) = detail.attempts.iter().find(|a| a.n == n) else {
+                    return Err(StoreError::invalid(
+                        "attempt",
+                        format!(
+                            "task {task_id} has no attempt {n}: its attempts are 1 to {}",
+                            detail.task.attempt_count
+                        ),
+                    )
+                    .into());
+                };
+                if !chosen.status.is_finished() {
+                    return Err(StoreError::Conflict {
+                        message: format!(
+                            "attempt {n} of task {task_id} is {}: only a finished attempt can be \
+                             preferred; wait until it finishes",
+                            chosen.status
+                        ),
+                    }
+                    .into());
+                }
+            }
+            if before == attempt.map(i64::from) {
+                // Nothing changes: roll back rather than announce a ranking again.
+                drop(tx);
+                return Ok(detail);
+            }
+            tx.execute(
+                query("UPDATE tasks SET preferred_attempt = $2 WHERE id = $1")
+                    .bind(task_id)
+                    .bind(attempt.map(i64::from)),
+            )
+            .await?;
+            let detail = task_detail_in(&mut tx, task_id).await?;
+            let log_of = attempt.or_else(|| detail.ranking.first().map(|e| e.attempt));
+            if let Some(n) = log_of {
+                append_ranked_in(&mut tx, &AttemptRef::new(task_id, n), &detail, now).await?;
+            }
+            self.commit(tx, Vec::new()).await?;
+            Ok(detail)
+        })
+        .await
     }
 
     /// A task with its attempts, if `who` owns it or is admin.

@@ -23,6 +23,9 @@ pub(super) async fn create(
         .repo_access
         .check_async(&kiln_store::repo_without_credential(&new.repo), who.admin)
         .await?;
+    if let Some(webhook) = &new.webhook {
+        crate::webhooks::check_url(&state.inner, webhook.url.trim(), who.admin).await?;
+    }
     let created = state.store().create_environment(&who, &new).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

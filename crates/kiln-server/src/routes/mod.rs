@@ -4,8 +4,10 @@ mod environments;
 mod events;
 mod json;
 mod ops;
+mod ranking;
 mod tasks;
 mod tokens;
+mod webhooks;
 mod worker_api;
 
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +21,7 @@ pub(crate) use json::ApiJson;
 // The token bodies the OpenAPI document derives schemas from (the others
 // are in kiln_protocol::api).
 pub(crate) use tokens::{CreatedToken, NewTokenBody};
+pub(crate) use webhooks::DeliveryQuery;
 
 /// Every route of the API; `/api/*` routes authenticate through [`crate::auth::Caller`].
 pub(crate) fn router(state: AppState) -> Router {
@@ -30,6 +33,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/environments",
             post(environments::create).get(environments::list),
         )
+        .route(
+            "/api/environments/{id}/webhook/deliveries",
+            get(webhooks::deliveries),
+        )
         .route("/api/openapi.json", get(openapi))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
         .route("/api/tokens/{id}", delete(tokens::revoke))
@@ -38,6 +45,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/events", get(events::stream))
         .route("/api/tasks/{id}/attempts/{n}/diff", get(tasks::diff))
         .route("/api/tasks/{id}/attempts/{n}/bundle", get(tasks::bundle))
+        .route(
+            "/api/tasks/{id}/attempts/{n}/prefer",
+            post(ranking::prefer).delete(ranking::clear),
+        )
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/workers", get(worker_api::list))

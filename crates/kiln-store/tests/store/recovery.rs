@@ -77,8 +77,11 @@ on_both_backends! {
         assert_eq!(detail.task.status, TaskStatus::Failed);
         assert_eq!(t.store.claim_next("w", LEASE).await.unwrap(), None);
         let log = t.store.events(&task.task.id, Some(1), 0, 100).await.unwrap();
-        let last = log.last().unwrap().event().unwrap();
-        assert!(matches!(last.kind, EventKind::AttemptFinished { status: AttemptStatus::Failed, .. }));
+        let kinds: Vec<EventKind> =
+            log.iter().rev().take(2).map(|e| e.event().unwrap().kind).collect();
+        // The finish, then the ranking it changed.
+        assert!(matches!(kinds[0], EventKind::TaskRanked { .. }), "{kinds:?}");
+        assert!(matches!(kinds[1], EventKind::AttemptFinished { status: AttemptStatus::Failed, .. }));
     }
 
     async fn server_restart_recovers_every_running_attempt(t) {
