@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln_protocol::Mode;
+use kiln_protocol::{CheckSpec, Mode};
 
 /// Everything [`run_attempt`](crate::run_attempt) needs besides the model, the
 /// sandbox and the conversation. Build it with [`AgentConfig::new`] and adjust
@@ -29,6 +29,13 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Extra guidance from the user's configuration, appended to the system prompt.
     pub user_instructions: Option<String>,
+    /// Checks the caller adds to the repository's (an environment's, `kiln
+    /// exec --check`); one of the same name replaces the repository's. See
+    /// docs/checks.md.
+    pub checks: Vec<CheckSpec>,
+    /// Whether kiln runs the checks after the agent's last turn (`kiln exec
+    /// --no-checks` turns them off).
+    pub run_checks: bool,
 }
 
 impl AgentConfig {
@@ -44,6 +51,8 @@ impl AgentConfig {
             instructions: InstructionsConfig::default(),
             limits: Limits::default(),
             user_instructions: None,
+            checks: Vec::new(),
+            run_checks: true,
         }
     }
 }
@@ -83,6 +92,11 @@ pub struct Limits {
     pub context_window: u64,
     /// Bytes of one command's output sent to the model (head and tail halves).
     pub tool_output_max_bytes: usize,
+    /// Model turns the agent gets to fix a failing check before kiln re-runs
+    /// the checks and records the result; 0 records the failure at once.
+    pub check_fix_turns: u32,
+    /// Timeout of a check that names none (`timeout_secs`).
+    pub check_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -95,6 +109,8 @@ impl Default for Limits {
             max_command_timeout: Duration::from_secs(600),
             context_window: 128_000,
             tool_output_max_bytes: 16 * 1024,
+            check_fix_turns: 3,
+            check_timeout: Duration::from_secs(600),
         }
     }
 }
