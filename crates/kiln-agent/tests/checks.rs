@@ -314,7 +314,7 @@ async fn an_invalid_citation_gets_one_correction_turn_and_the_corrected_message_
 
 #[tokio::test]
 async fn a_citation_still_invalid_after_the_correction_is_flagged_and_there_is_no_second_turn() {
-    let mut harness = Harness::new(
+    let harness = Harness::new(
         Mode::Code,
         vec![
             Turn::message("See 【F:missing.py†L1】."),
