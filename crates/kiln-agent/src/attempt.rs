@@ -767,10 +767,12 @@ impl Attempt<'_> {
             if let Some(end) = self.stopped() {
                 return Some(end);
             }
+            // A repository's check must not hold the attempt longer than
+            // the operator allows, whatever it asks for.
+            let ceiling = self.config.limits.check_timeout;
             let timeout = check
                 .timeout_secs
-                .map(Duration::from_secs)
-                .unwrap_or(self.config.limits.check_timeout);
+                .map_or(ceiling, |secs| Duration::from_secs(secs).min(ceiling));
             let call_id = format!("check:{}", check.name);
             let (_, chunk_id, ended) = self
                 .toolbox

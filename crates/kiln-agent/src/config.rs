@@ -95,7 +95,8 @@ pub struct Limits {
     /// Model turns the agent gets to fix a failing check before kiln re-runs
     /// the checks and records the result; 0 records the failure at once.
     pub check_fix_turns: u32,
-    /// Timeout of a check that names none (`timeout_secs`).
+    /// Timeout of a check that names none, and the most a check's own
+    /// `timeout_secs` gets.
     pub check_timeout: Duration,
 }
 
