@@ -89,7 +89,8 @@ pub fn discover_checks(root: &Path, configured: &[CheckSpec]) -> DiscoveredCheck
     let (mut checks, replaced) = merge_named(configured.to_vec(), repository);
     for name in replaced {
         warnings.push(format!(
-            "the repository's check `{name}` is replaced by the environment's check of that name"
+            "the repository's check `{name}` is replaced by the check of that name given to kiln \
+             (the environment's, or `kiln exec --check`)"
         ));
     }
     if checks.len() > MAX_CHECKS {

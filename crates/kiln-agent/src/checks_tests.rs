@@ -251,7 +251,9 @@ fn both_sources_are_merged_config_first_and_the_environment_wins_a_name() {
     );
     assert_eq!(found.warnings.len(), 2, "{:?}", found.warnings);
     assert!(found.warnings[0].contains("`lint` of AGENTS.md is also in .kiln/config.toml"));
-    assert!(found.warnings[1].contains("repository's check `tests` is replaced"));
+    assert!(found.warnings[1].contains(
+        "repository's check `tests` is replaced by the check of that name given to kiln"
+    ));
 }
 
 #[test]
