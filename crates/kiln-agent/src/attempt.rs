@@ -204,7 +204,10 @@ pub(crate) async fn run_loop(
         stop,
         deadline_hit,
         system_prompt: system_prompt(config.mode, config.user_instructions.as_deref()),
-        guidance: instructions_message(&instructions, &cwd.display().to_string()),
+        guidance: with_checks_note(
+            instructions_message(&instructions, &cwd.display().to_string()),
+            &checks,
+        ),
         tools: toolbox.specs(),
         toolbox,
         history: input.history,
@@ -861,6 +864,25 @@ impl Attempt<'_> {
         }
         corrected.filter(|text| !text.trim().is_empty())
     }
+}
+
+/// The guidance, with the checks kiln will run named up front, so that the
+/// model can run them itself before it claims to be done.
+fn with_checks_note(guidance: Option<String>, checks: &[CheckSpec]) -> Option<String> {
+    if checks.is_empty() {
+        return guidance;
+    }
+    let mut note = String::from(
+        "After your final message kiln runs these checks itself, from the repository root, \
+         and judges your work by them; run them before you finish:\n",
+    );
+    for check in checks {
+        note.push_str(&format!("- {}: `{}`\n", check.name, check.command));
+    }
+    Some(match guidance {
+        Some(guidance) => format!("{guidance}\n\n{note}"),
+        None => note,
+    })
 }
 
 /// The message that gives the model its chance to fix failing checks.

@@ -111,6 +111,16 @@ async fn a_model_that_claims_success_without_fixing_gets_checks_failed() {
     assert!(told.contains("terminal chunk t1"), "{told}");
     assert!(told.contains("FAILED (failures=1, errors=1)"), "{told}");
     assert!(told.contains("up to 3 turns"), "{told}");
+    // It was told up front which checks kiln would run.
+    let guidance = input_items(&requests[0])[0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        guidance.contains("kiln runs these checks itself")
+            && guidance.contains("- tests: `python3 -m unittest -q`"),
+        "{guidance}"
+    );
 
     // Each check is a terminal chunk of its own.
     let events = harness.events();
