@@ -220,18 +220,12 @@ async fn a_model_that_fixes_the_bug_only_in_the_fix_turn_succeeds_and_may_cite_t
 
 #[tokio::test]
 async fn the_agent_cannot_weaken_the_repository_checks_by_editing_them() {
-    let rewrite = "*** Begin Patch
-*** Update File: .kiln/config.toml
-@@
- [[checks]]
- name = \"tests\"
--command = \"python3 -m unittest -q\"
-+command = \"true\"
-*** End Patch";
+    // The harness's `none` sandbox has no read-only mounts: the command
+    // really rewrites the file, as a sandbox without them would let it.
     let mut harness = Harness::new(
         Mode::Code,
         vec![
-            Turn::apply_patch(rewrite),
+            Turn::shell("sed -i 's/^command = .*/command = \"true\"/' .kiln/config.toml"),
             Turn::message("All checks pass."),
         ],
     )
@@ -251,6 +245,60 @@ async fn the_agent_cannot_weaken_the_repository_checks_by_editing_them() {
     assert_eq!(outcome.checks[0].exit_code, Some(1));
     // No fix turn was given.
     assert_eq!(harness.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn apply_patch_refuses_to_write_git_or_kiln_metadata_even_through_a_link() {
+    let add = |path: &str| {
+        Turn::apply_patch(format!(
+            "*** Begin Patch\n*** Add File: {path}\n+touch PWNED\n*** End Patch\n"
+        ))
+    };
+    let mut harness = Harness::new(
+        Mode::Code,
+        vec![
+            add(".git/hooks/post-checkout"),
+            add(".kiln/config.toml"),
+            add("sub/../.git/config-extra"),
+            add("vendor/lib/.git/config"),
+            Turn::shell("ln -s .git g && ln -s .kiln k"),
+            add("g/hooks/pre-commit"),
+            Turn::apply_patch(
+                "*** Begin Patch\n*** Update File: calc.py\n*** Move to: .kiln/calc.py\n\
+                 @@\n-\"\"\"Small statistics helpers used by the report generator.\"\"\"\n\
+                 +\"\"\"Moved.\"\"\"\n*** End Patch\n",
+            ),
+            add("notes/ok.txt"),
+            Turn::message("Planted."),
+        ],
+    )
+    .await;
+    std::fs::create_dir(harness.path(".kiln")).unwrap();
+    harness.config.run_checks = false;
+    let outcome = harness.run("Plant things.").await;
+    assert_eq!(outcome.status, AttemptStatus::Succeeded);
+
+    let outputs = tool_outputs(&harness.events());
+    let refused: Vec<&String> = outputs
+        .iter()
+        .filter(|o| o.contains("repository metadata the agent may not change"))
+        .collect();
+    assert_eq!(refused.len(), 6, "{outputs:#?}");
+    assert!(refused[0].contains("`.git/hooks/post-checkout` is in .git"));
+    assert!(refused[1].contains("`.kiln/config.toml` is in .kiln/"));
+    for path in [
+        ".git/hooks/post-checkout",
+        ".git/config-extra",
+        ".git/hooks/pre-commit",
+        ".kiln/config.toml",
+        ".kiln/calc.py",
+        "vendor",
+    ] {
+        assert!(!harness.path(path).exists(), "{path} was written");
+    }
+    assert!(harness.read("calc.py").contains("Small statistics helpers"));
+    // Other files are patched as ever.
+    assert_eq!(harness.read("notes/ok.txt"), "touch PWNED\n");
 }
 
 #[tokio::test]
