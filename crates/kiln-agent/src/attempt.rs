@@ -720,7 +720,16 @@ impl Attempt<'_> {
             if let Some(end) = self.run_checks().await {
                 return end;
             }
-            let fix_turns = self.config.limits.check_fix_turns;
+            let limits = &self.config.limits;
+            let fix_turns = limits
+                .check_fix_turns
+                .min(limits.max_turns.saturating_sub(self.turns));
+            if self.failing_checks().next().is_some()
+                && fix_turns < limits.check_fix_turns
+                && fix_turns == 0
+            {
+                self.warn("a check failed, and the turn limit leaves no turn to fix it");
+            }
             if self.failing_checks().next().is_some() && fix_turns > 0 {
                 let message = fix_message(
                     self.failing_checks().collect(),
@@ -728,11 +737,7 @@ impl Attempt<'_> {
                     fix_turns,
                 );
                 self.push_message(Role::User, message);
-                self.fix_turns_end = Some(
-                    self.turns
-                        .saturating_add(fix_turns)
-                        .min(self.config.limits.max_turns),
-                );
+                self.fix_turns_end = Some(self.turns.saturating_add(fix_turns));
                 match self.converse().await {
                     End::Finished(fixed) => text = fixed,
                     End::FixTurnsUsed => self.warn(&format!(

@@ -406,3 +406,21 @@ async fn ask_tasks_and_no_checks_run_no_checks() {
         assert!(check_results(&harness).is_empty());
     }
 }
+
+#[tokio::test]
+async fn no_fix_turn_is_given_past_the_turn_limit() {
+    let mut harness = Harness::new(Mode::Code, vec![Turn::message("Done.")]).await;
+    harness.config.checks = vec![tests_check()];
+    harness.config.limits.max_turns = 1;
+    let outcome = harness.run("Fix the median tests.").await;
+    assert_eq!(outcome.status, AttemptStatus::ChecksFailed);
+    assert_eq!(harness.requests().len(), 1);
+    assert_eq!(
+        check_results(&harness).len(),
+        1,
+        "no second run without a fix turn"
+    );
+    assert!(warnings(&harness.events())
+        .iter()
+        .any(|w| w == "a check failed, and the turn limit leaves no turn to fix it"));
+}
