@@ -725,8 +725,8 @@ impl Attempt<'_> {
                 .check_fix_turns
                 .min(limits.max_turns.saturating_sub(self.turns));
             if self.failing_checks().next().is_some()
-                && fix_turns < limits.check_fix_turns
                 && fix_turns == 0
+                && limits.check_fix_turns > 0
             {
                 self.warn("a check failed, and the turn limit leaves no turn to fix it");
             }
