@@ -7,11 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_model::{ModelClient, ModelRequest, ToolSpec};
-use kiln_protocol::{format_usd, AttemptReport, AttemptStatus, EventKind, Item, Role, Usage};
+use kiln_protocol::{
+    format_usd, AttemptReport, AttemptStatus, CheckResult, CheckSpec, CitationCheck, EventKind, Item,
+    Mode, Role, Usage,
+};
 use kiln_sandbox::Sandbox;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::checks::discover_checks;
 use crate::chunks::{last_chunk_number_in, ChunkStore};
 use crate::citations::check_citations;
 use crate::compaction::{
@@ -21,6 +25,7 @@ use crate::compaction::{
 use crate::history::answer_unanswered_calls;
 use crate::instructions::{discover_instructions_within, project_root};
 use crate::model_turn::{TurnFailure, TurnOutput, TurnRunner};
+use crate::output::suffix_at_line_boundary;
 use crate::prompt::{
     dropped_message, instructions_message, summary_message, system_prompt, SUMMARY_REQUEST,
 };
@@ -169,6 +174,18 @@ pub(crate) async fn run_loop(
             message: warning.clone(),
         });
     }
+    // Read before the agent's first turn: nothing it writes changes what it
+    // is checked against. An Ask task changes nothing, so there is nothing
+    // to check (and a failing suite must not fail an answer).
+    let checks = if config.run_checks && config.mode != Mode::Ask {
+        let found = discover_checks(&workspace_root, &config.checks);
+        for warning in found.warnings {
+            events.emit(EventKind::Warning { message: warning });
+        }
+        found.checks
+    } else {
+        Vec::new()
+    };
 
     let first_chunk = last_chunk_number_in(&input.history).max(input.chunks.last_number()) + 1;
     let toolbox = Toolbox::new(
@@ -187,7 +204,10 @@ pub(crate) async fn run_loop(
         stop,
         deadline_hit,
         system_prompt: system_prompt(config.mode, config.user_instructions.as_deref()),
-        guidance: instructions_message(&instructions, &cwd.display().to_string()),
+        guidance: with_checks_note(
+            instructions_message(&instructions, &cwd.display().to_string()),
+            &checks,
+        ),
         tools: toolbox.specs(),
         toolbox,
         history: input.history,
@@ -197,8 +217,12 @@ pub(crate) async fn run_loop(
         reported: None,
         workspace_root,
         cwd,
+        checks,
+        check_results: Vec::new(),
+        fix_turns_end: None,
     };
     let end = attempt.run(input.prompt).await;
+    let end = attempt.verify(end).await;
     attempt.finish(end)
 }
 
@@ -207,6 +231,11 @@ enum End {
     Finished(String),
     Failed(String),
     Cancelled,
+    /// The model finished, but a check kiln ran itself failed: the final
+    /// message and the reason.
+    ChecksFailed(String, String),
+    /// The turns given to fix a failing check are used up.
+    FixTurnsUsed,
 }
 
 /// Cancels the stop token when the wall-clock budget runs out; stops
@@ -256,6 +285,12 @@ struct Attempt<'a> {
     reported: Option<(u64, usize)>,
     workspace_root: PathBuf,
     cwd: PathBuf,
+    /// The checks kiln runs after the model's final message.
+    checks: Vec<CheckSpec>,
+    /// Their results, latest run.
+    check_results: Vec<CheckResult>,
+    /// While the model fixes a failing check: the turn count that ends it.
+    fix_turns_end: Option<u32>,
 }
 
 impl Attempt<'_> {
@@ -269,11 +304,19 @@ impl Attempt<'_> {
         // A log cut short may hold calls that never got an output.
         answer_unanswered_calls(&mut self.history);
         self.push_message(Role::User, prompt);
+        self.converse().await
+    }
 
+    /// Model turns and their tool calls until the model answers without a
+    /// call, a budget runs out, or the turns to fix a check are used up.
+    async fn converse(&mut self) -> End {
         let mut force_compaction = false;
         loop {
             if let Some(end) = self.stopped() {
                 return end;
+            }
+            if self.fix_turns_end.is_some_and(|end| self.turns >= end) {
+                return End::FixTurnsUsed;
             }
             self.take_steering();
             if self.turns >= self.config.limits.max_turns {
@@ -646,17 +689,24 @@ impl Attempt<'_> {
         let end = match end {
             End::Finished(text) => End::Finished(redact(text)),
             End::Failed(reason) => End::Failed(redact(reason)),
+            End::ChecksFailed(text, reason) => End::ChecksFailed(redact(text), redact(reason)),
             End::Cancelled => End::Cancelled,
+            End::FixTurnsUsed => End::Failed(
+                "the turns to fix a failing check ended without a final message".to_string(),
+            ),
         };
         let (status, final_message, reason) = match end {
             End::Finished(text) => (AttemptStatus::Succeeded, Some(text), None),
+            End::ChecksFailed(text, reason) => {
+                (AttemptStatus::ChecksFailed, Some(text), Some(reason))
+            }
             End::Failed(reason) => {
                 self.events.emit(EventKind::Error {
                     message: reason.clone(),
                 });
                 (AttemptStatus::Failed, None, Some(reason))
             }
-            End::Cancelled => (
+            End::Cancelled | End::FixTurnsUsed => (
                 AttemptStatus::Cancelled,
                 None,
                 Some("cancelled by the user".to_string()),
@@ -676,8 +726,258 @@ impl Attempt<'_> {
         report.cost_usd = self.config.price().map(|price| price.cost(&self.usage));
         report.history = std::mem::take(&mut self.history);
         report.citations = citations;
+        report.checks = std::mem::take(&mut self.check_results);
         report
     }
+}
+
+/// Bytes of a failing check's output quoted to the model (its end, where
+/// test runners put their summary).
+const CHECK_TAIL_BYTES: usize = 2048;
+
+/// What kiln checks itself once the model has finished: the checks (with
+/// turns to fix a failing one) and the citations of the final message (with
+/// one turn to correct them).
+impl Attempt<'_> {
+    async fn verify(&mut self, end: End) -> End {
+        let End::Finished(mut text) = end else {
+            return end;
+        };
+        if !self.checks.is_empty() {
+            if let Some(end) = self.run_checks().await {
+                return end;
+            }
+            let limits = &self.config.limits;
+            let fix_turns = limits
+                .check_fix_turns
+                .min(limits.max_turns.saturating_sub(self.turns));
+            if self.failing_checks().next().is_some()
+                && fix_turns == 0
+                && limits.check_fix_turns > 0
+            {
+                self.warn("a check failed, and the turn limit leaves no turn to fix it");
+            }
+            if self.failing_checks().next().is_some() && fix_turns > 0 {
+                let message = fix_message(
+                    self.failing_checks().collect(),
+                    &self.toolbox.chunks,
+                    fix_turns,
+                );
+                self.push_message(Role::User, message);
+                self.fix_turns_end = Some(self.turns.saturating_add(fix_turns));
+                match self.converse().await {
+                    End::Finished(fixed) => text = fixed,
+                    End::FixTurnsUsed => self.warn(&format!(
+                        "the model did not finish within the {fix_turns} turns given to fix the                          failing checks; its earlier final message stands"
+                    )),
+                    other => return other,
+                }
+                self.fix_turns_end = None;
+                if let Some(end) = self.run_checks().await {
+                    return end;
+                }
+            }
+        }
+        if let Some(corrected) = self.correct_citations(&text).await {
+            text = corrected;
+        }
+        match self.failing_checks().next() {
+            Some(failed) => {
+                let reason = failure_reason(failed);
+                End::ChecksFailed(text, reason)
+            }
+            None => End::Finished(text),
+        }
+    }
+
+    fn failing_checks(&self) -> impl Iterator<Item = &CheckResult> {
+        self.check_results.iter().filter(|result| !result.passed)
+    }
+
+    /// Run every check as its own terminal chunk and record its result
+    /// (`check.finished`). `Some` when the attempt was stopped meanwhile.
+    async fn run_checks(&mut self) -> Option<End> {
+        let mut results = Vec::with_capacity(self.checks.len());
+        for check in self.checks.clone() {
+            if let Some(end) = self.stopped() {
+                return Some(end);
+            }
+            // A repository's check must not hold the attempt longer than
+            // the operator allows, whatever it asks for.
+            let ceiling = self.config.limits.check_timeout;
+            let timeout = check
+                .timeout_secs
+                .map_or(ceiling, |secs| Duration::from_secs(secs).min(ceiling));
+            let call_id = format!("check:{}", check.name);
+            let (_, chunk_id, ended) = self
+                .toolbox
+                .run_command(&call_id, &check.command, timeout, self.events, &self.stop)
+                .await;
+            let passed = ended.exit_code == Some(0) && !ended.timed_out && ended.problem.is_none();
+            let reason = if ended.timed_out {
+                Some(format!("timed out after {}", format_duration(timeout)))
+            } else if let Some(problem) = &ended.problem {
+                Some(problem.clone())
+            } else {
+                match ended.exit_code {
+                    Some(0) => None,
+                    Some(code) => Some(format!("exited with {code}")),
+                    None => Some("ended by a signal".to_string()),
+                }
+            };
+            let result = CheckResult {
+                name: check.name.clone(),
+                command: check.command.clone(),
+                passed,
+                exit_code: ended.exit_code,
+                duration_ms: u64::try_from(ended.duration.as_millis()).unwrap_or(u64::MAX),
+                timed_out: ended.timed_out,
+                chunk_id,
+                reason,
+            };
+            self.events.emit(EventKind::CheckFinished(result.clone()));
+            results.push(result);
+        }
+        self.check_results = results;
+        self.stopped()
+    }
+
+    /// When citations of `text` do not hold, tell the model which and why
+    /// and let it write its final message once more (one turn; tools are
+    /// not run then: the checks have judged the workspace as it is). The
+    /// corrected message, if the model wrote one.
+    async fn correct_citations(&mut self, text: &str) -> Option<String> {
+        let invalid: Vec<CitationCheck> =
+            check_citations(text, &self.workspace_root, &self.toolbox.chunks)
+                .into_iter()
+                .filter(|check| !check.valid)
+                .collect();
+        if invalid.is_empty() || self.stopped().is_some() {
+            return None;
+        }
+        if self.turns >= self.config.limits.max_turns {
+            self.warn(
+                "citations of the final message do not hold, and the turn limit leaves no turn                  to correct them",
+            );
+            return None;
+        }
+        self.push_message(Role::User, citation_message(&invalid));
+        if self.fit_context(false).await.is_err() {
+            return None;
+        }
+        let request = self.request(self.history.clone(), self.tools.clone());
+        let turn = match self.turn_runner().run(&request, true).await {
+            Ok(turn) => turn,
+            Err(failure) => {
+                let why = match failure {
+                    crate::model_turn::TurnFailure::Stopped => "the attempt was stopped".into(),
+                    crate::model_turn::TurnFailure::Failed(reason)
+                    | crate::model_turn::TurnFailure::ContextWindowExceeded(reason) => reason,
+                };
+                self.warn(&format!(
+                    "the turn to correct the citations failed ({why}); the final message stands"
+                ));
+                return None;
+            }
+        };
+        self.turns += 1;
+        self.record_usage(&turn.usage);
+        let (corrected, calls) = self.record_turn(turn);
+        for (call_id, _, _) in calls {
+            let output = "error: not run: only a corrected final message was asked for;                           the workspace was already checked"
+                .to_string();
+            self.events.emit(EventKind::ToolOutput {
+                call_id: call_id.clone(),
+                output: output.clone(),
+                success: false,
+            });
+            self.history
+                .push(Item::FunctionCallOutput { call_id, output });
+        }
+        corrected.filter(|text| !text.trim().is_empty())
+    }
+}
+
+/// The guidance, with the checks kiln will run named up front, so that the
+/// model can run them itself before it claims to be done.
+fn with_checks_note(guidance: Option<String>, checks: &[CheckSpec]) -> Option<String> {
+    if checks.is_empty() {
+        return guidance;
+    }
+    let mut note = String::from(
+        "After your final message kiln runs these checks itself, from the repository root, \
+         and judges your work by them; run them before you finish:\n",
+    );
+    for check in checks {
+        note.push_str(&format!("- {}: `{}`\n", check.name, check.command));
+    }
+    Some(match guidance {
+        Some(guidance) => format!("{guidance}\n\n{note}"),
+        None => note,
+    })
+}
+
+/// The message that gives the model its chance to fix failing checks.
+fn fix_message(failing: Vec<&CheckResult>, chunks: &ChunkStore, turns: u32) -> String {
+    let mut message = format!(
+        "kiln ran the repository's checks after your final message, and {} of them failed:\n",
+        failing.len()
+    );
+    for check in failing {
+        let how = match (check.exit_code, &check.reason) {
+            (Some(code), _) if !check.timed_out => format!("exit code {code}"),
+            (_, Some(reason)) => reason.clone(),
+            _ => "failed".to_string(),
+        };
+        message.push_str(&format!(
+            "\n- `{}` (`{}`): {how}; its output is terminal chunk {}",
+            check.name, check.command, check.chunk_id
+        ));
+        let tail = chunks
+            .get(&check.chunk_id)
+            .map(|chunk| chunk.text())
+            .unwrap_or_default();
+        let tail = suffix_at_line_boundary(&tail, CHECK_TAIL_BYTES).trim_end();
+        if !tail.is_empty() {
+            message.push_str(&format!(", which ends:\n```\n{tail}\n```"));
+        }
+        message.push('\n');
+    }
+    message.push_str(&format!(
+        "\nFix the cause (do not weaken, skip or delete the check), then end with your final \
+         message again. You have up to {turns} turns; kiln then runs every check once more and \
+         records the result."
+    ));
+    message
+}
+
+/// The message that asks the model to correct its citations.
+fn citation_message(invalid: &[CitationCheck]) -> String {
+    let mut message =
+        String::from("kiln checked the citations of your final message, and these do not hold:\n");
+    for check in invalid {
+        let reason = check.reason.as_deref().unwrap_or("it does not hold");
+        message.push_str(&format!("\n- {}: {reason}", check.citation));
+    }
+    message.push_str(
+        "\n\nWrite your final message once more, in full, with citations that point at lines \
+         that exist (or without those citations). Do not call tools: they are not run now.",
+    );
+    message
+}
+
+/// `check tests failed (exit 1, see t9)`.
+fn failure_reason(check: &CheckResult) -> String {
+    let how = match (check.exit_code, check.timed_out, &check.reason) {
+        (_, true, _) => "timed out".to_string(),
+        (Some(code), _, _) => format!("exit {code}"),
+        (None, _, Some(reason)) => reason.clone(),
+        (None, _, None) => "failed".to_string(),
+    };
+    format!(
+        "check {} failed ({how}, see {})",
+        check.name, check.chunk_id
+    )
 }
 
 /// `45s`, `10m`, `1h 30m`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_model::{ModelPrice, PriceTable};
-use kiln_protocol::Mode;
+use kiln_protocol::{CheckSpec, Mode};
 
 /// Everything [`run_attempt`](crate::run_attempt) needs besides the model, the
 /// sandbox and the conversation. Build it with [`AgentConfig::new`] and adjust
@@ -33,6 +33,13 @@ pub struct AgentConfig {
     /// What `model`'s tokens cost: the cost in `usage` and `attempt.finished`
     /// events and what [`Limits::max_cost_usd`] is measured with.
     pub prices: PriceTable,
+    /// Checks the caller adds to the repository's (an environment's, `kiln
+    /// exec --check`); one of the same name replaces the repository's. See
+    /// docs/checks.md.
+    pub checks: Vec<CheckSpec>,
+    /// Whether kiln runs the checks after the agent's last turn (`kiln exec
+    /// --no-checks` turns them off).
+    pub run_checks: bool,
 }
 
 impl AgentConfig {
@@ -49,6 +56,8 @@ impl AgentConfig {
             limits: Limits::default(),
             user_instructions: None,
             prices: PriceTable::builtin(),
+            checks: Vec::new(),
+            run_checks: true,
         }
     }
 
@@ -97,6 +106,12 @@ pub struct Limits {
     pub context_window: u64,
     /// Bytes of one command's output sent to the model (head and tail halves).
     pub tool_output_max_bytes: usize,
+    /// Model turns the agent gets to fix a failing check before kiln re-runs
+    /// the checks and records the result; 0 records the failure at once.
+    pub check_fix_turns: u32,
+    /// Timeout of a check that names none, and the most a check's own
+    /// `timeout_secs` gets.
+    pub check_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -110,6 +125,8 @@ impl Default for Limits {
             max_command_timeout: Duration::from_secs(600),
             context_window: 128_000,
             tool_output_max_bytes: 16 * 1024,
+            check_fix_turns: 3,
+            check_timeout: Duration::from_secs(600),
         }
     }
 }

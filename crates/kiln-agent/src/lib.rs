@@ -64,6 +64,7 @@
 //! [`Sandbox`]: kiln_sandbox::Sandbox
 
 mod attempt;
+pub mod checks;
 mod chunks;
 mod citations;
 mod compaction;
@@ -82,6 +83,7 @@ mod tools;
 pub mod workspace_file;
 
 pub use attempt::{run_attempt, run_attempt_with, AttemptInput};
+pub use checks::{discover_checks, DiscoveredChecks};
 pub use chunks::ChunkStore;
 pub use citations::{check_citations, parse_citations, Citation, CitationTarget, LineRange};
 pub use config::{AgentConfig, InstructionsConfig, Limits};

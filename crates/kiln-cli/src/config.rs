@@ -91,6 +91,11 @@ pub struct LimitsConfig {
     pub command_timeout_secs: Option<u64>,
     /// The longest timeout the model may ask for, in seconds.
     pub max_command_timeout_secs: Option<u64>,
+    /// Turns the model gets to fix a failing check (docs/checks.md).
+    pub check_fix_turns: Option<u32>,
+    /// Timeout of a check, in seconds: the default and the most a check's
+    /// own `timeout_secs` may ask for.
+    pub check_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +192,7 @@ pub fn project_root(cwd: &Path) -> PathBuf {
 /// sandbox, a provider, or which provider: those could run commands without
 /// isolation or send the user's key and variables to the repository's URL.
 pub const REPOSITORY_KEYS: &[&str] = &[
+    "checks",
     "model",
     "model_context_window",
     "project_doc_max_bytes",
@@ -266,8 +272,15 @@ fn load_layers(
     } else {
         read_repository_layer(root)?
     };
-    if let Some(repository) = repository {
+    if let Some(mut repository) = repository {
         let source = repository_path.display().to_string();
+        // The repository's checks are read by the agent itself, from the
+        // workspace of each attempt (docs/checks.md): here they are only
+        // checked, so that a mistake stops `kiln exec` before it starts.
+        if let Some(checks) = repository.remove("checks") {
+            kiln_agent::checks::checks_from_toml_value(&checks, &source)
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+        }
         check_known_keys(&repository, &source)?;
         let repository = if root_is_trusted {
             repository

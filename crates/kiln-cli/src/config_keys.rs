@@ -23,6 +23,8 @@ const LIMITS_KEYS: &[(&str, Shape)] = &[
     ("wall_clock_secs", Shape::Value),
     ("command_timeout_secs", Shape::Value),
     ("max_command_timeout_secs", Shape::Value),
+    ("check_fix_turns", Shape::Value),
+    ("check_timeout_secs", Shape::Value),
 ];
 
 const SANDBOX_KEYS: &[(&str, Shape)] = &[

@@ -321,7 +321,7 @@ fn every_known_key_loads() {
     write(
         &home.path().join("config.toml"),
         "model = \"m\"\nmodel_provider = \"p\"\nmodel_context_window = 1000\nproject_doc_max_bytes = 10\nproject_doc_fallback_filenames = [\"CLAUDE.md\"]\n\
-         [limits]\nmax_turns = 1\nmax_total_tokens = 1\nmax_cost_usd = 0.5\nwall_clock_secs = 1\ncommand_timeout_secs = 1\nmax_command_timeout_secs = 1\n\
+         [limits]\nmax_turns = 1\nmax_total_tokens = 1\nmax_cost_usd = 0.5\nwall_clock_secs = 1\ncommand_timeout_secs = 1\nmax_command_timeout_secs = 1\ncheck_fix_turns = 0\ncheck_timeout_secs = 9\n\
          [sandbox]\nbackend = \"bwrap\"\nnetwork = false\nmemory = \"1GiB\"\nmax_processes = 1\nreadable_paths = []\nwritable_paths = []\n\
          [model_providers.p]\nbase_url = \"http://h/v1\"\n[model_prices.m]\ninput = 1\ncached_input = 0.1\noutput = 2\n[projects.\"/x\"]\ntrust_level = \"untrusted\"\n",
     );
@@ -445,4 +445,62 @@ fn a_repository_may_lower_the_cost_budget_but_not_raise_it() {
     let lower = repo_with_config("[limits]\nmax_cost_usd = 0.25\n");
     let config = load(home.path(), lower.path(), &[]).unwrap();
     assert_eq!(config.limits.max_cost_usd, Some(0.25));
+}
+
+#[test]
+fn an_untrusted_repository_may_name_its_checks() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = repo_with_config(
+        "model = \"m\"\n[[checks]]\nname = \"tests\"\ncommand = \"make test\"\ntimeout_secs = 60\n",
+    );
+    let config = load(home.path(), repo.path(), &[]).unwrap();
+    assert_eq!(config.model, "m");
+}
+
+#[test]
+fn a_repository_check_with_an_unknown_key_names_the_file_the_check_and_the_key() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = repo_with_config("[[checks]]\nname = \"tests\"\ncmd = \"make test\"\n");
+    let err = load_err(home.path(), repo.path(), &[]);
+    let file = repo.path().join(".kiln/config.toml");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("check `tests`"), "{err}");
+    assert!(err.contains("unknown key `cmd`"), "{err}");
+
+    let repo = repo_with_config("checks = [\"make test\"]\n");
+    let err = load_err(home.path(), repo.path(), &[]);
+    assert!(err.contains("`checks` must be a list of tables"), "{err}");
+}
+
+#[test]
+fn checks_are_the_repositorys_key_not_the_users() {
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join("config.toml"),
+        "[[checks]]\nname = \"t\"\ncommand = \"true\"\n",
+    );
+    let err = load_err(home.path(), home.path(), &[]);
+    assert!(err.contains("unknown key `checks`"), "{err}");
+}
+
+#[test]
+fn check_limits_are_read() {
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join("config.toml"),
+        "[limits]\ncheck_fix_turns = 1\ncheck_timeout_secs = 30\n",
+    );
+    let config = load(home.path(), home.path(), &[]).unwrap();
+    let agent = crate::exec_cmd::agent_config(
+        &config,
+        "p",
+        kiln_protocol::Mode::Code,
+        home.path().to_path_buf(),
+        home.path(),
+    );
+    assert_eq!(agent.limits.check_fix_turns, 1);
+    assert_eq!(
+        agent.limits.check_timeout,
+        std::time::Duration::from_secs(30)
+    );
 }

@@ -50,6 +50,13 @@ pub struct Args {
     /// its parents) outside any git repository.
     #[arg(long)]
     pub skip_git_repo_check: bool,
+    /// Do not run the checks after the agent's last turn (docs/checks.md).
+    #[arg(long)]
+    pub no_checks: bool,
+    /// Add a check (repeatable); it replaces the repository's check of the
+    /// same name.
+    #[arg(long = "check", value_name = "NAME=COMMAND")]
+    pub checks: Vec<String>,
     /// The task; `-` reads it from stdin.
     pub prompt: String,
 }
@@ -72,6 +79,13 @@ pub fn run(args: Args, mode: Mode) -> ExitCode {
 
 async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> Result<ExitCode> {
     let prompt = read_prompt(&args.prompt)?;
+    let checks = args
+        .checks
+        .iter()
+        .map(|raw| kiln_agent::checks::parse_check_flag(raw))
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(|problem| anyhow::anyhow!(problem))?;
+    kiln_agent::checks::validate_checks(&checks).map_err(|problem| anyhow::anyhow!(problem))?;
     let home = config::kiln_home()?;
     std::fs::create_dir_all(&home)
         .with_context(|| format!("cannot create kiln home {}: set KILN_HOME", home.display()))?;
@@ -159,7 +173,9 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
         });
     }
 
-    let agent_config = agent_config(&config, &provider.name, mode, run_dir.clone(), &home);
+    let mut agent_config = agent_config(&config, &provider.name, mode, run_dir.clone(), &home);
+    agent_config.checks = checks;
+    agent_config.run_checks = !args.no_checks;
     let cancel = CancellationToken::new();
     let on_interrupt = cancel.clone();
     tokio::spawn(async move {
@@ -410,6 +426,12 @@ pub(crate) fn agent_config(
     // `load` refused invalid prices already: a table is always at hand here.
     if let Ok(prices) = config.price_table() {
         agent.prices = prices;
+    }
+    if let Some(turns) = wanted.check_fix_turns {
+        limits.check_fix_turns = turns;
+    }
+    if let Some(secs) = wanted.check_timeout_secs {
+        limits.check_timeout = Duration::from_secs(secs);
     }
     agent
 }

@@ -242,15 +242,19 @@ impl HumanRenderer {
             EventKind::Warning { message } => out += &s.yellow(&format!("warning: {message}\n")),
             EventKind::Error { message } => out += &s.red(&format!("error: {message}\n")),
             EventKind::CheckFinished(check) => {
+                // Its command and output were shown as a command's, above.
+                let secs = check.duration_ms as f64 / 1000.0;
                 let verdict = if check.passed {
                     s.green("passed")
                 } else {
-                    s.red(check.reason.as_deref().unwrap_or("failed"))
+                    let why = check.reason.as_deref().unwrap_or("failed");
+                    s.red(&format!("failed: {why}"))
                 };
                 out += &format!(
-                    "check {} {verdict} {}\n",
+                    "{} {} {verdict} {}\n",
+                    s.bold("check"),
                     check.name,
-                    s.dim(&format!("({} ms, {})", check.duration_ms, check.chunk_id))
+                    s.dim(&format!("· {secs:.1}s · output {}", check.chunk_id))
                 );
             }
             EventKind::TaskRanked { ranking, .. } => {

@@ -133,3 +133,36 @@ fn a_ranking_is_one_line_best_first_with_the_preferred_attempt_marked() {
         "{out}"
     );
 }
+
+#[test]
+fn check_results_name_the_check_its_verdict_and_its_chunk() {
+    let check = |passed: bool, reason: Option<&str>| {
+        EventKind::CheckFinished(kiln_protocol::CheckResult {
+            name: "tests".into(),
+            command: "make test".into(),
+            passed,
+            exit_code: Some(i32::from(!passed)),
+            duration_ms: 1500,
+            timed_out: false,
+            chunk_id: "t9".into(),
+            reason: reason.map(str::to_string),
+        })
+    };
+    let out = rendered(vec![check(true, None), check(false, Some("exited with 1"))]);
+    assert_eq!(
+        out,
+        "check tests passed · 1.5s · output t9\n\
+         check tests failed: exited with 1 · 1.5s · output t9\n"
+    );
+    let out = rendered(vec![EventKind::AttemptFinished {
+        status: kiln_protocol::AttemptStatus::ChecksFailed,
+        reason: Some("check tests failed (exit 1, see t9)".into()),
+        final_message: None,
+        usage: Default::default(),
+        cost_usd: None,
+    }]);
+    assert!(
+        out.starts_with("checks failed check tests failed (exit 1, see t9)"),
+        "{out}"
+    );
+}

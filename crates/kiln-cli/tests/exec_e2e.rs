@@ -1181,3 +1181,86 @@ async fn a_model_without_a_price_gets_the_key_to_set_instead_of_a_cost() {
     );
     assert!(!err.contains("cost $"), "{err}");
 }
+
+/// The fixture's AGENTS.md with a Checks section naming its test suite.
+fn add_checks_section(kiln: &Kiln) {
+    let path = kiln.repo.path().join("AGENTS.md");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n## Checks\n\n- tests: `python3 -m unittest -q`\n");
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_exits_3_when_a_check_fails_after_the_model_claimed_success() {
+    let kiln = Kiln::new(vec![
+        Turn::message("Fixed the median bug; the tests pass."),
+        Turn::message("I am sure they pass."),
+    ])
+    .await;
+    add_checks_section(&kiln);
+    let output = kiln.run(&["exec", "Fix the median tests."]).await;
+
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("kiln: check tests failed (exit 1, see t2)"),
+        "{err}"
+    );
+    assert!(err.contains("check tests failed: exited with 1"), "{err}");
+    let events = log_events(&log_path(&output));
+    let checks: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "check.finished")
+        .collect();
+    assert_eq!(checks.len(), 2);
+    assert_eq!(checks[0]["chunk_id"], "t1");
+    assert_eq!(checks[1]["exit_code"], 1);
+    assert_eq!(events.last().unwrap()["status"], "checks_failed");
+    let bodies = kiln.bodies();
+    assert_eq!(bodies.len(), 2);
+    assert!(bodies[1]
+        .to_string()
+        .contains("kiln ran the repository's checks after your final message"));
+    assert!(!tests_pass(kiln.repo.path()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_no_checks_skips_them_and_check_flags_add_one() {
+    let kiln = Kiln::new(vec![
+        Turn::message("Nothing to do."),
+        Turn::message("Nothing to do."),
+    ])
+    .await;
+    add_checks_section(&kiln);
+    let output = kiln.run(&["exec", "--no-checks", "Look around."]).await;
+    assert_success(&output);
+    let events = log_events(&log_path(&output));
+    assert!(!types(&events).contains(&"check.finished".to_string()));
+
+    // A check of the caller's, and no fix turn: the failure is recorded at once.
+    let output = kiln
+        .run(&[
+            "exec",
+            "--check",
+            "tests=exit 4",
+            "-c",
+            "limits.check_fix_turns=0",
+            "Look around.",
+        ])
+        .await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let err = stderr(&output);
+    // The caller's check replaced the repository's of the same name.
+    assert!(
+        err.contains("kiln: check tests failed (exit 4, see t1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("replaced by the check of that name given to kiln"),
+        "{err}"
+    );
+
+    let output = kiln.run(&["exec", "--check", "no command", "x"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("is not name=command"));
+}

@@ -479,3 +479,56 @@ async fn a_secret_that_setup_leaks_reaches_no_event_stored_diff_or_commit_messag
     assert!(message.contains("[REDACTED:API_TOKEN]"), "{message}");
     assert!(!message.contains(SECRET), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environments_failing_check_marks_the_attempt_checks_failed_with_its_result() {
+    let repo = fixtures::repo("calc-py");
+    // The model claims success twice (its final message, then its fix turn)
+    // without touching the bug.
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::message("Fixed; all tests pass."),
+        Turn::message("They pass."),
+    ]))
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                "checks": [{"name": "tests", "command": "python3 -m unittest -q", "timeout_secs": 120}],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    assert_eq!(env["checks"][0]["name"], "tests");
+
+    let created = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "fix median"}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+
+    assert_eq!(task["status"], "checks_failed", "{task:#}");
+    let attempt = &task["attempts"][0];
+    assert_eq!(attempt["status"], "checks_failed", "{attempt:#}");
+    let checks = attempt["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{attempt:#}");
+    assert_eq!(checks[0]["name"], "tests");
+    assert_eq!(checks[0]["command"], "python3 -m unittest -q");
+    assert_eq!(checks[0]["passed"], false);
+    assert_eq!(checks[0]["exit_code"], 1);
+    assert_eq!(checks[0]["chunk_id"], "t2");
+    // The fix turn was asked for, naming the check and its chunk.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2);
+    let asked = requests[1].body.to_string();
+    assert!(asked.contains("terminal chunk t1"), "{asked}");
+    assert_eq!(model.turns_remaining(), 0);
+}

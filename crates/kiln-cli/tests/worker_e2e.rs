@@ -516,3 +516,54 @@ async fn a_worker_runs_the_setup_with_its_secret_and_keeps_its_products_out_of_t
     assert!(files.lines().any(|f| f == "AGENT.md"), "{files}");
     assert!(!files.lines().any(|f| f == ".env.local"), "{files}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_the_environments_checks_and_gives_the_model_its_fix_turns() {
+    let repo = fixtures::repo("calc-py");
+    let script = Script::new(vec![
+        Turn::message("Done."),
+        // The fix turn: the change the check wants.
+        add_file("FIXED.md", "fixed"),
+        Turn::message("Added FIXED.md."),
+    ]);
+    let model = ScriptedServer::start(script).await;
+    let install = Installation::new();
+    let server = KilnServer::start_with(&install, &model, 1, &["--no-local-workers"]).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo.path().display().to_string(),
+                "checks": [{"name": "fixed", "command": "test -f FIXED.md"}],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let _worker = KilnWorker::start(&server, &worker_token(&server, "w").await, "w", 1);
+    let task = server
+        .task(ADMIN_TOKEN, json!({"environment": "calc", "prompt": "fix"}))
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let checks = task["attempts"][0]["checks"].as_array().unwrap().clone();
+    assert_eq!(checks.len(), 1, "{task:#}");
+    assert_eq!(checks[0]["passed"], true);
+    assert_eq!(checks[0]["chunk_id"], "t2");
+    let events = events_of(&server, &id).await;
+    let verdicts: Vec<bool> = events
+        .iter()
+        .filter(|e| e["type"] == "check.finished")
+        .map(|e| e["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(verdicts, [false, true]);
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests[1]
+        .body
+        .to_string()
+        .contains("`fixed` (`test -f FIXED.md`): exit code 1"));
+}

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptReport, Event, Mode};
+use crate::{AttemptReport, CheckSpec, Event, Mode};
 
 /// `POST /api/worker/claim` (worker token). Long-polls: the answer is a
 /// [`WorkerClaim`] (200) or nothing to do within `wait_secs` (204).
@@ -77,6 +77,10 @@ pub struct WorkerClaim {
     pub setup: Option<ClaimedSetup>,
     /// The agent's budgets, as the server is configured.
     pub limits: ClaimedLimits,
+    /// The environment's checks, run after the agent's last turn with the
+    /// repository's own (docs/checks.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
 }
 
 /// Where the attempt's code comes from and goes to, on the server.
@@ -136,6 +140,13 @@ pub struct ClaimedLimits {
     pub command_timeout_secs: u64,
     pub max_command_timeout_secs: u64,
     pub context_window: u64,
+    /// Turns to fix a failing check; `None` (a server from before checks)
+    /// means the worker's own setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_fix_turns: Option<u32>,
+    /// A check's timeout and its ceiling, in seconds; `None` as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_timeout_secs: Option<u64>,
 }
 
 /// `POST /api/worker/attempts/{task}/{n}/heartbeat` (lease token): renews

@@ -301,6 +301,13 @@ fn agent_config(base: &AgentConfig, claim: &WorkerClaim) -> AgentConfig {
     agent.limits.command_timeout = Duration::from_secs(limits.command_timeout_secs);
     agent.limits.max_command_timeout = Duration::from_secs(limits.max_command_timeout_secs);
     agent.limits.context_window = limits.context_window;
+    if let Some(turns) = limits.check_fix_turns {
+        agent.limits.check_fix_turns = turns;
+    }
+    if let Some(secs) = limits.check_timeout_secs {
+        agent.limits.check_timeout = Duration::from_secs(secs);
+    }
+    agent.checks = claim.checks.clone();
     agent
 }
 

@@ -192,7 +192,10 @@ fn a_claim() -> WorkerClaim {
             command_timeout_secs: 10,
             max_command_timeout_secs: 10,
             context_window: 100_000,
+            check_fix_turns: None,
+            check_timeout_secs: None,
         },
+        checks: Vec::new(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `apply_patch` tool: edits files in kiln's own process with
 //! `kiln-patch`, all or nothing, confined to the workspace.
 
+use std::path::{Component, Path, PathBuf};
+
 use kiln_model::ToolSpec;
 use kiln_protocol::EventKind;
 use serde_json::json;
@@ -58,6 +60,9 @@ impl Tool for ApplyPatchTool {
             Err(problem) => return ToolResult::error(problem),
         };
         let patch = args.patch;
+        if let Some(problem) = protected_target(ctx, &root, &patch) {
+            return ToolResult::error(problem);
+        }
         // Patching reads and writes files: keep it off the async workers.
         let applied = tokio::task::spawn_blocking(move || kiln_patch::apply(&root, &patch)).await;
         match applied {
@@ -75,6 +80,79 @@ impl Tool for ApplyPatchTool {
             Err(join) => ToolResult::error(format!(
                 "the patch engine stopped unexpectedly ({join}); no file was changed"
             )),
+        }
+    }
+}
+
+/// Why the patch may not be applied when it writes repository metadata:
+/// `.git` (anywhere: the repository's, a submodule's) or `.kiln/` at the
+/// workspace root. The sandbox mounts those read-only for the agent's
+/// commands, but a patch is written by kiln's own process, outside those
+/// mounts: what it put there would run on the user's next `git status` or
+/// configure (and check) kiln's next run. Paths are judged after resolving
+/// symlinks, so a link `g -> .git` leads nowhere new.
+fn protected_target(ctx: &ToolContext<'_>, dir: &Path, patch: &str) -> Option<String> {
+    // A patch that does not parse is refused by kiln-patch with its reason.
+    let parsed = kiln_patch::parse(patch).ok()?;
+    let workspace = ctx.sandbox().policy().workspace.canonicalize().ok()?;
+    let targets = parsed.hunks.iter().flat_map(|hunk| {
+        let moved = match hunk {
+            kiln_patch::Hunk::Update { move_to, .. } => move_to.as_deref(),
+            _ => None,
+        };
+        std::iter::once(hunk.path()).chain(moved)
+    });
+    for raw in targets {
+        let resolved = resolve_existing_prefix(&dir.join(raw));
+        let Ok(relative) = resolved.strip_prefix(&workspace) else {
+            // Outside the workspace: kiln-patch refuses it with its reason.
+            continue;
+        };
+        let git = relative.components().any(|c| c.as_os_str() == ".git");
+        let kiln = relative
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str() == ".kiln");
+        if git || kiln {
+            let what = if git { ".git" } else { ".kiln/" };
+            return Some(format!(
+                "the patch was not applied, no file was changed: `{raw}` is in {what}, \
+                 repository metadata the agent may not change (it would run or configure \
+                 things outside the sandbox); change other files"
+            ));
+        }
+    }
+    None
+}
+
+/// `path` with `.` and `..` taken lexically and its longest existing
+/// ancestor resolved through its symlinks; the rest appended as written.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let mut existing = normal.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(resolved) = existing.canonicalize() {
+            return rest
+                .iter()
+                .rev()
+                .fold(resolved, |path, part: &std::ffi::OsString| path.join(part));
+        }
+        match existing.file_name() {
+            Some(name) => {
+                rest.push(name.to_os_string());
+                existing.pop();
+            }
+            None => return normal,
         }
     }
 }

@@ -340,6 +340,36 @@ impl Toolbox {
         self.registry.specs()
     }
 
+    /// Run `sh -c command` in the workspace root as a terminal chunk of its
+    /// own (`exec.*` under `call_id`, kept so a message may cite it): how kiln
+    /// runs a check. Returns what a model would see, the chunk id and how the
+    /// command ended.
+    pub(crate) async fn run_command(
+        &mut self,
+        call_id: &str,
+        command: &str,
+        timeout: std::time::Duration,
+        events: &EventLog,
+        cancel: &CancellationToken,
+    ) -> (ToolResult, String, shell::CommandEnd) {
+        let chunk = self.next_chunk;
+        self.next_chunk += 1;
+        let run = shell::ShellRun {
+            sandbox: self.sandbox.as_ref(),
+            events,
+            cancel,
+            call_id,
+            chunk,
+            tool_output_max_bytes: self.limits.tool_output_max_bytes,
+            grace: shell::CANCEL_GRACE,
+        };
+        let argv = vec!["sh".to_string(), "-c".to_string(), command.to_string()];
+        let root = self.sandbox.policy().workspace.clone();
+        let (result, captured, end) = run.run_to_end(argv, root, timeout).await;
+        self.chunks.insert(chunk, captured);
+        (result, crate::chunks::chunk_id(chunk), end)
+    }
+
     /// Run one call. Never fails: every problem becomes an error output the
     /// model can read and correct.
     pub(crate) async fn call(

@@ -233,6 +233,16 @@ enum Ended {
     Abandoned,
 }
 
+/// How a command ended, for callers that judge it themselves (kiln's checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandEnd {
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) timed_out: bool,
+    pub(crate) duration: Duration,
+    /// What stopped it or kept it from running (a limit, a sandbox failure).
+    pub(crate) problem: Option<String>,
+}
+
 impl ShellRun<'_> {
     /// Run `argv` in `workdir`; returns what the model gets and the chunk.
     pub(super) async fn run(
@@ -241,6 +251,17 @@ impl ShellRun<'_> {
         workdir: PathBuf,
         timeout: Duration,
     ) -> (ToolResult, CapturedOutput) {
+        let (result, captured, _) = self.run_to_end(argv, workdir, timeout).await;
+        (result, captured)
+    }
+
+    /// [`run`](Self::run), and how the command ended.
+    pub(super) async fn run_to_end(
+        self,
+        argv: Vec<String>,
+        workdir: PathBuf,
+        timeout: Duration,
+    ) -> (ToolResult, CapturedOutput, CommandEnd) {
         let chunk_id = chunk_id(self.chunk);
         self.events.emit(EventKind::ExecBegin {
             call_id: self.call_id.to_string(),
@@ -371,7 +392,23 @@ impl ShellRun<'_> {
             output: format!("{header}\n{body}"),
             success,
         };
-        (result, writer.captured)
+        let end = CommandEnd {
+            exit_code: outcome.as_ref().and_then(|o| o.exit_code),
+            timed_out: outcome.as_ref().is_some_and(|o| o.timed_out),
+            duration: outcome.as_ref().map_or(elapsed, |o| o.duration),
+            problem: problem.or_else(|| {
+                outcome.as_ref().and_then(|o| {
+                    if o.cancelled {
+                        Some("cancelled".to_string())
+                    } else {
+                        o.killed_by
+                            .as_ref()
+                            .map(|limit| format!("killed by the sandbox: {limit}"))
+                    }
+                })
+            }),
+        };
+        (result, writer.captured, end)
     }
 }
 

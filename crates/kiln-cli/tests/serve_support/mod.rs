@@ -202,7 +202,7 @@ impl KilnServer {
         self.wait_task(token, id, timeout, |t| {
             matches!(
                 t["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
+                Some("succeeded" | "failed" | "cancelled" | "checks_failed")
             )
         })
         .await

@@ -182,7 +182,10 @@ async fn prepare(shared: &Shared, claim: &RemoteClaim) -> Result<WorkerClaim, St
             command_timeout_secs: limits.command_timeout.as_secs(),
             max_command_timeout_secs: limits.max_command_timeout.as_secs(),
             context_window: limits.context_window,
+            check_fix_turns: Some(limits.check_fix_turns),
+            check_timeout_secs: Some(limits.check_timeout.as_secs()),
         },
+        checks: environment.checks.clone(),
     })
 }
 

@@ -204,6 +204,7 @@ async fn plan(
 
     let mut agent = shared.config.agent.clone();
     agent.mode = task.mode;
+    agent.checks = environment.checks.clone();
     if let Some(model) = &task.model {
         agent.model = model.clone();
     }
