@@ -56,6 +56,10 @@ pub struct Args {
     /// at loopback, private or link-local addresses.
     #[arg(long = "allow-repo", value_name = "PREFIX")]
     pub allow_repo: Vec<String>,
+    /// The URL people reach this server at (e.g. https://kiln.example.com):
+    /// pull requests link back to their task under it.
+    #[arg(long, value_name = "URL", env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// A token that may read /metrics besides admin tokens (for a scraper).
     #[arg(
         long,
@@ -145,6 +149,14 @@ async fn serve(args: Args) -> Result<()> {
     server_config.drain = Duration::from_secs(args.drain_secs);
     server_config.repo_access = repo_access;
     server_config.body_limit = args.max_body_bytes;
+    if let Some(url) = &args.public_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            anyhow::bail!(
+                "--public-url {url:?} is not an http(s) URL: give it as https://HOST[:PORT]"
+            );
+        }
+    }
+    server_config.public_url = args.public_url.clone();
     server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {
         (true, _) => MetricsAccess::Public,
         (false, Some(token)) if !token.trim().is_empty() => {

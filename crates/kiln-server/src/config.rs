@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// --no-local-workers`, only remote `kiln worker`s run attempts; the
     /// expired-lease sweep runs either way).
     pub local_workers: bool,
+    /// The URL people reach this server at (`kiln serve --public-url`):
+    /// pull requests link back to their task under it. `None`: no link.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -113,6 +116,7 @@ impl ServerConfig {
             limits: ConnectionLimits::default(),
             metrics_access: MetricsAccess::default(),
             local_workers: true,
+            public_url: None,
         }
     }
 }

@@ -44,6 +44,7 @@ mod auth;
 mod config;
 mod data_dir;
 mod error;
+mod forge;
 pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
@@ -123,6 +124,7 @@ impl Server {
                     shutdown: CancellationToken::new(),
                     revocations: tokio::sync::watch::Sender::new(0),
                     streams,
+                    pull_requests: slots::Slots::new(1),
                     mirrors: Arc::new(kiln_workspace::Mirrors::new(&config.data_dir)),
                     provider_http: reqwest::Client::new(),
                     config,

@@ -1,0 +1,266 @@
+//! `POST /api/tasks/{id}/pr`: push an attempt's commit to the environment's
+//! remote as `kiln/<task>` and open the task's pull request on its forge,
+//! or update the one it has (never a second). See docs/pull-requests.md.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_protocol::api::{Attempt, AttemptState, Environment, TaskDetail};
+use kiln_protocol::{ForgeKind, NewPullRequest, PullRequest};
+use kiln_store::{AttemptRef, OpenedPullRequest, RepoCredential};
+
+use super::ApiJson;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::forge::{proposal, push, Forge, Proposal};
+use crate::state::AppState;
+
+/// 201 with the new pull request, or 200 with the updated one.
+pub(super) async fn open(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<NewPullRequest>,
+) -> Result<(StatusCode, Json<PullRequest>), ApiError> {
+    // Owner or admin: anyone else is told the task does not exist.
+    let detail = state.store().task(&who, &id).await?;
+    let shared = &state.inner;
+    let system = crate::worker::system_principal();
+    let environment = state
+        .store()
+        .environment(&system, &detail.task.environment_id)
+        .await?;
+    let Some(forge_config) = environment.forge.clone() else {
+        return Err(ApiError::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "environment {} names no forge: create it with a \"forge\" setting \
+                 ({{\"kind\": \"github\"|\"gitlab\"|\"forgejo\", \"repo\": \"owner/name\", \
+                 \"token_secret\": \"SECRET_NAME\"}}) to open pull requests",
+                environment.name
+            ),
+        });
+    };
+    let attempt = chosen_attempt(&detail, request.attempt)?;
+    let Some(commit) = attempt.commit_sha.clone() else {
+        return Err(ApiError::Conflict(format!(
+            "attempt {} of task {id} has no commit: it changed nothing, or ended before committing; \
+             propose an attempt with a diff",
+            attempt.n
+        )));
+    };
+    let _one_at_a_time = shared.pull_requests.try_take(id.clone()).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "a pull request for task {id} is being opened or updated already: \
+                 try again when that request has answered"
+        ))
+    })?;
+
+    let secrets = crate::worker::run::read_secrets(shared, &environment)
+        .await
+        .map_err(ApiError::Internal)?;
+    let token = secrets
+        .get(&forge_config.token_secret)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "forge",
+                format!(
+                    "forge.token_secret names {:?}, which environment {} has no secret of: \
+                     store the forge token under that name",
+                    forge_config.token_secret, environment.name
+                ),
+            )
+        })?;
+    let forge = Forge::new(&forge_config, token.clone(), shared.provider_http.clone())
+        .map_err(ApiError::from)?;
+
+    let branch = format!("kiln/{id}");
+    let mirror = shared
+        .mirrors
+        .mirror_dir(&environment.owner_token_id, &environment.repo);
+    let credential = state
+        .store()
+        .environment_repo_credential(&environment.id)
+        .await?;
+    let push_rules = push_rules(
+        &state,
+        &environment,
+        credential.clone(),
+        forge.kind(),
+        &token,
+    )
+    .await?;
+    let scrub = |text: &str| crate::scrub_data_dir(text, &shared.config.data_dir);
+    push::push_commit(
+        mirror.clone(),
+        commit.clone(),
+        environment.repo.clone(),
+        branch.clone(),
+        push_rules,
+    )
+    .await
+    .map_err(|reason| ApiError::Upstream {
+        status: StatusCode::BAD_GATEWAY,
+        code: "push_failed",
+        message: format!(
+            "cannot push attempt {}'s commit to {} as {branch}: {}",
+            attempt.n,
+            environment.repo,
+            scrub(&reason)
+        ),
+    })?;
+    let base = push::base_branch(
+        mirror,
+        detail.task.base_ref.clone(),
+        environment.base_branch.clone(),
+    )
+    .await
+    .map_err(|reason| ApiError::invalid("base_branch", reason))?;
+
+    let diff = state
+        .store()
+        .attempt_diff(&who, &AttemptRef::new(id.clone(), attempt.n))
+        .await?;
+    let link = shared
+        .config
+        .public_url
+        .as_deref()
+        .map(|url| format!("{}/api/tasks/{id}", url.trim_end_matches('/')));
+    let redactor = kiln_agent::Redactor::new(crate::worker::run::redaction_values(
+        &secrets,
+        credential.as_ref(),
+    ));
+    let draft = match (&detail.pull_request, forge.kind()) {
+        // GitHub sets a draft only when the pull request is created.
+        (Some(existing), ForgeKind::Github) => existing.draft,
+        _ => request.draft,
+    };
+    let proposal = Proposal {
+        title: redactor
+            .redact(&proposal::title(&detail.task, attempt))
+            .into_owned(),
+        body: redactor
+            .redact(&proposal::body(
+                &detail.task,
+                attempt,
+                diff.as_deref(),
+                link.as_deref(),
+            ))
+            .into_owned(),
+        head: branch.clone(),
+        base,
+        draft,
+    };
+
+    let known = match &detail.pull_request {
+        Some(existing) => Some(existing.number),
+        None => forge.find_open(&branch).await?.map(|pull| pull.number),
+    };
+    let pull = match known {
+        Some(number) => forge.update(number, &proposal).await?,
+        None => forge.create(&proposal).await?,
+    };
+    let (record, updated) = state
+        .store()
+        .record_pull_request(&OpenedPullRequest {
+            attempt: AttemptRef::new(id.clone(), attempt.n),
+            forge: forge.kind(),
+            number: pull.number,
+            url: pull.url,
+            branch,
+            draft,
+        })
+        .await?;
+    // WEBHOOK(i12-w3): enqueue the `pr.opened` delivery here once
+    // `Store::enqueue_webhook` exists, e.g.
+    // `state.store().enqueue_webhook(&environment.id, Some(&id), "pr.opened", &record)`.
+    let status = if updated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
+}
+
+/// The attempt asked for, or else the best-ranked one, or else (before a
+/// ranking exists) the first that succeeded.
+fn chosen_attempt(detail: &TaskDetail, asked: Option<u32>) -> Result<&Attempt, ApiError> {
+    let id = &detail.task.id;
+    let by_number = |n: u32| detail.attempts.iter().find(|a| a.n == n);
+    let attempt = match asked {
+        Some(n) => by_number(n).ok_or_else(|| {
+            ApiError::invalid(
+                "attempt",
+                format!(
+                    "task {id} has no attempt {n}: it has 1 to {}",
+                    detail.attempts.len()
+                ),
+            )
+        })?,
+        None => detail
+            .ranking
+            .first()
+            .and_then(|best| by_number(best.attempt))
+            .or_else(|| {
+                detail
+                    .attempts
+                    .iter()
+                    .find(|a| a.status == AttemptState::Succeeded)
+            })
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "task {id} has no succeeded attempt to propose: \
+                     name one with \"attempt\" (--attempt N) if you want it anyway"
+                ))
+            })?,
+    };
+    if matches!(attempt.status, AttemptState::Queued | AttemptState::Running) {
+        return Err(ApiError::Conflict(format!(
+            "attempt {} of task {id} is {}: propose it once it has finished",
+            attempt.n, attempt.status
+        )));
+    }
+    Ok(attempt)
+}
+
+/// How git reaches the environment's remote for the push: the fetch rules
+/// of its repository, with the stored repository credential, or else (for
+/// an https remote) the forge token as the credential each forge takes for
+/// git over https.
+async fn push_rules(
+    state: &AppState,
+    environment: &Environment,
+    credential: Option<RepoCredential>,
+    forge: ForgeKind,
+    token: &str,
+) -> Result<kiln_workspace::FetchRules, ApiError> {
+    let shared = &state.inner;
+    let checked = crate::repo_access::recheck_environment(shared, environment)
+        .await
+        .map_err(|e| {
+            ApiError::Forbidden(format!(
+                "cannot use the repository {}: {e}",
+                environment.repo
+            ))
+        })?;
+    let remote_is_https = environment.repo.starts_with("https://")
+        || (environment.repo.starts_with("http://") && checked.protocol == "http");
+    let credential = credential.or_else(|| {
+        remote_is_https.then(|| {
+            let user = match forge {
+                ForgeKind::Github => "x-access-token",
+                ForgeKind::Gitlab => "oauth2",
+                ForgeKind::Forgejo => "kiln",
+            };
+            RepoCredential::new(user, Some(token.to_string()))
+        })
+    });
+    crate::repo_access::fetch_rules(
+        &shared.config.data_dir,
+        &checked,
+        &environment.repo,
+        credential.as_ref(),
+    )
+    .map_err(ApiError::Internal)
+}
