@@ -128,7 +128,10 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     let forge = StandInForge::start(vec![
         // The first `kiln task pr`: looking for an open PR from the branch
         // is refused: the error must be clear and hold no token.
-        (401, json!({"message": format!("Bad credentials {FORGE_TOKEN}")})),
+        (
+            401,
+            json!({"message": format!("Bad credentials {FORGE_TOKEN}")}),
+        ),
         // The second: none open yet, so one is created.
         (200, json!([])),
         (201, json!({"number": 5, "html_url": page})),
@@ -137,9 +140,13 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     ])
     .await;
     let install = Installation::new();
-    let server =
-        KilnServer::start_with(&install, &model, 1, &["--public-url", "https://kiln.example/"])
-            .await;
+    let server = KilnServer::start_with(
+        &install,
+        &model,
+        1,
+        &["--public-url", "https://kiln.example/"],
+    )
+    .await;
     let (status, env) = server
         .post(
             "/api/environments",
@@ -163,25 +170,41 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     let id = task["id"].as_str().unwrap().to_string();
     let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
     assert_eq!(task["status"], "succeeded", "{task:#}");
-    let first_commit = task["attempts"][0]["commit_sha"].as_str().unwrap().to_string();
+    let first_commit = task["attempts"][0]["commit_sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let branch = format!("kiln/{id}");
 
     let refused = kiln(&server, &["task", "pr", &id]).await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("github refused the token in secret FORGE_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("github refused the token in secret FORGE_TOKEN"),
+        "{stderr}"
+    );
     assert!(stderr.contains("HTTP 401"), "{stderr}");
     assert!(!stderr.contains(FORGE_TOKEN), "{stderr}");
 
     let opened = kiln(&server, &["task", "pr", &id]).await;
-    assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&opened.stdout).trim(), page);
     assert_eq!(remote_branch(&bare, &branch), first_commit);
 
     let seen = forge.seen();
     let create = &seen[2];
-    assert_eq!((create.method.as_str(), create.target.as_str()), ("POST", "/repos/acme/calc/pulls"));
-    assert_eq!(create.headers["authorization"], format!("Bearer {FORGE_TOKEN}").as_str());
+    assert_eq!(
+        (create.method.as_str(), create.target.as_str()),
+        ("POST", "/repos/acme/calc/pulls")
+    );
+    assert_eq!(
+        create.headers["authorization"],
+        format!("Bearer {FORGE_TOKEN}").as_str()
+    );
     assert_eq!(create.body["title"], "Fix median for even-length lists");
     assert_eq!(create.body["head"], branch.as_str());
     assert_eq!(create.body["base"], "main");
@@ -194,7 +217,10 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
         &format!("https://kiln.example/api/tasks/{id}"),
         "Opened by kiln from attempt 1",
     ] {
-        assert!(body.contains(part), "{part:?} missing from the body:\n{body}");
+        assert!(
+            body.contains(part),
+            "{part:?} missing from the body:\n{body}"
+        );
     }
     let (_, detail) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
     assert_eq!(detail["pull_request"]["number"], 5, "{detail:#}");
@@ -217,9 +243,16 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
                 && t["attempts"][0]["commit_sha"].as_str() != Some(first_commit.as_str())
         })
         .await;
-    let second_commit = task["attempts"][0]["commit_sha"].as_str().unwrap().to_string();
+    let second_commit = task["attempts"][0]["commit_sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let updated = kiln(&server, &["task", "pr", &id]).await;
-    assert!(updated.status.success(), "{}", String::from_utf8_lossy(&updated.stderr));
+    assert!(
+        updated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&updated.stderr)
+    );
     assert!(String::from_utf8_lossy(&updated.stderr).contains("updated"));
     assert_eq!(remote_branch(&bare, &branch), second_commit);
 
@@ -227,7 +260,10 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     assert_eq!(seen.len(), 4, "{seen:#?}");
     assert_eq!(seen.iter().filter(|s| s.method == "POST").count(), 1);
     let update = &seen[3];
-    assert_eq!((update.method.as_str(), update.target.as_str()), ("PATCH", "/repos/acme/calc/pulls/5"));
+    assert_eq!(
+        (update.method.as_str(), update.target.as_str()),
+        ("PATCH", "/repos/acme/calc/pulls/5")
+    );
     let body = update.body["body"].as_str().unwrap();
     assert!(body.contains("Added NOTES.md."), "{body}");
     assert!(body.contains("- `NOTES.md`"), "{body}");
@@ -252,7 +288,10 @@ async fn an_environment_without_a_forge_gets_a_clear_400() {
     let server = KilnServer::start(&install, &model, 1).await;
     server.environment(ADMIN_TOKEN, "calc", repo.path()).await;
     let task = server
-        .task(ADMIN_TOKEN, json!({"environment": "calc", "prompt": "look"}))
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "look"}),
+        )
         .await;
     let id = task["id"].as_str().unwrap();
     let (status, body) = server
@@ -269,4 +308,44 @@ async fn an_environment_without_a_forge_gets_a_clear_400() {
         .post(&format!("/api/tasks/{id}/pr"), &mallory, json!({}))
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_point_the_forge_api_at_an_internal_address() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(vec![Turn::message("Nothing to do.")])).await;
+    let internal = StandInForge::start(vec![(200, json!([]))]).await;
+    let install = Installation::new();
+    let allowed = repo.path().display().to_string();
+    let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &allowed]).await;
+    let mallory = server.new_user("mallory").await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            &mallory,
+            json!({
+                "name": "calc",
+                "repo": allowed,
+                "secrets": {"FORGE_TOKEN": "anything"},
+                "forge": {"kind": "forgejo", "api_url": internal.url, "repo": "acme/calc",
+                          "token_secret": "FORGE_TOKEN"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let task = server
+        .task(&mallory, json!({"environment": "calc", "prompt": "look"}))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/pr"), &mallory, json!({}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("forge.api_url"), "{message}");
+    assert!(message.contains("loopback"), "{message}");
+    assert!(
+        internal.seen().is_empty(),
+        "kiln called the internal address"
+    );
 }

@@ -89,7 +89,7 @@ fn forge(kind: ForgeKind, api_url: &str, repo: &str) -> Forge {
         repo: repo.to_string(),
         token_secret: "FORGE_TOKEN".to_string(),
     };
-    Forge::new(&config, TOKEN.to_string(), reqwest::Client::new()).unwrap()
+    Forge::new(&config, TOKEN.to_string(), http_client(None).unwrap()).unwrap()
 }
 
 fn proposal(draft: bool) -> Proposal {
@@ -425,6 +425,31 @@ async fn a_hostile_answer_cannot_smuggle_a_link_or_flood_the_error() {
         .to_string();
     assert!(!err.contains('\u{1b}'), "{err}");
     assert!(err.len() < 1000, "{} bytes", err.len());
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_with_the_token() {
+    let elsewhere = StandIn::start(vec![ok(
+        201,
+        json!({"number": 1, "html_url": "https://x.example/1"}),
+    )])
+    .await;
+    let stand_in = StandIn::start(vec![(
+        307,
+        vec![(
+            "location",
+            format!("{}/repos/acme/app/pulls", elsewhere.url),
+        )],
+        json!({}),
+    )])
+    .await;
+    let github = forge(ForgeKind::Github, &stand_in.url, "acme/app");
+    let err = github.create(&proposal(false)).await.unwrap_err();
+    assert!(
+        matches!(err, ForgeError::Unexpected { status: 307, .. }),
+        "{err:?}"
+    );
+    assert!(elsewhere.seen().is_empty(), "the redirect was followed");
 }
 
 #[test]

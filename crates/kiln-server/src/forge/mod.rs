@@ -143,6 +143,42 @@ pub(crate) fn default_api_url(kind: ForgeKind) -> &'static str {
     }
 }
 
+/// The HTTP client for one environment's forge: no redirects (a public
+/// forge could send kiln on to an internal address, or the token to
+/// another host), and, when the API's host name was checked as public,
+/// connections only to the addresses that were checked (`curl_resolve`,
+/// `host:port:addr,…` as [`crate::CheckedRepo`] gives it), so that a second
+/// DNS answer cannot point it elsewhere.
+pub(crate) fn http_client(curl_resolve: Option<&str>) -> Result<reqwest::Client, ForgeError> {
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(pin) = curl_resolve {
+        let mut parts = pin.splitn(3, ':');
+        let (Some(host), Some(port), Some(list)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ForgeError::Config(format!(
+                "cannot pin the forge's addresses ({pin})"
+            )));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| ForgeError::Config(format!("cannot pin the forge's addresses ({pin})")))?;
+        let addresses: Vec<std::net::SocketAddr> = list
+            .split(',')
+            .filter_map(|address| {
+                address
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .collect();
+        builder = builder.resolve_to_addrs(host, &addresses);
+    }
+    builder
+        .build()
+        .map_err(|e| ForgeError::Config(format!("cannot set up the forge's HTTP client: {e}")))
+}
+
 impl Forge {
     /// A client for `config`'s forge with `token` (the value of the
     /// environment secret `config.token_secret`).

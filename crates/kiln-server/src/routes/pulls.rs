@@ -41,6 +41,21 @@ pub(super) async fn open(
             ),
         });
     };
+    // The API URL is a location the server connects to on the owner's
+    // behalf: the same rule as for repositories (non-public addresses are
+    // for admins and --allow-repo prefixes), checked before any request.
+    let api_url = forge_config
+        .api_url
+        .clone()
+        .unwrap_or_else(|| crate::forge::default_api_url(forge_config.kind).to_string());
+    let owner_is_admin = crate::repo_access::owner_is_admin(shared, &environment).await;
+    let checked_api = shared
+        .config
+        .repo_access
+        .check_async(&api_url, owner_is_admin)
+        .await
+        .map_err(|e| ApiError::Forbidden(format!("cannot use forge.api_url {api_url}: {e}")))?;
+    let forge_http = crate::forge::http_client(checked_api.curl_resolve.as_deref())?;
     let attempt = chosen_attempt(&detail, request.attempt)?;
     let Some(commit) = attempt.commit_sha.clone() else {
         return Err(ApiError::Conflict(format!(
@@ -72,8 +87,7 @@ pub(super) async fn open(
                 ),
             )
         })?;
-    let forge = Forge::new(&forge_config, token.clone(), shared.provider_http.clone())
-        .map_err(ApiError::from)?;
+    let forge = Forge::new(&forge_config, token.clone(), forge_http).map_err(ApiError::from)?;
 
     let branch = format!("kiln/{id}");
     let mirror = shared
