@@ -287,7 +287,7 @@ fn prefixed(flag: &str, path: &Path) -> std::ffi::OsString {
     arg
 }
 
-fn output_of(mut command: Command) -> Result<Output, GitError> {
+pub(crate) fn output_of(mut command: Command) -> Result<Output, GitError> {
     command.output().map_err(GitError::Missing)
 }
 
@@ -306,7 +306,7 @@ where
     Err(failed(dir, args, &output.stderr))
 }
 
-fn failed<I, S>(dir: &Path, args: I, stderr: &[u8]) -> GitError
+pub(crate) fn failed<I, S>(dir: &Path, args: I, stderr: &[u8]) -> GitError
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,

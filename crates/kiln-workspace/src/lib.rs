@@ -21,15 +21,22 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apply;
 mod bases;
 mod cow;
 mod git;
 pub mod mirrors;
 pub mod overlay;
+mod push;
 mod worktree;
 
+pub use apply::{
+    apply, create_branch, preflight, Applied, ApplyError, BranchOutcome, Conflict, ConflictKind,
+    Preflight,
+};
 pub use bases::BaseCheckouts;
 pub use cow::sweep_orphan_layers;
 pub use git::{git_command, run_git, run_git_with_env, GitEnv, GitError, Repo};
 pub use mirrors::{Checkout, CheckoutError, FetchRules, Mirrors, Source, Start};
+pub use push::{push_branch, PushAuth, PushError};
 pub use worktree::{Diff, Worktree};
