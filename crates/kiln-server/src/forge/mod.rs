@@ -8,11 +8,11 @@
 //! taken from them, and its messages are cut short, stripped of control
 //! characters and of the token before anyone sees them.
 
+pub(crate) mod base;
 mod forgejo;
 mod github;
 mod gitlab;
 pub(crate) mod proposal;
-pub(crate) mod push;
 
 use std::time::Duration;
 

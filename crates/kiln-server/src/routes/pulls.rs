@@ -8,11 +8,12 @@ use axum::Json;
 use kiln_protocol::api::{Attempt, AttemptState, Environment, TaskDetail};
 use kiln_protocol::{ForgeKind, NewPullRequest, PullRequest};
 use kiln_store::{AttemptRef, OpenedPullRequest, RepoCredential};
+use kiln_workspace::{PushAuth, PushError};
 
 use super::ApiJson;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::forge::{proposal, push, Forge, Proposal};
+use crate::forge::{base, proposal, Forge, Proposal};
 use crate::state::AppState;
 
 /// 201 with the new pull request, or 200 with the updated one.
@@ -97,34 +98,20 @@ pub(super) async fn open(
         .store()
         .environment_repo_credential(&environment.id)
         .await?;
-    let push_rules = push_rules(
+    push_attempt(
         &state,
         &environment,
-        credential.clone(),
-        forge.kind(),
-        &token,
+        owner_is_admin,
+        PushPlan {
+            mirror: mirror.clone(),
+            commit: commit.clone(),
+            branch: branch.clone(),
+            auth: push_auth(credential.as_ref(), forge.kind(), &token),
+            attempt: attempt.n,
+        },
     )
     .await?;
-    let scrub = |text: &str| crate::scrub_data_dir(text, &shared.config.data_dir);
-    push::push_commit(
-        mirror.clone(),
-        commit.clone(),
-        environment.repo.clone(),
-        branch.clone(),
-        push_rules,
-    )
-    .await
-    .map_err(|reason| ApiError::Upstream {
-        status: StatusCode::BAD_GATEWAY,
-        code: "push_failed",
-        message: format!(
-            "cannot push attempt {}'s commit to {} as {branch}: {}",
-            attempt.n,
-            environment.repo,
-            scrub(&reason)
-        ),
-    })?;
-    let base = push::base_branch(
+    let base = base::base_branch(
         mirror,
         detail.task.base_ref.clone(),
         environment.base_branch.clone(),
@@ -238,43 +225,99 @@ fn chosen_attempt(detail: &TaskDetail, asked: Option<u32>) -> Result<&Attempt, A
     Ok(attempt)
 }
 
-/// How git reaches the environment's remote for the push: the fetch rules
-/// of its repository, with the stored repository credential, or else (for
-/// an https remote) the forge token as the credential each forge takes for
-/// git over https.
-async fn push_rules(
+/// What to push where.
+struct PushPlan {
+    mirror: std::path::PathBuf,
+    commit: String,
+    branch: String,
+    auth: Option<PushAuth>,
+    attempt: u32,
+}
+
+/// Pushes the attempt's commit from the mirror to the environment's remote
+/// as the task's branch, replacing what it held: kiln owns `kiln/<task>`,
+/// and another attempt's commit need not descend from the last one pushed.
+/// The remote passes the repository location rule again first (the owner
+/// may have lost admin rights); ssh pushes with the server's own keys, so
+/// only an admin's environment may push over ssh.
+async fn push_attempt(
     state: &AppState,
     environment: &Environment,
-    credential: Option<RepoCredential>,
-    forge: ForgeKind,
-    token: &str,
-) -> Result<kiln_workspace::FetchRules, ApiError> {
+    owner_is_admin: bool,
+    plan: PushPlan,
+) -> Result<(), ApiError> {
     let shared = &state.inner;
     let checked = crate::repo_access::recheck_environment(shared, environment)
         .await
         .map_err(|e| {
-            ApiError::Forbidden(format!(
-                "cannot use the repository {}: {e}",
-                environment.repo
-            ))
+            ApiError::Forbidden(format!("cannot use the repository {}: {e}", environment.repo))
         })?;
-    let remote_is_https = environment.repo.starts_with("https://")
-        || (environment.repo.starts_with("http://") && checked.protocol == "http");
-    let credential = credential.or_else(|| {
-        remote_is_https.then(|| {
-            let user = match forge {
-                ForgeKind::Github => "x-access-token",
-                ForgeKind::Gitlab => "oauth2",
-                ForgeKind::Forgejo => "kiln",
-            };
-            RepoCredential::new(user, Some(token.to_string()))
-        })
-    });
-    crate::repo_access::fetch_rules(
-        &shared.config.data_dir,
-        &checked,
-        &environment.repo,
-        credential.as_ref(),
-    )
-    .map_err(ApiError::Internal)
+    if checked.protocol == "ssh" && !owner_is_admin {
+        return Err(ApiError::Forbidden(format!(
+            "{} is an ssh remote, which kiln pushes to with the server's own ssh keys:              only an admin's environment may; use an https URL (the forge token or the              URL's credential then authenticates the push)",
+            environment.repo
+        )));
+    }
+    let remote = environment.repo.clone();
+    let PushPlan {
+        mirror,
+        commit,
+        branch,
+        auth,
+        attempt,
+    } = plan;
+    // push_branch sends a credential over https (and http to this machine)
+    // only; file and ssh remotes get none.
+    let auth = auth.filter(|_| matches!(checked.protocol, "https" | "http"));
+    let pushed_branch = branch.clone();
+    let pushed_remote = remote.clone();
+    let pushed = tokio::task::spawn_blocking(move || {
+        kiln_workspace::push_branch(
+            &mirror.join(".git"),
+            &commit,
+            &pushed_remote,
+            &pushed_branch,
+            auth.as_ref(),
+            true,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the push stopped: {e}")))?;
+    let Err(err) = pushed else {
+        return Ok(());
+    };
+    let (status, code) = match &err {
+        PushError::NonFastForward { .. } | PushError::Rejected { .. } => {
+            (StatusCode::CONFLICT, "push_rejected")
+        }
+        PushError::AuthFailed { .. } => (StatusCode::BAD_GATEWAY, "push_denied"),
+        _ => (StatusCode::BAD_GATEWAY, "push_failed"),
+    };
+    Err(ApiError::Upstream {
+        status,
+        code,
+        message: format!(
+            "cannot push attempt {attempt}'s commit to {remote} as {branch}: {}",
+            crate::scrub_data_dir(&err.to_string(), &shared.config.data_dir)
+        ),
+    })
+}
+
+/// The push's credential: the one that came in the repository URL, or
+/// else the forge token, as each forge takes it for git over https (used
+/// for https remotes only, see [`push_attempt`]).
+fn push_auth(
+    credential: Option<&RepoCredential>,
+    forge: ForgeKind,
+    token: &str,
+) -> Option<PushAuth> {
+    if let Some(credential) = credential {
+        return Some(PushAuth::header(&credential.basic_authorization()));
+    }
+    let user = match forge {
+        ForgeKind::Github => "x-access-token",
+        ForgeKind::Gitlab => "oauth2",
+        ForgeKind::Forgejo => "kiln",
+    };
+    Some(PushAuth::basic(user, token))
 }

@@ -1,48 +1,10 @@
-//! Pushing an attempt's commit from the server's mirror to the
-//! environment's remote as the task's branch, and finding the branch the
-//! pull request merges into.
-//!
-//! TODO(i12-w4): replace `push_commit` with `kiln_workspace::push_branch`
-//! once that lands; this is the minimal push the pull-request flow needs
-//! meanwhile (one implementation only is to remain).
+//! Finding the branch a task's pull request merges into, from the
+//! server's mirror of the environment's repository. (The push itself is
+//! `kiln_workspace::push_branch`.)
 
 use std::path::PathBuf;
 
-use kiln_workspace::{FetchRules, Repo};
-
-/// Pushes `commit` (present in `mirror`) to `remote` as `refs/heads/{branch}`,
-/// replacing what the branch held: kiln owns `kiln/<task>`, and another
-/// attempt's commit need not descend from the one pushed before.
-/// `rules` are the fetch rules of the environment's repository (allowed
-/// transport, no redirects, no credential helper, the credential as a
-/// header from git's environment, never in its arguments).
-pub(crate) async fn push_commit(
-    mirror: PathBuf,
-    commit: String,
-    remote: String,
-    branch: String,
-    rules: FetchRules,
-) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        let repo = Repo::at(&mirror);
-        let mut args = rules.options.clone();
-        args.extend([
-            "push".to_string(),
-            "--quiet".to_string(),
-            "--".to_string(),
-            remote,
-            format!("+{commit}:refs/heads/{branch}"),
-        ]);
-        repo.git_with_env(&args, &rules.env)
-            .map(|_| ())
-            .map_err(|e| match e {
-                kiln_workspace::GitError::Failed { stderr, .. } => stderr,
-                other => other.to_string(),
-            })
-    })
-    .await
-    .map_err(|e| format!("the push stopped: {e}"))?
-}
+use kiln_workspace::Repo;
 
 /// The branch a pull request from this task merges into: the task's base
 /// ref when it is a branch of the remote, else the environment's base
