@@ -250,7 +250,10 @@ async fn push_attempt(
     let checked = crate::repo_access::recheck_environment(shared, environment)
         .await
         .map_err(|e| {
-            ApiError::Forbidden(format!("cannot use the repository {}: {e}", environment.repo))
+            ApiError::Forbidden(format!(
+                "cannot use the repository {}: {e}",
+                environment.repo
+            ))
         })?;
     if checked.protocol == "ssh" && !owner_is_admin {
         return Err(ApiError::Forbidden(format!(
