@@ -349,3 +349,84 @@ async fn a_user_cannot_point_the_forge_api_at_an_internal_address() {
         "kiln called the internal address"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_merge_request_on_gitlab_after_a_push_over_smart_http_with_the_urls_credential() {
+    let root = tempfile::tempdir().unwrap();
+    bare_remote(root.path());
+    let password = "glpat-secret-in-the-url-0123456789";
+    let expected = format!(
+        "Basic {}",
+        serve_support::base64(format!("oauth2:{password}").as_bytes())
+    );
+    let git_url =
+        kiln_testkit::git_http::serve_with_basic_auth(root.path().to_path_buf(), expected);
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::apply_patch(FIX),
+        Turn::message("Fixed `median()`."),
+    ]))
+    .await;
+    let page = "https://gitlab.example/acme/calc/-/merge_requests/9";
+    let forge = StandInForge::start(vec![
+        (200, json!([])),
+        (201, json!({"iid": 9, "id": 1234, "web_url": page})),
+    ])
+    .await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let repo_url = git_url.replace("http://", &format!("http://oauth2:{password}@")) + "/calc.git";
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": repo_url,
+                "secrets": {"GITLAB_TOKEN": "glpat-api-token-0123456789"},
+                "forge": {"kind": "gitlab", "api_url": format!("{}/api/v4", forge.url),
+                          "repo": "acme/calc", "token_secret": "GITLAB_TOKEN"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "Fix median"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let commit = task["attempts"][0]["commit_sha"].as_str().unwrap();
+
+    let opened = kiln(&server, &["task", "pr", &id, "--draft", "--json"]).await;
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let record: Value = serde_json::from_slice(&opened.stdout).unwrap();
+    assert_eq!(record["forge"], "gitlab");
+    assert_eq!(
+        (record["number"].as_u64(), record["draft"].as_bool()),
+        (Some(9), Some(true))
+    );
+    assert_eq!(
+        remote_branch(&root.path().join("calc.git"), &format!("kiln/{id}")),
+        commit
+    );
+    let seen = forge.seen();
+    let create = &seen[1];
+    assert_eq!(create.method, "POST");
+    assert_eq!(create.target, "/api/v4/projects/acme%2Fcalc/merge_requests");
+    assert_eq!(
+        create.headers["private-token"],
+        "glpat-api-token-0123456789"
+    );
+    assert_eq!(create.body["title"], "Draft: Fix median");
+    assert_eq!(create.body["source_branch"], format!("kiln/{id}").as_str());
+    assert_eq!(create.body["target_branch"], "main");
+    let (_, detail) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
+    assert!(!detail.to_string().contains(password));
+}
