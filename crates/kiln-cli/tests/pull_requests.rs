@@ -114,7 +114,7 @@ fn remote_branch(bare: &Path, branch: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_updates_it() {
+async fn kiln_task_pr_pushes_the_branch_and_opens_one_pull_request_which_follow_ups_update() {
     let remotes = tempfile::tempdir().unwrap();
     let bare = bare_remote(remotes.path());
     let model = ScriptedServer::start(Script::new(vec![
@@ -135,7 +135,9 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
         // The second: none open yet, so one is created.
         (200, json!([])),
         (201, json!({"number": 5, "html_url": page})),
-        // The third, after a follow-up: the same one is updated.
+        // After a follow-up, and at the third `kiln task pr`: the same one
+        // is updated.
+        (200, json!({"number": 5, "html_url": page})),
         (200, json!({"number": 5, "html_url": page})),
     ])
     .await;
@@ -227,8 +229,8 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     assert_eq!(detail["pull_request"]["url"], page);
     assert_eq!(detail["pull_request"]["branch"], branch.as_str());
 
-    // A follow-up commits again; the next `kiln task pr` updates the same
-    // pull request with the new commit and a refreshed description.
+    // A follow-up commits again: when it finishes, the same pull request
+    // gets the new commit and a refreshed description.
     let (status, body) = server
         .post(
             &format!("/api/tasks/{id}/messages"),
@@ -241,24 +243,16 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
         .wait_task(ADMIN_TOKEN, &id, LONG, |t| {
             t["status"] == "succeeded"
                 && t["attempts"][0]["commit_sha"].as_str() != Some(first_commit.as_str())
+                && t["pull_request"]["updated_at"] != t["pull_request"]["created_at"]
         })
         .await;
     let second_commit = task["attempts"][0]["commit_sha"]
         .as_str()
         .unwrap()
         .to_string();
-    let updated = kiln(&server, &["task", "pr", &id]).await;
-    assert!(
-        updated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&updated.stderr)
-    );
-    assert!(String::from_utf8_lossy(&updated.stderr).contains("updated"));
     assert_eq!(remote_branch(&bare, &branch), second_commit);
-
     let seen = forge.seen();
     assert_eq!(seen.len(), 4, "{seen:#?}");
-    assert_eq!(seen.iter().filter(|s| s.method == "POST").count(), 1);
     let update = &seen[3];
     assert_eq!(
         (update.method.as_str(), update.target.as_str()),
@@ -268,16 +262,28 @@ async fn kiln_task_pr_pushes_the_branch_opens_one_pull_request_and_a_follow_up_u
     assert!(body.contains("Added NOTES.md."), "{body}");
     assert!(body.contains("- `NOTES.md`"), "{body}");
 
-    // Both pushes are in the attempt's log as pr.opened, the second an update.
-    let (_, detail) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
-    assert!(detail["pull_request"]["updated_at"] != detail["pull_request"]["created_at"]);
+    // `kiln task pr` again updates the same pull request: never a second.
+    let updated = kiln(&server, &["task", "pr", &id]).await;
+    assert!(
+        updated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&updated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&updated.stderr).contains("updated"));
+    let seen = forge.seen();
+    assert_eq!(seen.len(), 5, "{seen:#?}");
+    assert_eq!(seen.iter().filter(|s| s.method == "POST").count(), 1);
+    assert_eq!(seen[4].method, "PATCH");
+
+    // Every push is in the attempt's log as pr.opened; all but the first
+    // are updates.
     let events = server.events(ADMIN_TOKEN, &id, None).await.all(LONG).await;
-    let opened: Vec<&Value> = events
+    let opened: Vec<bool> = events
         .iter()
         .filter(|e| e.kind == "pr.opened")
-        .map(|e| &e.data)
+        .map(|e| e.data["updated"].as_bool().unwrap())
         .collect();
-    assert_eq!(opened.len(), 2, "{opened:?}");
+    assert_eq!(opened, vec![false, true, true]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ mod http_server;
 mod metrics;
 pub(crate) mod model_proxy;
 mod openapi;
+mod pulls;
 mod repo_access;
 mod routes;
 mod secret_key;
