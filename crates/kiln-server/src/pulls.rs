@@ -172,9 +172,6 @@ pub(crate) async fn open_or_update(
             draft,
         })
         .await?;
-    // WEBHOOK(i12-w3): enqueue the `pr.opened` delivery here once
-    // `Store::enqueue_webhook` exists, e.g.
-    // `shared.store.enqueue_webhook(&environment.id, Some(&id), "pr.opened", &record)`.
     Ok((record, updated))
 }
 

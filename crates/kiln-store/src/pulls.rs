@@ -169,6 +169,13 @@ impl Store {
             let record = pull_request_in_tx(&mut tx, &attempt.task_id)
                 .await?
                 .ok_or_else(|| StoreError::corrupt("pull request", "vanished while recorded"))?;
+            // WEBHOOK(i12-w3): queue the `pr.opened` delivery in this same
+            // transaction (the outbox), e.g.
+            //   let environment_id = tx.fetch_one(query("SELECT environment_id FROM tasks
+            //       WHERE id = $1").bind(attempt.task_id.as_str())).await?.text("environment_id")?;
+            //   crate::webhooks::enqueue_in(&mut tx, &environment_id, &attempt.task_id,
+            //       crate::webhooks::WEBHOOK_PR_OPENED,
+            //       serde_json::json!({"pull_request": &record, "updated": updated}), now).await?;
             let change = Change::Events {
                 task_id: attempt.task_id.clone(),
                 last_id,
