@@ -70,6 +70,9 @@ pub(crate) async fn open_or_update(
                  try again when that request has answered"
         ))
     })?;
+    // Read again under the slot: a request that held it just now may have
+    // opened the pull request since `detail` was read.
+    let existing = shared.store.pull_request(id).await?;
 
     let secrets = crate::worker::run::read_secrets(shared, &environment)
         .await
@@ -131,7 +134,7 @@ pub(crate) async fn open_or_update(
         &secrets,
         credential.as_ref(),
     ));
-    let draft = match (&detail.pull_request, forge.kind()) {
+    let draft = match (&existing, forge.kind()) {
         // GitHub sets a draft only when the pull request is created.
         (Some(existing), ForgeKind::Github) => existing.draft,
         (existing, _) => draft.unwrap_or(existing.as_ref().is_some_and(|e| e.draft)),
@@ -153,7 +156,7 @@ pub(crate) async fn open_or_update(
         draft,
     };
 
-    let known = match &detail.pull_request {
+    let known = match &existing {
         Some(existing) => Some(existing.number),
         None => forge.find_open(&branch).await?.map(|pull| pull.number),
     };
