@@ -436,3 +436,71 @@ async fn a_draft_merge_request_on_gitlab_after_a_push_over_smart_http_with_the_u
     let (_, detail) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
     assert!(!detail.to_string().contains(password));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_refuses_the_branch_is_a_clear_409_and_no_pull_request() {
+    let remotes = tempfile::tempdir().unwrap();
+    let bare = bare_remote(remotes.path());
+    // The remote's own rule, as a protected-branch setting would answer.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'kiln/* branches are protected here' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&hook).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&hook, permissions).unwrap();
+    let model = ScriptedServer::start(Script::new(vec![
+        Turn::apply_patch(FIX),
+        Turn::message("Fixed."),
+    ]))
+    .await;
+    let forge = StandInForge::start(Vec::new()).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let (status, env) = server
+        .post(
+            "/api/environments",
+            ADMIN_TOKEN,
+            json!({
+                "name": "calc",
+                "repo": format!("file://{}", bare.display()),
+                "secrets": {"FORGE_TOKEN": FORGE_TOKEN},
+                "forge": {"kind": "forgejo", "api_url": forge.url, "repo": "acme/calc",
+                          "token_secret": "FORGE_TOKEN"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+    let task = server
+        .task(
+            ADMIN_TOKEN,
+            json!({"environment": "calc", "prompt": "Fix median"}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let task = server.wait_finished(ADMIN_TOKEN, &id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/pr"), ADMIN_TOKEN, json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "push_rejected");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("kiln/* branches are protected here"),
+        "{message}"
+    );
+    assert!(
+        !message.contains(install.data_dir().to_str().unwrap()),
+        "{message}"
+    );
+    assert!(
+        forge.seen().is_empty(),
+        "no pull request without the branch"
+    );
+    let (_, detail) = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await;
+    assert!(detail["pull_request"].is_null(), "{detail:#}");
+}
