@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use kiln_model::{ModelClient, ModelRequest, ToolSpec};
 use kiln_protocol::{
-    format_usd, AttemptReport, AttemptStatus, CheckResult, CheckSpec, CitationCheck, EventKind, Item,
-    Mode, Role, Usage,
+    format_usd, AttemptReport, AttemptStatus, CheckResult, CheckSpec, CitationCheck, EventKind,
+    Item, Mode, Role, Usage,
 };
 use kiln_sandbox::Sandbox;
 use tokio::sync::mpsc;

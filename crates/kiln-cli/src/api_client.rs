@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
 };
 use kiln_protocol::sse::SseParser;
+use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -281,6 +282,18 @@ impl ApiClient {
             )?
             .json(message);
         self.typed(request, "the messages sent").await
+    }
+
+    /// Opens the task's pull request, or updates the one it has.
+    pub async fn open_pull_request(
+        &self,
+        id: &str,
+        request: &NewPullRequest,
+    ) -> Result<Answer<PullRequest>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "tasks", id, "pr"], &[])?
+            .json(request);
+        self.typed(request, "a pull request").await
     }
 
     pub async fn create_environment(&self, new: &NewEnvironment) -> Result<Answer<Environment>> {

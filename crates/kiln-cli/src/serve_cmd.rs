@@ -69,6 +69,10 @@ pub struct Args {
     /// Seconds one webhook try may take, from connecting to the answer.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub webhook_timeout_secs: u64,
+    /// The URL people reach this server at (e.g. https://kiln.example.com):
+    /// pull requests link back to their task under it.
+    #[arg(long, value_name = "URL", env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// A token that may read /metrics besides admin tokens (for a scraper).
     #[arg(
         long,
@@ -159,6 +163,14 @@ async fn serve(args: Args) -> Result<()> {
     server_config.repo_access = repo_access;
     server_config.webhooks = webhook_delivery(&args)?;
     server_config.body_limit = args.max_body_bytes;
+    if let Some(url) = &args.public_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            anyhow::bail!(
+                "--public-url {url:?} is not an http(s) URL: give it as https://HOST[:PORT]"
+            );
+        }
+    }
+    server_config.public_url = args.public_url.clone();
     server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {
         (true, _) => MetricsAccess::Public,
         (false, Some(token)) if !token.trim().is_empty() => {

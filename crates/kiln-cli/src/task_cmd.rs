@@ -1,11 +1,11 @@
-//! `kiln task new|list|show|logs|diff|apply|cancel|prefer|reply`: a client of `kiln serve`.
+//! `kiln task new|list|show|logs|diff|apply|cancel|prefer|reply|pr`: a client of `kiln serve`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use kiln_protocol::api::{NewMessage, NewTask, TaskDetail, TaskQuery, TaskStatus, TaskStreamItem};
-use kiln_protocol::{format_usd, EventKind, EventSink, Mode};
+use kiln_protocol::{format_usd, EventKind, EventSink, Mode, NewPullRequest};
 
 use crate::api_client::{ApiClient, EventsQuery, ServerArgs};
 use crate::render::{terminal_safe, HumanRenderer};
@@ -96,6 +96,18 @@ pub enum TaskCommand {
         /// Only this attempt (default: every attempt).
         #[arg(long)]
         attempt: Option<u32>,
+    },
+    /// Push an attempt's commit as branch kiln/<task> and open a pull
+    /// (merge) request on the environment's forge, or update the task's
+    /// pull request if it has one. Prints its URL.
+    Pr {
+        id: String,
+        /// The attempt to propose (default: the best-ranked attempt).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Open it as a draft (GitHub: only when it is created).
+        #[arg(long)]
+        draft: bool,
     },
 }
 
@@ -213,6 +225,30 @@ pub fn run(args: Args) -> ExitCode {
                     sent.print_json();
                 } else {
                     println!("sent to {} attempt(s)", sent.value.messages.len());
+                }
+            }
+            TaskCommand::Pr { id, attempt, draft } => {
+                let opened = client
+                    .open_pull_request(&id, &NewPullRequest { attempt, draft })
+                    .await?;
+                if json {
+                    opened.print_json();
+                } else {
+                    let pr = &opened.value;
+                    println!("{}", terminal_safe(&pr.url));
+                    eprintln!(
+                        "{} #{} of task {} proposes attempt {} (branch {}){}",
+                        pr.forge,
+                        pr.number,
+                        pr.task_id,
+                        pr.attempt,
+                        terminal_safe(&pr.branch),
+                        if pr.created_at == pr.updated_at {
+                            ""
+                        } else {
+                            ": updated"
+                        }
+                    );
                 }
             }
         }

@@ -116,6 +116,9 @@ pub struct ServerConfig {
     pub local_workers: bool,
     /// Outgoing webhooks' retry schedule and timeouts.
     pub webhooks: WebhookDelivery,
+    /// The URL people reach this server at (`kiln serve --public-url`):
+    /// pull requests link back to their task under it. `None`: no link.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -141,6 +144,7 @@ impl ServerConfig {
             metrics_access: MetricsAccess::default(),
             local_workers: true,
             webhooks: WebhookDelivery::default(),
+            public_url: None,
         }
     }
 }

@@ -51,6 +51,15 @@ pub enum ApiError {
     /// event streams per token).
     #[error("{0}")]
     TooManyRequests(String),
+    /// A service kiln called for the request (a forge, the environment's
+    /// remote) refused or failed; `code` says which and how
+    /// (`forge_denied`, `forge_rate_limited`, `push_failed`, …).
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// A server-side failure; the detail is logged, the client gets a summary.
     #[error("{0}")]
     Internal(String),
@@ -64,7 +73,7 @@ impl ApiError {
         }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -81,6 +90,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Upstream { status, code, .. } => (*status, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -111,6 +121,27 @@ impl From<StoreError> for ApiError {
             lost @ StoreError::LeaseLost { .. } => ApiError::LeaseLost(lost.to_string()),
             unknown @ StoreError::UnknownLease => ApiError::Unauthorized(unknown.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::forge::ForgeError> for ApiError {
+    fn from(err: crate::forge::ForgeError) -> Self {
+        use crate::forge::ForgeError;
+        let (status, code) = match &err {
+            ForgeError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "forge_config"),
+            ForgeError::Denied { .. } => (StatusCode::BAD_GATEWAY, "forge_denied"),
+            ForgeError::NotFound { .. } => (StatusCode::BAD_GATEWAY, "forge_not_found"),
+            ForgeError::Rejected { .. } => (StatusCode::CONFLICT, "forge_rejected"),
+            ForgeError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "forge_rate_limited"),
+            ForgeError::Unexpected { .. } | ForgeError::Unreachable { .. } => {
+                (StatusCode::BAD_GATEWAY, "forge_error")
+            }
+        };
+        ApiError::Upstream {
+            status,
+            code,
+            message: err.to_string(),
         }
     }
 }

@@ -44,11 +44,13 @@ mod auth;
 mod config;
 mod data_dir;
 mod error;
+mod forge;
 pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
 pub(crate) mod model_proxy;
 mod openapi;
+mod pulls;
 mod repo_access;
 mod routes;
 mod secret_key;
@@ -126,6 +128,7 @@ impl Server {
                     shutdown: CancellationToken::new(),
                     revocations: tokio::sync::watch::Sender::new(0),
                     streams,
+                    pull_requests: slots::Slots::new(1),
                     mirrors: Arc::new(kiln_workspace::Mirrors::new(&config.data_dir)),
                     provider_http: reqwest::Client::new(),
                     config,

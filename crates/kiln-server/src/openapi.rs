@@ -13,6 +13,7 @@ use kiln_protocol::api::{
 };
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
+use kiln_protocol::{NewPullRequest, PullRequest};
 use kiln_store::TokenInfo;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
@@ -153,6 +154,16 @@ pub(crate) const OPERATIONS: &[Operation] = &[
             "post",
             "/api/tasks/{id}/cancel",
             "Cancel the task's attempts",
+        )
+    },
+    Operation {
+        body: Some(of::<NewPullRequest>),
+        status: 201,
+        success: Success::Json(of::<PullRequest>),
+        ..op(
+            "post",
+            "/api/tasks/{id}/pr",
+            "Push an attempt as branch kiln/<task> and open the task's pull request on the environment's forge (201), or update the one it has (200)",
         )
     },
     Operation {

@@ -350,7 +350,17 @@ pub(crate) async fn recheck_environment(
     shared: &Shared,
     environment: &Environment,
 ) -> Result<CheckedRepo, RepoAccessError> {
-    let owner_is_admin = match shared.store.list_tokens().await {
+    let owner_is_admin = owner_is_admin(shared, environment).await;
+    shared
+        .config
+        .repo_access
+        .check_async(&environment.repo, owner_is_admin)
+        .await
+}
+
+/// Whether the environment's owner is, now, a live admin token.
+pub(crate) async fn owner_is_admin(shared: &Shared, environment: &Environment) -> bool {
+    match shared.store.list_tokens().await {
         Ok(tokens) => tokens.iter().any(|token| {
             token.id == environment.owner_token_id && token.admin && token.revoked_at.is_none()
         }),
@@ -358,12 +368,7 @@ pub(crate) async fn recheck_environment(
             tracing::warn!("cannot read the environment owner's token: {err}");
             false
         }
-    };
-    shared
-        .config
-        .repo_access
-        .check_async(&environment.repo, owner_is_admin)
-        .await
+    }
 }
 
 /// `reason` with every path inside the server's data directory replaced by

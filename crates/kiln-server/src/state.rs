@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) revocations: tokio::sync::watch::Sender<u64>,
     /// Open event streams per token id.
     pub(crate) streams: Slots<String>,
+    /// Pull requests being opened or updated, per task: one at a time, so
+    /// that two requests cannot both create one.
+    pub(crate) pull_requests: Slots<String>,
     /// The repository mirrors, shared by the in-process pool and the
     /// claims of remote workers (one lock per mirror for both).
     pub(crate) mirrors: Arc<Mirrors>,

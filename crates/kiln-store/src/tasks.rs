@@ -405,7 +405,9 @@ impl Store {
                 .iter()
                 .map(attempt_from_row)
                 .collect::<Result<_, _>>()?;
-            Ok(task_detail(task, attempts))
+            let mut detail = task_detail(task, attempts);
+            detail.pull_request = crate::pulls::pull_request_in(&self.inner.db, task_id).await?;
+            Ok(detail)
         })
         .await
     }

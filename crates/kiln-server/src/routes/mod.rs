@@ -4,6 +4,7 @@ mod environments;
 mod events;
 mod json;
 mod ops;
+mod pulls;
 mod ranking;
 mod tasks;
 mod tokens;
@@ -51,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/tasks/{id}/pr", post(pulls::open))
         .route("/api/workers", get(worker_api::list))
         .route("/api/worker/claim", post(worker_api::claim))
         .route(

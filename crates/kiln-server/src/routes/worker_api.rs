@@ -357,6 +357,12 @@ pub(super) async fn finish(
     report.reason = redact(report.reason);
     state.store().finish_leased(&holder, &report).await?;
     if report.status != AttemptStatus::Cancelled {
+        // The worker need not wait for the forge.
+        let shared = state.inner.clone();
+        let finished = attempt.clone();
+        tokio::spawn(async move {
+            crate::pulls::refresh_after_follow_up(&shared, &finished).await;
+        });
         continue_with_unread(&state.inner, &attempt, body.unread_messages).await;
     }
     Ok(StatusCode::NO_CONTENT)

@@ -93,6 +93,9 @@ pub(crate) async fn run_claimed(
     if !lost {
         match shared.store.finish(worker_id, &attempt, &outcome).await {
             Ok(()) if outcome.status != AttemptStatus::Cancelled => {
+                if claimed.resume {
+                    crate::pulls::refresh_after_follow_up(shared, &attempt).await;
+                }
                 continue_with_late_messages(shared, &attempt, unused).await;
             }
             Ok(()) => {}

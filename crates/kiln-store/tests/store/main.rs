@@ -10,6 +10,7 @@ mod events;
 mod messages;
 mod notifications;
 mod opening;
+mod pulls;
 mod queue;
 mod ranking;
 mod recovery;

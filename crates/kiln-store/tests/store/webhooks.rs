@@ -29,6 +29,39 @@ async fn hooked_environment(
 }
 
 on_both_backends! {
+    async fn recording_a_pull_request_queues_its_pr_opened_delivery_with_it(t) {
+        let me = t.user("me").await;
+        let env = hooked_environment(&t, &me).await;
+        let task = t.store.create_task(&me, &NewTask::new(env.clone(), "fix it")).await.unwrap();
+        let claimed = t.store.claim_next("w", LEASE).await.unwrap().unwrap();
+        t.store.finish("w", &claimed.attempt, &AttemptReport::new(AttemptStatus::Succeeded)).await.unwrap();
+        let opened = kiln_store::OpenedPullRequest {
+            attempt: claimed.attempt.clone(),
+            forge: kiln_protocol::ForgeKind::Github,
+            number: 12,
+            url: "https://github.example/acme/app/pull/12".into(),
+            branch: format!("kiln/{}", task.task.id),
+            draft: true,
+        };
+        t.store.record_pull_request(&opened).await.unwrap();
+        t.store.record_pull_request(&opened).await.unwrap();
+
+        let listed = t.store.webhook_deliveries(&me, &env, 50).await.unwrap();
+        let events: Vec<&str> = listed.iter().map(|d| d.event.as_str()).collect();
+        assert_eq!(events, [WEBHOOK_PR_OPENED, WEBHOOK_PR_OPENED, "task.finished", "attempt.finished"]);
+        let due = t.store.claim_webhook_deliveries(10, HOLD).await.unwrap();
+        let bodies: Vec<Value> = due
+            .iter()
+            .map(|d| serde_json::from_str::<Value>(&d.body).unwrap())
+            .filter(|b| b["event"] == WEBHOOK_PR_OPENED)
+            .collect();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies[0]["data"]["pull_request"]["number"], 12);
+        assert_eq!(bodies[0]["data"]["pull_request"]["url"], "https://github.example/acme/app/pull/12");
+        assert_eq!(bodies[0]["data"]["updated"], false);
+        assert_eq!(bodies[1]["data"]["updated"], true);
+    }
+
     async fn finishing_queues_attempt_and_task_deliveries_with_the_finish(t) {
         let me = t.user("me").await;
         let env = hooked_environment(&t, &me).await;
