@@ -59,6 +59,8 @@ async fn three_attempts_are_ranked_in_the_api_the_cli_and_the_stream_and_a_prefe
         // 3: a bigger change, citing lines that do not exist.
         Turn::shell("printf 'a\\nb\\nc\\nd\\n' > notes.txt"),
         Turn::message("Wrote notes 【F:calc.py†L900-L901】"),
+        // Told its citation does not hold, it keeps it: still invalid.
+        Turn::message("Wrote notes 【F:calc.py†L900-L901】"),
     ]))
     .await;
     let install = Installation::new();
@@ -88,15 +90,23 @@ async fn three_attempts_are_ranked_in_the_api_the_cli_and_the_stream_and_a_prefe
         .map(|a| a["rank"].as_u64().unwrap())
         .collect();
     assert_eq!(ranks, [1, 3, 2]);
+    let reasons = task["ranking"][0]["reasons"].as_array().unwrap();
     assert_eq!(
-        task["ranking"][0]["reasons"],
-        json!([
-            "succeeded",
-            "no checks defined",
-            "1 of 1 citations valid",
-            "diff +1 -1 in 1 file",
-            "cost unknown"
-        ]),
+        reasons[..4],
+        [
+            json!("succeeded"),
+            json!("no checks defined"),
+            json!("1 of 1 citations valid"),
+            json!("diff +1 -1 in 1 file"),
+        ],
+        "{task:#}"
+    );
+    // The scripted server's model has a built-in price: the cost is measured.
+    let cost = task["attempts"][0]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{task:#}");
+    assert_eq!(
+        reasons[4],
+        json!(format!("cost {}", kiln_protocol::format_usd(cost))),
         "{task:#}"
     );
     assert_eq!(task["ranking"][1]["reasons"][2], "1 of 1 citations invalid");
@@ -107,7 +117,7 @@ async fn three_attempts_are_ranked_in_the_api_the_cli_and_the_stream_and_a_prefe
     assert!(shown.contains("ranking (best first):"), "{shown}");
     assert!(
         shown.contains(
-            "  1. attempt 1: succeeded; no checks defined; 1 of 1 citations valid; diff +1 -1 in 1 file; cost unknown"
+            "  1. attempt 1: succeeded; no checks defined; 1 of 1 citations valid; diff +1 -1 in 1 file; cost $"
         ),
         "{shown}"
     );

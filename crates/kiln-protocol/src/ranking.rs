@@ -136,7 +136,7 @@ fn reasons(attempt: &Attempt, preferred: Option<u32>) -> Vec<String> {
         _ => "no diff".to_string(),
     });
     reasons.push(match attempt.cost_usd {
-        Some(usd) => format!("cost ${usd:.4}"),
+        Some(usd) => format!("cost {}", crate::format_usd(usd)),
         None => "cost unknown".to_string(),
     });
     reasons
