@@ -395,6 +395,27 @@ fn print_task(detail: &TaskDetail) {
         if let Some(reason) = &attempt.reason {
             println!("    reason: {}", terminal_safe(reason));
         }
+        for check in &attempt.checks {
+            // Names and commands come from the repository's configuration.
+            let verdict = if check.passed {
+                "passed".to_string()
+            } else {
+                terminal_safe(check.reason.as_deref().unwrap_or("failed")).into_owned()
+            };
+            println!(
+                "    check {}: {verdict} ({} ms, output {})",
+                terminal_safe(&check.name),
+                check.duration_ms,
+                check.chunk_id
+            );
+        }
+        if attempt.citations_invalid > 0 {
+            println!(
+                "    citations: {} of {} did not hold",
+                attempt.citations_invalid,
+                attempt.citations_valid + attempt.citations_invalid
+            );
+        }
         if let Some(message) = &attempt.final_message {
             for line in message.lines() {
                 println!("    {}", terminal_safe(line));
@@ -402,6 +423,17 @@ fn print_task(detail: &TaskDetail) {
         }
     }
     print_ranking(detail);
+    if let Some(pr) = &detail.pull_request {
+        println!(
+            "pull request: {} ({} #{}, attempt {}, branch {}{})",
+            terminal_safe(&pr.url),
+            pr.forge,
+            pr.number,
+            pr.attempt,
+            terminal_safe(&pr.branch),
+            if pr.draft { ", draft" } else { "" }
+        );
+    }
 }
 
 /// The finished attempts best first, each with the evidence weighed.

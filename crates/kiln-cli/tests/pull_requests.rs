@@ -78,16 +78,7 @@ impl StandInForge {
 }
 
 async fn kiln(server: &KilnServer, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", ADMIN_TOKEN)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap()
+    server.cli(ADMIN_TOKEN, args).await
 }
 
 /// A bare copy of the calc-py fixture, as a remote would hold it.
@@ -284,6 +275,20 @@ async fn kiln_task_pr_pushes_the_branch_and_opens_one_pull_request_which_follow_
         .map(|e| e.data["updated"].as_bool().unwrap())
         .collect();
     assert_eq!(opened, vec![false, true, true]);
+
+    // `kiln task show` says where the pull request is.
+    let shown = kiln(&server, &["task", "show", &id]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let pr = server.get(&format!("/api/tasks/{id}"), ADMIN_TOKEN).await.1["pull_request"].clone();
+    assert!(
+        shown.contains(&format!(
+            "pull request: {} (github #{}, attempt {}, branch kiln/{id})",
+            pr["url"].as_str().unwrap(),
+            pr["number"],
+            pr["attempt"]
+        )),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -531,4 +531,14 @@ async fn an_environments_failing_check_marks_the_attempt_checks_failed_with_its_
     let asked = requests[1].body.to_string();
     assert!(asked.contains("terminal chunk t1"), "{asked}");
     assert_eq!(model.turns_remaining(), 0);
+
+    // `kiln task show` gives the verdict and where its output is.
+    let shown = server.cli(ADMIN_TOKEN, &["task", "show", &id]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("{id}  checks_failed")), "{shown}");
+    assert!(
+        shown.contains("    check tests: exited with 1 ("),
+        "{shown}"
+    );
+    assert!(shown.contains("ms, output t2)"), "{shown}");
 }

@@ -10,16 +10,7 @@ use serde_json::Value;
 use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
 
 async fn kiln(server: &KilnServer, token: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", token)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap()
+    server.cli(token, args).await
 }
 
 fn stdout(output: &Output) -> String {

@@ -52,16 +52,7 @@ fn priced_installation() -> Installation {
 
 /// `kiln ARGS` as a client of `server`, with the admin token.
 async fn kiln_cli(server: &KilnServer, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", ADMIN_TOKEN)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap()
+    server.cli(ADMIN_TOKEN, args).await
 }
 
 fn micros(value: &Value) -> u64 {

@@ -146,6 +146,21 @@ impl KilnServer {
         (status, value)
     }
 
+    /// `kiln ARGS` as a client of this server with `token`: nothing of the
+    /// test's environment but `PATH`, no colour.
+    pub async fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KILN_SERVER", &self.url)
+            .env("KILN_TOKEN", token)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.request(reqwest::Method::GET, path, Some(token), None)
             .await
