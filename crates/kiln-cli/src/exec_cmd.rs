@@ -152,6 +152,7 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
         None => JsonlFile::create_new(&home)?,
     };
     eprintln!("log: {}", log_file.path().display());
+    let log_path = log_file.path().to_path_buf();
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(log_file)];
     if args.json {
         sinks.push(Arc::new(JsonStdout));
@@ -227,6 +228,12 @@ async fn run_async(args: Args, mode: Mode, resumed: Result<Option<Resumed>>) -> 
     if let Some(dir) = checkout_dir {
         // Unmounted either way; `kiln exec --resume LOG` mounts it again.
         park_worktree(&home, &dir)?;
+    }
+    if !args.json && outcome.commit_sha.is_some() {
+        eprintln!(
+            "bring it into your checkout with: kiln apply {}",
+            log_path.display()
+        );
     }
     if !args.json && !std::io::stdout().is_terminal() {
         if let Some(message) = &outcome.final_message {

@@ -218,7 +218,7 @@ impl HumanRenderer {
             }
             EventKind::CommitCreated { branch, sha, .. } => {
                 out += &format!(
-                    "{} {} on branch {branch}; bring it in with: git merge {branch}\n",
+                    "{} {} on branch {branch}\n",
                     s.bold("committed"),
                     &sha[..sha.len().min(12)],
                 );

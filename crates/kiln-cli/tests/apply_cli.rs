@@ -285,6 +285,12 @@ async fn apply_log_brings_a_worktree_runs_commit_into_the_checkout() {
         .expect("kiln exec names its log")
         .trim()
         .to_string();
+    assert!(
+        stderr.contains(&format!(
+            "bring it into your checkout with: kiln apply {log}"
+        )),
+        "{stderr}"
+    );
     let events = std::fs::read_to_string(&log).unwrap();
     let created: serde_json::Value = events
         .lines()
