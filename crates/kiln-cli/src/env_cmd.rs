@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use kiln_protocol::api::NewEnvironment;
+use kiln_protocol::{CheckSpec, ForgeConfig, ForgeKind, WebhookConfig};
 
 use crate::api_client::{ApiClient, ServerArgs};
 use crate::render::terminal_safe;
@@ -42,9 +43,84 @@ pub enum EnvCommand {
         network: bool,
         #[arg(long)]
         image: Option<String>,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
     },
     /// List your environments.
     List,
+}
+
+/// What an environment adds to every attempt's result and its delivery.
+#[derive(Debug, clap::Args)]
+pub struct EvidenceArgs {
+    /// NAME=COMMAND: a check kiln runs after every attempt, besides the
+    /// repository's own (repeatable; docs/checks.md).
+    #[arg(long = "check", value_name = "NAME=COMMAND")]
+    checks: Vec<String>,
+    /// Where pull requests are opened: github, gitlab or forgejo (with
+    /// --forge-repo and --forge-token-secret; docs/pull-requests.md).
+    #[arg(long, value_name = "KIND")]
+    forge: Option<String>,
+    /// The repository on the forge, OWNER/NAME.
+    #[arg(long, value_name = "OWNER/NAME", requires = "forge")]
+    forge_repo: Option<String>,
+    /// The forge's API URL when it is not the public service.
+    #[arg(long, value_name = "URL", requires = "forge")]
+    forge_api_url: Option<String>,
+    /// The name of the --secret that holds the forge token.
+    #[arg(long, value_name = "SECRET", requires = "forge")]
+    forge_token_secret: Option<String>,
+    /// A URL that gets attempt and task completions and pull requests as
+    /// signed JSON (with --webhook-secret; docs/webhooks.md).
+    #[arg(long, value_name = "URL", requires = "webhook_secret")]
+    webhook: Option<String>,
+    /// The secret that signs every webhook delivery (HMAC-SHA256).
+    #[arg(long, value_name = "SECRET", requires = "webhook")]
+    webhook_secret: Option<String>,
+    /// Most US dollars one attempt may spend on tokens (docs/cost.md).
+    #[arg(long, value_name = "USD")]
+    budget_usd: Option<f64>,
+}
+
+impl EvidenceArgs {
+    fn apply(self, new: &mut NewEnvironment) -> Result<()> {
+        for check in &self.checks {
+            let Some((name, command)) = check.split_once('=') else {
+                bail!("--check {check:?} is not NAME=COMMAND (e.g. --check 'tests=cargo test')");
+            };
+            new.checks.push(CheckSpec {
+                name: name.trim().to_string(),
+                command: command.to_string(),
+                timeout_secs: None,
+            });
+        }
+        if let Some(kind) = self.forge {
+            let kind = match kind.as_str() {
+                "github" => ForgeKind::Github,
+                "gitlab" => ForgeKind::Gitlab,
+                "forgejo" | "gitea" => ForgeKind::Forgejo,
+                other => bail!("--forge {other:?} is not one of github, gitlab, forgejo"),
+            };
+            let (Some(repo), Some(token_secret)) = (self.forge_repo, self.forge_token_secret)
+            else {
+                bail!(
+                    "--forge needs --forge-repo OWNER/NAME and --forge-token-secret NAME \
+                     (the --secret that holds the forge token)"
+                );
+            };
+            new.forge = Some(ForgeConfig {
+                kind,
+                api_url: self.forge_api_url,
+                repo,
+                token_secret,
+            });
+        }
+        if let (Some(url), Some(secret)) = (self.webhook, self.webhook_secret) {
+            new.webhook = Some(WebhookConfig { url, secret });
+        }
+        new.budget_usd = self.budget_usd;
+        Ok(())
+    }
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -60,6 +136,7 @@ pub fn run(args: Args) -> ExitCode {
                 secrets,
                 network,
                 image,
+                evidence,
             } => {
                 let repo = absolute_if_local(&repo);
                 let setup_script = match setup_script {
@@ -69,7 +146,7 @@ pub fn run(args: Args) -> ExitCode {
                     ),
                     None => None,
                 };
-                let new = NewEnvironment {
+                let mut new = NewEnvironment {
                     name,
                     repo,
                     base_branch,
@@ -80,6 +157,7 @@ pub fn run(args: Args) -> ExitCode {
                     image,
                     ..NewEnvironment::default()
                 };
+                evidence.apply(&mut new)?;
                 let env = client.create_environment(&new).await?;
                 if args.server.json {
                     env.print_json();

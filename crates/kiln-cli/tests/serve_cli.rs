@@ -5,8 +5,8 @@ mod serve_support;
 
 use std::process::Output;
 
-use kiln_testkit::{fixtures, scenarios, ScriptedServer};
-use serde_json::Value;
+use kiln_testkit::{fixtures, scenarios, Script, ScriptedServer};
+use serde_json::{json, Value};
 use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
 
 async fn kiln(server: &KilnServer, token: &str, args: &[&str]) -> Output {
@@ -86,4 +86,93 @@ async fn a_user_adds_an_environment_runs_a_task_follows_it_and_reads_the_diff() 
     assert!(String::from_utf8_lossy(&refused.stderr).contains("404"));
     let no_token = kiln(&server, "", &["task", "list"]).await;
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("KILN_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_add_sets_checks_forge_webhook_and_budget_and_names_what_is_missing() {
+    let repo = fixtures::repo("calc-py");
+    let model = ScriptedServer::start(Script::new(Vec::new())).await;
+    let install = Installation::new();
+    let server = KilnServer::start(&install, &model, 1).await;
+    let repo_path = repo.path().display().to_string();
+    let hook_secret = "whsec-0123456789abcdef";
+    let created = stdout(
+        &kiln(
+            &server,
+            ADMIN_TOKEN,
+            &[
+                "env",
+                "add",
+                "calc",
+                &repo_path,
+                "--secret",
+                "FORGE_TOKEN=ghp_not_shown",
+                "--check",
+                "tests=python3 -m unittest -q",
+                "--forge",
+                "github",
+                "--forge-repo",
+                "acme/calc",
+                "--forge-token-secret",
+                "FORGE_TOKEN",
+                "--webhook",
+                "https://hooks.example/kiln",
+                "--webhook-secret",
+                hook_secret,
+                "--budget-usd",
+                "1.5",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let env: Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(
+        env["checks"],
+        json!([{"name": "tests", "command": "python3 -m unittest -q"}])
+    );
+    assert_eq!(
+        env["forge"],
+        json!({"kind": "github", "repo": "acme/calc", "token_secret": "FORGE_TOKEN"})
+    );
+    assert_eq!(env["webhook_url"], "https://hooks.example/kiln");
+    assert_eq!(env["budget_usd"], 1.5);
+    assert!(!created.contains(hook_secret) && !created.contains("ghp_not_shown"));
+
+    // A forge without its token secret is refused before anything is sent.
+    let refused = kiln(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "env",
+            "add",
+            "other",
+            &repo_path,
+            "--forge",
+            "github",
+            "--forge-repo",
+            "a/b",
+        ],
+    )
+    .await;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--forge-token-secret"), "{err}");
+    let refused = kiln(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "env",
+            "add",
+            "other",
+            &repo_path,
+            "--check",
+            "no-equals-sign",
+        ],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("is not NAME=COMMAND"), "{err}");
+    let listed = stdout(&kiln(&server, ADMIN_TOKEN, &["env", "list"]).await);
+    assert!(!listed.contains("other"), "{listed}");
 }
