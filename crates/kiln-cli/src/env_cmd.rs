@@ -44,7 +44,7 @@ pub enum EnvCommand {
         #[arg(long)]
         image: Option<String>,
         #[command(flatten)]
-        evidence: EvidenceArgs,
+        evidence: Box<EvidenceArgs>,
     },
     /// List your environments.
     List,
