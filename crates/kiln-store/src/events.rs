@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::changes::Change;
 use crate::clock::{from_millis, to_millis};
-use crate::db::{query, DbRow, Tx};
+use crate::db::{query, Backend, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::tasks::AttemptRef;
 use crate::Store;
@@ -178,6 +178,26 @@ pub(crate) async fn next_seq(tx: &mut Tx, attempt: &AttemptRef) -> Result<u64, O
         )
         .await?;
     Ok(row.u64("last")? + 1)
+}
+
+/// The status of `attempt`, its row locked until `tx` ends (on PostgreSQL;
+/// SQLite's single writer serializes anyway). Events the store writes into
+/// a finished attempt's log take their `seq` after its last event; a claim
+/// of a follow-up meanwhile would hand its worker the same `seq`. With the
+/// lock the claim skips the row (`SKIP LOCKED`) until this commits, or,
+/// claimed first, is seen as `running` here.
+pub(crate) async fn lock_attempt_status(
+    tx: &mut Tx,
+    attempt: &AttemptRef,
+) -> Result<Option<String>, OpError> {
+    let sql = match tx.backend() {
+        Backend::Sqlite => "SELECT status FROM attempts WHERE task_id = $1 AND n = $2",
+        Backend::Postgres => "SELECT status FROM attempts WHERE task_id = $1 AND n = $2 FOR UPDATE",
+    };
+    let row = tx
+        .fetch_optional(query(sql).bind(attempt.task_id.as_str()).bind(attempt.n))
+        .await?;
+    Ok(row.map(|row| row.text("status")).transpose()?)
 }
 
 /// Appends events the store itself writes (recovery and cancellation

@@ -104,15 +104,9 @@ impl Store {
         self.run("record pull request", || async {
             let attempt = &opened.attempt;
             let mut tx = self.begin().await?;
-            let status = tx
-                .fetch_optional(
-                    query("SELECT status FROM attempts WHERE task_id = $1 AND n = $2")
-                        .bind(attempt.task_id.as_str())
-                        .bind(attempt.n),
-                )
+            let status = crate::events::lock_attempt_status(&mut tx, attempt)
                 .await?
-                .ok_or_else(|| StoreError::not_found(attempt.to_string()))?
-                .text("status")?;
+                .ok_or_else(|| StoreError::not_found(attempt.to_string()))?;
             if matches!(status.as_str(), "queued" | "running") {
                 return Err(StoreError::Conflict {
                     message: format!("{attempt} is {status}: propose it once it has finished"),

@@ -381,7 +381,16 @@ impl Store {
             let detail = task_detail_in(&mut tx, task_id).await?;
             let log_of = attempt.or_else(|| detail.ranking.first().map(|e| e.attempt));
             if let Some(n) = log_of {
-                append_ranked_in(&mut tx, &AttemptRef::new(task_id, n), &detail, now).await?;
+                let log_of = AttemptRef::new(task_id, n);
+                // Reopened and claimed meanwhile, its worker owns the log
+                // now: the ranking is in the answer and its next finish.
+                let status = crate::events::lock_attempt_status(&mut tx, &log_of).await?;
+                let finished = status
+                    .and_then(|s| s.parse::<AttemptState>().ok())
+                    .is_some_and(AttemptState::is_finished);
+                if finished {
+                    append_ranked_in(&mut tx, &log_of, &detail, now).await?;
+                }
             }
             self.commit(tx, Vec::new()).await?;
             Ok(detail)
