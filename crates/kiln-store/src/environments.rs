@@ -11,7 +11,7 @@ use kiln_protocol::{usd_from_micros, CheckSpec, ForgeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::from_millis;
-use crate::db::{query, DbRow};
+use crate::db::{query, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::repo_url::{self, RepoCredential};
 use crate::secrets::{self, Sealed};
@@ -36,8 +36,7 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     let repo = repo_url::split(&row.text("repo")?);
     let repo_has_credential =
         repo.credential.is_some() || !secrets::names(&row.text("repo_credential")?)?.is_empty();
-    let settings: Settings = serde_json::from_str(&row.text("settings_json")?)
-        .map_err(|e| StoreError::corrupt("environment settings", e))?;
+    let settings = settings_of(row)?;
     Ok(Environment {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
@@ -72,6 +71,27 @@ struct Settings {
     webhook_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget_microusd: Option<u64>,
+}
+
+/// The settings of an environment row that selected `settings_json`.
+fn settings_of(row: &DbRow) -> Result<Settings, OpError> {
+    Ok(serde_json::from_str(&row.text("settings_json")?)
+        .map_err(|e| StoreError::corrupt("environment settings", e))?)
+}
+
+/// The URL of the environment's outgoing webhook, read in `tx` (the
+/// transaction that queues deliveries to it); `None` when it has none.
+pub(crate) async fn webhook_url_in(
+    tx: &mut Tx,
+    environment_id: &str,
+) -> Result<Option<String>, OpError> {
+    let row = tx
+        .fetch_optional(
+            query("SELECT settings_json FROM environments WHERE id = $1").bind(environment_id),
+        )
+        .await?
+        .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
+    Ok(settings_of(&row)?.webhook_url)
 }
 
 /// An environment's outgoing webhook with its secret, for the server's
@@ -269,8 +289,7 @@ impl Store {
                 )
                 .await?
                 .ok_or_else(|| StoreError::not_found(format!("environment {environment_id}")))?;
-            let settings: Settings = serde_json::from_str(&row.text("settings_json")?)
-                .map_err(|e| StoreError::corrupt("environment settings", e))?;
+            let settings = settings_of(&row)?;
             let (Some(url), Some(sealed)) = (settings.webhook_url, row.opt_text("webhook_secret")?)
             else {
                 return Ok(None);

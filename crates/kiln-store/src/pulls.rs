@@ -171,15 +171,19 @@ impl Store {
                 )
                 .await?
                 .text("environment_id")?;
-            crate::webhooks::enqueue_in(
-                &mut tx,
-                &environment_id,
-                &attempt.task_id,
-                crate::webhooks::WEBHOOK_PR_OPENED,
-                serde_json::json!({"pull_request": &record, "updated": updated}),
-                now,
-            )
-            .await?;
+            if let Some(url) = crate::environments::webhook_url_in(&mut tx, &environment_id).await?
+            {
+                crate::webhooks::enqueue_in(
+                    &mut tx,
+                    &environment_id,
+                    &url,
+                    &attempt.task_id,
+                    crate::webhooks::WEBHOOK_PR_OPENED,
+                    serde_json::json!({"pull_request": &record, "updated": updated}),
+                    now,
+                )
+                .await?;
+            }
             let change = Change::Events {
                 task_id: attempt.task_id.clone(),
                 last_id,

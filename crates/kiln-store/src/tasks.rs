@@ -209,9 +209,10 @@ pub(crate) async fn attempts_finished_in(
     let detail = task_detail_in(tx, task_id).await?;
     append_ranked_in(tx, &AttemptRef::new(task_id, log_of), &detail, now_ms).await?;
     // Most environments have no webhook: build no payload for them.
-    if !crate::webhooks::has_webhook_in(tx, &detail.task.environment_id).await? {
+    let environment_id = &detail.task.environment_id;
+    let Some(url) = crate::environments::webhook_url_in(tx, environment_id).await? else {
         return Ok(());
-    }
+    };
     for &n in finished {
         if let Some(attempt) = detail.attempts.iter().find(|a| a.n == n) {
             let data = serde_json::json!({
@@ -221,7 +222,8 @@ pub(crate) async fn attempts_finished_in(
             });
             crate::webhooks::enqueue_in(
                 tx,
-                &detail.task.environment_id,
+                environment_id,
+                &url,
                 task_id,
                 crate::webhooks::ATTEMPT_FINISHED,
                 data,
@@ -235,7 +237,8 @@ pub(crate) async fn attempts_finished_in(
             .map_err(|e| StoreError::invalid("task", e.to_string()))?;
         crate::webhooks::enqueue_in(
             tx,
-            &detail.task.environment_id,
+            environment_id,
+            &url,
             task_id,
             crate::webhooks::TASK_FINISHED,
             data,

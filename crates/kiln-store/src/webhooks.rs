@@ -74,43 +74,18 @@ const CLAIM_DUE_SQLITE: &str = claim_due_sql!("");
 // Two servers on one database never send the same delivery at once.
 const CLAIM_DUE_POSTGRES: &str = claim_due_sql!("FOR UPDATE SKIP LOCKED");
 
-/// The webhook URL an environment names, read in `tx`.
-async fn webhook_url_in(tx: &mut Tx, environment_id: &str) -> Result<Option<String>, OpError> {
-    let Some(row) = tx
-        .fetch_optional(
-            query("SELECT settings_json FROM environments WHERE id = $1").bind(environment_id),
-        )
-        .await?
-    else {
-        return Err(StoreError::not_found(format!("environment {environment_id}")).into());
-    };
-    let settings: Value = serde_json::from_str(&row.text("settings_json")?)
-        .map_err(|e| StoreError::corrupt("environment settings", e))?;
-    Ok(settings
-        .get("webhook_url")
-        .and_then(Value::as_str)
-        .map(str::to_string))
-}
-
-/// Whether the environment names a webhook, read in `tx`.
-pub(crate) async fn has_webhook_in(tx: &mut Tx, environment_id: &str) -> Result<bool, OpError> {
-    Ok(webhook_url_in(tx, environment_id).await?.is_some())
-}
-
-/// Queues a delivery of `event` to the environment's webhook inside `tx`;
-/// `None` when the environment has no webhook. The body is
-/// `{event, delivery_id, environment_id, task_id, created_at, data}`.
+/// Queues a delivery of `event` to `url`, the environment's webhook (see
+/// [`crate::environments::webhook_url_in`]), inside `tx`; returns its id.
+/// The body is `{event, delivery_id, environment_id, task_id, created_at, data}`.
 pub(crate) async fn enqueue_in(
     tx: &mut Tx,
     environment_id: &str,
+    url: &str,
     task_id: &str,
     event: &str,
     data: Value,
     now_ms: i64,
-) -> Result<Option<i64>, OpError> {
-    let Some(url) = webhook_url_in(tx, environment_id).await? else {
-        return Ok(None);
-    };
+) -> Result<i64, OpError> {
     let id = tx
         .fetch_one(query(
             "UPDATE counters SET value = value + 1 WHERE name = 'webhook_delivery_id'
@@ -143,7 +118,7 @@ pub(crate) async fn enqueue_in(
         .bind(now_ms),
     )
     .await?;
-    Ok(Some(id))
+    Ok(id)
 }
 
 fn delivery_from_row(row: &DbRow) -> Result<WebhookDelivery, OpError> {
@@ -177,9 +152,14 @@ impl Store {
     ) -> Result<Option<i64>> {
         self.run("queue a webhook delivery", || async {
             let mut tx = self.begin().await?;
+            let Some(url) = crate::environments::webhook_url_in(&mut tx, environment_id).await?
+            else {
+                return Ok(None);
+            };
             let id = enqueue_in(
                 &mut tx,
                 environment_id,
+                &url,
                 task_id,
                 event,
                 data.clone(),
@@ -187,7 +167,7 @@ impl Store {
             )
             .await?;
             self.commit(tx, Vec::new()).await?;
-            Ok(id)
+            Ok(Some(id))
         })
         .await
     }
