@@ -30,12 +30,7 @@ fn title(proposal: &Proposal) -> String {
 }
 
 pub(super) async fn find_open(forge: &Forge, head: &str) -> Result<Option<ForgePull>, ForgeError> {
-    let mut url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls"]),
-    );
+    let mut url = forge.repo_pulls_endpoint(None);
     url.query_pairs_mut()
         .append_pair("state", "open")
         .append_pair("limit", LIST_LIMIT);
@@ -52,12 +47,7 @@ pub(super) async fn find_open(forge: &Forge, head: &str) -> Result<Option<ForgeP
 }
 
 pub(super) async fn create(forge: &Forge, proposal: &Proposal) -> Result<ForgePull, ForgeError> {
-    let url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls"]),
-    );
+    let url = forge.repo_pulls_endpoint(None);
     let body = json!({
         "head": proposal.head,
         "base": proposal.base,
@@ -74,12 +64,7 @@ pub(super) async fn update(
     proposal: &Proposal,
 ) -> Result<ForgePull, ForgeError> {
     let index = index.to_string();
-    let url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls", index.as_str()]),
-    );
+    let url = forge.repo_pulls_endpoint(Some(index.as_str()));
     let body = json!({ "title": title(proposal), "body": proposal.body });
     let answer = forge.exchange(Method::PATCH, url, Some(&body)).await?;
     pull_from(forge, &answer)

@@ -16,12 +16,7 @@ fn pull_from(forge: &Forge, answer: &Value) -> Result<ForgePull, ForgeError> {
 }
 
 pub(super) async fn find_open(forge: &Forge, head: &str) -> Result<Option<ForgePull>, ForgeError> {
-    let mut url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls"]),
-    );
+    let mut url = forge.repo_pulls_endpoint(None);
     let owner = forge.repo_parts().next().unwrap_or_default();
     url.query_pairs_mut()
         .append_pair("head", &format!("{owner}:{head}"))
@@ -34,12 +29,7 @@ pub(super) async fn find_open(forge: &Forge, head: &str) -> Result<Option<ForgeP
 }
 
 pub(super) async fn create(forge: &Forge, proposal: &Proposal) -> Result<ForgePull, ForgeError> {
-    let url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls"]),
-    );
+    let url = forge.repo_pulls_endpoint(None);
     let body = json!({
         "title": proposal.title,
         "head": proposal.head,
@@ -57,12 +47,7 @@ pub(super) async fn update(
     proposal: &Proposal,
 ) -> Result<ForgePull, ForgeError> {
     let number = number.to_string();
-    let url = forge.endpoint(
-        ["repos"]
-            .into_iter()
-            .chain(forge.repo_parts())
-            .chain(["pulls", number.as_str()]),
-    );
+    let url = forge.repo_pulls_endpoint(Some(number.as_str()));
     let body = json!({ "title": proposal.title, "body": proposal.body });
     let answer = forge.exchange(Method::PATCH, url, Some(&body)).await?;
     pull_from(forge, &answer)

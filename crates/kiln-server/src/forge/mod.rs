@@ -262,6 +262,18 @@ impl Forge {
         self.repo.split('/')
     }
 
+    /// `repos/{owner}/{repo}/pulls[/{number}]`: the pull-request routes,
+    /// which GitHub and Forgejo/Gitea name alike.
+    fn repo_pulls_endpoint(&self, number: Option<&str>) -> Url {
+        self.endpoint(
+            ["repos"]
+                .into_iter()
+                .chain(self.repo_parts())
+                .chain(["pulls"])
+                .chain(number),
+        )
+    }
+
     /// `api_url` with `segments` appended, each percent-encoded as one
     /// segment (a GitLab project path becomes `group%2Fname`).
     fn endpoint<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Url {
