@@ -65,6 +65,7 @@ pub use error::{ChunkNotFound, Missing, PatchError};
 pub use invocation::{patch_from_shell_command, ShellPatch};
 pub use near_miss::NearMiss;
 pub use parser::{parse, Chunk, ChunkLine, Hunk, ParseError, Patch};
+pub use paths::Root;
 pub use plan::Plan;
 pub use report::ApplyReport;
 

@@ -1,7 +1,7 @@
 //! The `apply_patch` tool: edits files in kiln's own process with
 //! `kiln-patch`, all or nothing, confined to the workspace.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use kiln_model::ToolSpec;
 use kiln_protocol::EventKind;
@@ -95,6 +95,9 @@ fn protected_target(ctx: &ToolContext<'_>, dir: &Path, patch: &str) -> Option<St
     // A patch that does not parse is refused by kiln-patch with its reason.
     let parsed = kiln_patch::parse(patch).ok()?;
     let workspace = ctx.sandbox().policy().workspace.canonicalize().ok()?;
+    // Where kiln-patch will write: the same resolution (`..` lexically,
+    // symlinks followed) it applies the patch with.
+    let root = kiln_patch::Root::new(dir).ok()?;
     let targets = parsed.hunks.iter().flat_map(|hunk| {
         let moved = match hunk {
             kiln_patch::Hunk::Update { move_to, .. } => move_to.as_deref(),
@@ -103,9 +106,11 @@ fn protected_target(ctx: &ToolContext<'_>, dir: &Path, patch: &str) -> Option<St
         std::iter::once(hunk.path()).chain(moved)
     });
     for raw in targets {
-        let resolved = resolve_existing_prefix(&dir.join(raw));
+        // Outside the root or the workspace: kiln-patch refuses it with its reason.
+        let Ok(resolved) = root.resolve(raw) else {
+            continue;
+        };
         let Ok(relative) = resolved.strip_prefix(&workspace) else {
-            // Outside the workspace: kiln-patch refuses it with its reason.
             continue;
         };
         let git = relative.components().any(|c| c.as_os_str() == ".git");
@@ -123,36 +128,4 @@ fn protected_target(ctx: &ToolContext<'_>, dir: &Path, patch: &str) -> Option<St
         }
     }
     None
-}
-
-/// `path` with `.` and `..` taken lexically and its longest existing
-/// ancestor resolved through its symlinks; the rest appended as written.
-fn resolve_existing_prefix(path: &Path) -> PathBuf {
-    let mut normal = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                normal.pop();
-            }
-            Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    let mut existing = normal.clone();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(resolved) = existing.canonicalize() {
-            return rest
-                .iter()
-                .rev()
-                .fold(resolved, |path, part: &std::ffi::OsString| path.join(part));
-        }
-        match existing.file_name() {
-            Some(name) => {
-                rest.push(name.to_os_string());
-                existing.pop();
-            }
-            None => return normal,
-        }
-    }
 }
