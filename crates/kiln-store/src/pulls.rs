@@ -115,41 +115,27 @@ impl Store {
             }
             let now = self.now_ms();
             let earlier = pull_request_in_tx(&mut tx, &attempt.task_id).await?;
-            if earlier.is_some() {
-                tx.execute(
-                    query(
-                        "UPDATE pull_requests SET attempt = $2, forge = $3, number = $4,
-                            url = $5, branch = $6, draft = $7, updated_at = $8
-                         WHERE task_id = $1",
-                    )
-                    .bind(attempt.task_id.as_str())
-                    .bind(attempt.n)
-                    .bind(opened.forge.as_str())
-                    .bind(number)
-                    .bind(opened.url.as_str())
-                    .bind(opened.branch.as_str())
-                    .bind(opened.draft)
-                    .bind(now),
+            // One row per task: a later proposal takes it over, keeping created_at.
+            tx.execute(
+                query(
+                    "INSERT INTO pull_requests (task_id, attempt, forge, number, url,
+                        branch, draft, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                     ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
+                        forge = excluded.forge, number = excluded.number, url = excluded.url,
+                        branch = excluded.branch, draft = excluded.draft,
+                        updated_at = excluded.updated_at",
                 )
-                .await?;
-            } else {
-                tx.execute(
-                    query(
-                        "INSERT INTO pull_requests (task_id, attempt, forge, number, url,
-                            branch, draft, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-                    )
-                    .bind(attempt.task_id.as_str())
-                    .bind(attempt.n)
-                    .bind(opened.forge.as_str())
-                    .bind(number)
-                    .bind(opened.url.as_str())
-                    .bind(opened.branch.as_str())
-                    .bind(opened.draft)
-                    .bind(now),
-                )
-                .await?;
-            }
+                .bind(attempt.task_id.as_str())
+                .bind(attempt.n)
+                .bind(opened.forge.as_str())
+                .bind(number)
+                .bind(opened.url.as_str())
+                .bind(opened.branch.as_str())
+                .bind(opened.draft)
+                .bind(now),
+            )
+            .await?;
             let updated = earlier.is_some();
             let event = EventKind::PrOpened {
                 forge: opened.forge,
