@@ -182,6 +182,19 @@ pub fn has_commit(repo: &Repo, sha: &str) -> Result<bool, GitError> {
 }
 
 /// The work-tree command on the user's checkout.
+/// `commit` (the attempt's) must be in `repo`'s object store.
+fn require_attempt_commit(repo: &Repo, commit: &str) -> Result<(), ApplyError> {
+    if has_commit(repo, commit)? {
+        return Ok(());
+    }
+    Err(ApplyError::MissingCommit {
+        what: "the attempt's commit",
+        sha: commit.to_string(),
+        repo: repo.root().to_path_buf(),
+        fix: "run kiln in the repository the attempt was made from".into(),
+    })
+}
+
 fn on_checkout(repo: &Repo) -> std::process::Command {
     git_command(repo.git_dir(), Some(repo.root()))
 }
@@ -201,14 +214,7 @@ pub fn preflight(repo: &Repo, base: &str, commit: &str) -> Result<Preflight, App
             fix: "your clone is behind the server's: fetch it (`git fetch origin`, or `git fetch origin <sha>`) and try again".into(),
         });
     }
-    if !has_commit(repo, &commit)? {
-        return Err(ApplyError::MissingCommit {
-            what: "the attempt's commit",
-            sha: commit,
-            repo: repo.root().to_path_buf(),
-            fix: "run kiln in the repository the attempt was made from".into(),
-        });
-    }
+    require_attempt_commit(repo, &commit)?;
     let head = repo.resolve("HEAD").map_err(|_| ApplyError::UnbornHead)?;
     let base_moved = head != base;
     let (tree, mut conflicts) = if base_moved {
@@ -301,14 +307,7 @@ pub enum BranchOutcome {
 /// (one that already points at `commit` is left as it is).
 pub fn create_branch(repo: &Repo, name: &str, commit: &str) -> Result<BranchOutcome, ApplyError> {
     let commit = commit_id("the attempt's commit", commit)?;
-    if !has_commit(repo, &commit)? {
-        return Err(ApplyError::MissingCommit {
-            what: "the attempt's commit",
-            sha: commit,
-            repo: repo.root().to_path_buf(),
-            fix: "run kiln in the repository the attempt was made from".into(),
-        });
-    }
+    require_attempt_commit(repo, &commit)?;
     let refname = format!("refs/heads/{name}");
     let mut check = git_command(repo.git_dir(), None);
     check.args(["check-ref-format", &refname]);
