@@ -19,7 +19,8 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = bearer(&parts.headers)?;
-        let who = principal(state, secret).await?;
+        let mut who = principal(state, secret).await?;
+        who.origin = origin(parts);
         // A worker machine holds its token on disk: if it is stolen, it
         // must not read or change anyone's tasks, environments or tokens.
         if who.worker {
@@ -29,6 +30,15 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller(who))
     }
+}
+
+/// The client's address as the connection shows it (a proxy in front of
+/// kiln shows as itself: kiln does not trust forwarded headers).
+pub(crate) fn origin(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
 }
 
 /// The authenticated caller of `/api/worker/claim`: a worker token.
