@@ -15,6 +15,31 @@ mod migrations {
             .collect();
         assert_eq!(files, embedded);
     }
+
+    #[test]
+    fn backend_sections_run_only_on_their_backend_and_older_files_stay_byte_identical() {
+        use crate::db::{migration_for, Backend, MIGRATIONS};
+        let sql = "CREATE TABLE a (x TEXT);\n-- kiln:sqlite-only\nSQLITE ONLY;\n-- kiln:end\n\
+                   -- kiln:postgres-only\nPG ONLY;\n-- kiln:end\nSHARED;\n";
+        let sqlite = migration_for(Box::leak(sql.to_string().into_boxed_str()), Backend::Sqlite);
+        assert!(sqlite.contains("SQLITE ONLY;") && !sqlite.contains("PG ONLY;"));
+        assert!(sqlite.contains("CREATE TABLE a") && sqlite.contains("SHARED;"));
+        let pg = migration_for(
+            Box::leak(sql.to_string().into_boxed_str()),
+            Backend::Postgres,
+        );
+        assert!(pg.contains("PG ONLY;") && !pg.contains("SQLITE ONLY;") && pg.contains("SHARED;"));
+        // Databases keep each applied migration's checksum: files without
+        // markers must reach sqlx exactly as written.
+        for (version, _, text) in MIGRATIONS
+            .iter()
+            .filter(|(_, _, t)| !t.contains("-- kiln:"))
+        {
+            for backend in [Backend::Sqlite, Backend::Postgres] {
+                assert_eq!(migration_for(text, backend), *text, "migration {version}");
+            }
+        }
+    }
 }
 
 /// The server drives the store from spawned tasks and axum handlers: every
