@@ -429,6 +429,9 @@ pub struct Environment {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub updated_at: Option<DateTime<Utc>>,
+    /// Set once it was deleted: its tasks still show it, nothing new runs on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 fn first_version() -> u64 {

@@ -358,12 +358,15 @@ pub(crate) async fn recheck_environment(
         .await
 }
 
-/// Whether the environment's owner is, now, a live admin token.
+/// Whether the environment's creator is, now, a live token of an owner or
+/// admin (`Store::token_holder_is_admin`).
 pub(crate) async fn owner_is_admin(shared: &Shared, environment: &Environment) -> bool {
-    match shared.store.list_tokens().await {
-        Ok(tokens) => tokens.iter().any(|token| {
-            token.id == environment.owner_token_id && token.admin && token.revoked_at.is_none()
-        }),
+    match shared
+        .store
+        .token_holder_is_admin(&environment.owner_token_id)
+        .await
+    {
+        Ok(admin) => admin,
         Err(err) => {
             tracing::warn!("cannot read the environment owner's token: {err}");
             false

@@ -194,10 +194,12 @@ async fn recheck(shared: &Shared, delivery: &DueWebhook) -> Result<Option<Pin>, 
         .environment(&system, &delivery.environment_id)
         .await
         .map_err(|err| Refused::ForNow(format!("cannot read the environment: {err}")))?;
-    let owner_is_admin = match shared.store.list_tokens().await {
-        Ok(tokens) => tokens.iter().any(|token| {
-            token.id == environment.owner_token_id && token.admin && token.revoked_at.is_none()
-        }),
+    let owner_is_admin = match shared
+        .store
+        .token_holder_is_admin(&environment.owner_token_id)
+        .await
+    {
+        Ok(admin) => admin,
         Err(err) => {
             return Err(Refused::ForNow(format!(
                 "cannot read the owner's token: {err}"

@@ -59,6 +59,7 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
         budget_usd: settings.budget_microusd.map(usd_from_micros),
         created_at: from_millis(row.int("created_at")?),
         updated_at: row.opt_int("updated_at")?.map(from_millis),
+        deleted_at: row.opt_int("deleted_at")?.map(from_millis),
     })
 }
 
@@ -109,8 +110,9 @@ pub(crate) async fn record_initial_versions_in(store: &Store, tx: &mut Tx) -> Re
     Ok(())
 }
 
-/// The row of an environment `who` may reach by id, by name among their
-/// teams' live environments, or by `team/name`; `None` when there is none.
+/// The row of an environment by id (deleted ones too: their tasks still
+/// name them), or by name among `who`'s teams' live environments, or by
+/// `team/name`; `None` when there is none. Access is checked by the caller.
 /// An ambiguous name (several of the caller's teams have it) is an error
 /// listing the `team/name` choices.
 pub(crate) async fn find_environment_in(

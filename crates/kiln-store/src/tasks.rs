@@ -295,6 +295,14 @@ impl Store {
                 crate::access::EnvironmentAction::Run,
             )
             .await?;
+        if environment.deleted_at.is_some() {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "environment {} was deleted: run the task on another environment",
+                    environment.name
+                ),
+            });
+        }
         let task_id = self
             .run("create task", || async {
                 let task_id = self.new_id(TASK_ID_PREFIX);

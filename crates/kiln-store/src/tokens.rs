@@ -332,6 +332,35 @@ impl Store {
         .await
     }
 
+    /// Whether `token_id` is live and its user is, now, an owner or admin
+    /// (not disabled). What an environment's creator may reach (host paths,
+    /// internal addresses) is judged by this at every clone and delivery, so
+    /// a demoted admin's environments lose those rights with them.
+    pub async fn token_holder_is_admin(&self, token_id: &str) -> Result<bool> {
+        self.run("check a token's admin rights", || async {
+            let row = self
+                .inner
+                .db
+                .fetch_optional(
+                    query(
+                        "SELECT u.role, u.disabled_at, t.expires_at FROM tokens t
+                         JOIN users u ON u.id = t.user_id
+                         WHERE t.id = $1 AND t.revoked_at IS NULL AND t.worker = FALSE",
+                    )
+                    .bind(token_id),
+                )
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            let live = row.opt_int("disabled_at")?.is_none()
+                && row
+                    .opt_int("expires_at")?
+                    .is_none_or(|at| at > self.now_ms());
+            let role = row.text("role")?;
+            Ok(live && (role == "owner" || role == "admin"))
+        })
+        .await
+    }
+
     /// Every token, oldest first, revoked ones included.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
         self.run("list tokens", || async {
