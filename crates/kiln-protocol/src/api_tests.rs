@@ -9,7 +9,8 @@ fn frames(stream: &str) -> Vec<crate::sse::SseFrame> {
 #[test]
 fn a_task_detail_is_the_tasks_fields_beside_its_attempts() {
     let json = serde_json::json!({
-        "id": "t_1", "owner_token_id": "tok_1", "environment_id": "env_1",
+        "id": "t_1", "owner_token_id": "tok_1", "user_id": "usr_1", "team_id": "team_1",
+        "shared": false, "environment_version": 3, "environment_id": "env_1",
         "prompt": "fix it", "mode": "code", "attempt_count": 1, "model": null,
         "base_ref": null, "budget_usd": null, "preferred_attempt": null, "status": "running",
         "created_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:01Z",
