@@ -319,8 +319,12 @@ pub struct EnvironmentVersion {
     pub version: u64,
     /// The environment as it was at this version (secret names only).
     pub snapshot: crate::api::Environment,
+    /// The id of the user who made this version.
     #[serde(default)]
     pub changed_by: Option<String>,
+    /// Their user name, for people reading the history.
+    #[serde(default)]
+    pub changed_by_name: Option<String>,
     /// `created`, `updated: setup_script, env`, `secret set: TOKEN`, `deleted`…
     pub change: String,
     pub created_at: DateTime<Utc>,
