@@ -350,7 +350,7 @@ async fn a_team_shares_an_environment_and_only_its_maintainers_change_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_an_environment_waits_for_its_running_task_and_frees_the_name() {
+async fn edits_follow_the_location_rules_and_deletion_waits_for_the_running_task() {
     let script = Script::new(vec![Turn::message("done")]).with_route(
         "[hold]",
         vec![Turn::delayed(
@@ -361,6 +361,32 @@ async fn deleting_an_environment_waits_for_its_running_task_and_frees_the_name()
     let (server, _model, _install, repo) = start(script).await;
     let lead = server.new_user("lead").await;
     let env = calc_environment(&server, &lead, repo.path()).await;
+    // An edit is no way around the location rules a creation follows: a
+    // maintainer who is no admin cannot move the environment onto a host
+    // path or point its webhook at this machine.
+    for (patch, what) in [
+        (json!({"repo": "/etc"}), "/etc"),
+        (json!({"repo": "file:///root/.ssh"}), "file:///root/.ssh"),
+        (
+            json!({"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef0123"}}),
+            "127.0.0.1",
+        ),
+    ] {
+        let (status, body) = server
+            .request(
+                Method::PATCH,
+                "/api/environments/calc",
+                Some(&lead),
+                Some(patch),
+            )
+            .await;
+        assert!((400..500).contains(&status), "{what}: {status} {body}");
+        assert!(message(&body).contains(what), "{body}");
+    }
+    let (_, still) = server.get("/api/environments/calc", &lead).await;
+    assert_eq!(still["version"], 1, "{still}");
+    assert_eq!(still["repo"], env["repo"]);
+
     let task = server
         .task(
             &lead,
