@@ -366,6 +366,9 @@ async fn edits_follow_the_location_rules_and_deletion_waits_for_the_running_task
     // path or point its webhook at this machine.
     for (patch, what) in [
         (json!({"repo": "/etc"}), "/etc"),
+        // Secrets change only through their own route, never by a PATCH
+        // that would look accepted.
+        (json!({"secrets": {"NPM_TOKEN": "x"}}), "secrets"),
         (json!({"repo": "file:///root/.ssh"}), "file:///root/.ssh"),
         (
             json!({"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef0123"}}),

@@ -247,8 +247,10 @@ pub struct SetMember {
 
 /// `PATCH /api/environments/{id}`: the fields that change; an absent field
 /// stays as it is, `null` clears an optional one. Secrets change through
-/// `PUT`/`DELETE /api/environments/{id}/secrets/{name}`.
+/// `PUT`/`DELETE /api/environments/{id}/secrets/{name}`: a `secrets` (or
+/// any unknown) field is refused rather than silently ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EnvironmentPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
