@@ -342,6 +342,52 @@ async fn a_team_shares_an_environment_and_only_its_maintainers_change_it() {
     let listed = ok(&server.cli(&dev, &["env", "list", "--json"]).await);
     bodies.push(listed);
 
+    // --unset-env alone keeps the other variables; --value-env reads a
+    // variable, so the value is never in kiln's arguments.
+    ok(&server
+        .cli(
+            &lead,
+            &[
+                "env",
+                "edit",
+                "calc",
+                "--env",
+                "MODE=fast",
+                "--env",
+                "LOG=1",
+            ],
+        )
+        .await);
+    let unset = ok(&server
+        .cli(
+            &lead,
+            &["env", "edit", "calc", "--unset-env", "LOG", "--json"],
+        )
+        .await);
+    let unset: Value = serde_json::from_str(&unset).unwrap();
+    assert_eq!(unset["env"], json!({"MODE": "fast"}), "{unset}");
+    assert_eq!(unset["version"], 7);
+    ok(&kiln_with_stdin(
+        &server,
+        &lead,
+        &[
+            "env",
+            "secret",
+            "set",
+            "calc",
+            "FROM_VAR",
+            "--value-env",
+            "SOURCE",
+        ],
+        "",
+        &[("SOURCE", CLI_SECRET)],
+    )
+    .await);
+    let (_, now) = server.get("/api/environments/calc/versions", &lead).await;
+    assert_eq!(now["versions"][0]["change"], "secret set: FROM_VAR");
+    assert_eq!(now["versions"][0]["version"], 8);
+    bodies.extend([unset.to_string(), now.to_string()]);
+
     // No secret value ever came back, in any body or output.
     let everything = bodies.join("\n");
     for value in [NPM_SECRET, DEPLOY_SECRET, CLI_SECRET] {
