@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
 };
 use kiln_protocol::sse::SseParser;
+use kiln_protocol::teams::{EnvironmentPatch, EnvironmentVersionList, SecretValue};
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -306,6 +307,64 @@ impl ApiClient {
     pub async fn list_environments(&self) -> Result<Answer<EnvironmentList>> {
         let request = self.request_to(reqwest::Method::GET, &["api", "environments"], &[])?;
         self.typed(request, "a list of environments").await
+    }
+
+    /// One environment by id, name or `team/name`.
+    pub async fn get_environment(&self, id: &str) -> Result<Answer<Environment>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "environments", id], &[])?;
+        self.typed(request, "an environment").await
+    }
+
+    pub async fn update_environment(
+        &self,
+        id: &str,
+        patch: &EnvironmentPatch,
+    ) -> Result<Answer<Environment>> {
+        let request = self
+            .request_to(reqwest::Method::PATCH, &["api", "environments", id], &[])?
+            .json(patch);
+        self.typed(request, "an environment").await
+    }
+
+    pub async fn delete_environment(&self, id: &str) -> Result<()> {
+        let request =
+            self.request_to(reqwest::Method::DELETE, &["api", "environments", id], &[])?;
+        self.send(request).await?;
+        Ok(())
+    }
+
+    pub async fn set_environment_secret(&self, id: &str, name: &str, value: &str) -> Result<()> {
+        let request = self
+            .request_to(
+                reqwest::Method::PUT,
+                &["api", "environments", id, "secrets", name],
+                &[],
+            )?
+            .json(&SecretValue {
+                value: value.to_string(),
+            });
+        self.send(request).await?;
+        Ok(())
+    }
+
+    pub async fn remove_environment_secret(&self, id: &str, name: &str) -> Result<()> {
+        let request = self.request_to(
+            reqwest::Method::DELETE,
+            &["api", "environments", id, "secrets", name],
+            &[],
+        )?;
+        self.send(request).await?;
+        Ok(())
+    }
+
+    /// Every version of an environment, newest first.
+    pub async fn environment_versions(&self, id: &str) -> Result<Answer<EnvironmentVersionList>> {
+        let request = self.request_to(
+            reqwest::Method::GET,
+            &["api", "environments", id, "versions"],
+            &[],
+        )?;
+        self.typed(request, "an environment's versions").await
     }
 
     /// Opens the task's event stream.

@@ -247,8 +247,10 @@ pub struct SetMember {
 
 /// `PATCH /api/environments/{id}`: the fields that change; an absent field
 /// stays as it is, `null` clears an optional one. Secrets change through
-/// `PUT`/`DELETE /api/environments/{id}/secrets/{name}`.
+/// `PUT`/`DELETE /api/environments/{id}/secrets/{name}`: a `secrets` (or
+/// any unknown) field is refused rather than silently ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EnvironmentPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -319,8 +321,12 @@ pub struct EnvironmentVersion {
     pub version: u64,
     /// The environment as it was at this version (secret names only).
     pub snapshot: crate::api::Environment,
+    /// The id of the user who made this version.
     #[serde(default)]
     pub changed_by: Option<String>,
+    /// Their user name, for people reading the history.
+    #[serde(default)]
+    pub changed_by_name: Option<String>,
     /// `created`, `updated: setup_script, env`, `secret set: TOKEN`, `deleted`…
     pub change: String,
     pub created_at: DateTime<Utc>,

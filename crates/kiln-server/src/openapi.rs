@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     CancelOutcome, Environment, Message, NewEnvironment, NewMessage, NewTask, TaskDetail, TaskPage,
     TaskQuery,
 };
+use kiln_protocol::teams::{EnvironmentPatch, EnvironmentVersion, SecretValue};
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
 use kiln_protocol::{NewPullRequest, PullRequest};
@@ -76,6 +77,59 @@ pub(crate) const OPERATIONS: &[Operation] = &[
             "get",
             "/api/environments/{id}/webhook/deliveries",
             "The environment's outgoing webhook deliveries, newest first (?limit=, owner or admin)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<Environment>),
+        ..op(
+            "get",
+            "/api/environments/{id}",
+            "An environment by id, name or team/name (any role in its team)",
+        )
+    },
+    Operation {
+        body: Some(of::<EnvironmentPatch>),
+        success: Success::Json(of::<Environment>),
+        ..op(
+            "patch",
+            "/api/environments/{id}",
+            "Change an environment's fields (absent: unchanged, null: cleared); a new version unless nothing changed (team maintainers)",
+        )
+    },
+    Operation {
+        status: 204,
+        success: Success::Empty,
+        ..op(
+            "delete",
+            "/api/environments/{id}",
+            "Delete an environment; 409 while a task on it has an attempt queued or running (team maintainers)",
+        )
+    },
+    Operation {
+        body: Some(of::<SecretValue>),
+        status: 204,
+        success: Success::Empty,
+        ..op(
+            "put",
+            "/api/environments/{id}/secrets/{name}",
+            "Set a setup-only secret; its value is never shown again (team maintainers)",
+        )
+    },
+    Operation {
+        status: 204,
+        success: Success::Empty,
+        ..op(
+            "delete",
+            "/api/environments/{id}/secrets/{name}",
+            "Remove a secret (team maintainers)",
+        )
+    },
+    Operation {
+        success: Success::ListOf("versions", of::<EnvironmentVersion>),
+        ..op(
+            "get",
+            "/api/environments/{id}/versions",
+            "Every version of an environment, newest first, with who changed what (any role in its team)",
         )
     },
     Operation {

@@ -28,8 +28,9 @@ macro_rules! select_environment {
             FROM environments "
     };
 }
+pub(crate) use select_environment;
 
-fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
+pub(crate) fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     let env = parse_map("environment variables", &row.text("env_json")?)?;
     let secret_names = secrets::names(&row.text("secrets_json")?)?;
     // A row from before credentials were split out (opened without a key,
@@ -194,19 +195,19 @@ pub(crate) async fn find_environment_in(
 /// needs no migration.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-struct Settings {
+pub(crate) struct Settings {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    checks: Vec<CheckSpec>,
+    pub(crate) checks: Vec<CheckSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    forge: Option<ForgeConfig>,
+    pub(crate) forge: Option<ForgeConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    webhook_url: Option<String>,
+    pub(crate) webhook_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    budget_microusd: Option<u64>,
+    pub(crate) budget_microusd: Option<u64>,
 }
 
 /// The settings of an environment row that selected `settings_json`.
-fn settings_of(row: &DbRow) -> Result<Settings, OpError> {
+pub(crate) fn settings_of(row: &DbRow) -> Result<Settings, OpError> {
     Ok(serde_json::from_str(&row.text("settings_json")?)
         .map_err(|e| StoreError::corrupt("environment settings", e))?)
 }
@@ -234,7 +235,7 @@ pub struct WebhookTarget {
     pub secret: String,
 }
 
-const WEBHOOK_SECRET_NAME: &str = "webhook";
+pub(crate) const WEBHOOK_SECRET_NAME: &str = "webhook";
 
 fn parse_map(what: &'static str, json: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, e))
@@ -749,7 +750,7 @@ pub struct SealReport {
 }
 
 /// The `repo_credential` column for `credential`: `{}` without one.
-fn seal_repo_credential(
+pub(crate) fn seal_repo_credential(
     key: Option<&secrets::SecretKey>,
     environment_id: &str,
     credential: Option<&RepoCredential>,
@@ -758,11 +759,11 @@ fn seal_repo_credential(
     secrets::seal_as(Sealed::RepoCredential, key, environment_id, &parts)
 }
 
-fn to_json(map: &BTreeMap<String, String>) -> Result<String> {
+pub(crate) fn to_json(map: &BTreeMap<String, String>) -> Result<String> {
     serde_json::to_string(map).map_err(|e| StoreError::invalid("env", e.to_string()))
 }
 
-fn validate(new: &NewEnvironment) -> Result<()> {
+pub(crate) fn validate(new: &NewEnvironment) -> Result<()> {
     let name = new.name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(StoreError::invalid(
@@ -870,7 +871,7 @@ pub fn validate_checks(checks: &[CheckSpec]) -> Result<()> {
     Ok(())
 }
 
-fn is_variable_name(name: &str) -> bool {
+pub(crate) fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -59,6 +59,7 @@ mod audit;
 mod changes;
 mod clock;
 mod db;
+mod environment_changes;
 mod environments;
 mod error;
 mod events;

@@ -12,7 +12,7 @@ mod webhooks;
 mod worker_api;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -37,6 +37,20 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/api/environments/{id}/webhook/deliveries",
             get(webhooks::deliveries),
+        )
+        .route(
+            "/api/environments/{id}",
+            get(environments::show)
+                .patch(environments::update)
+                .delete(environments::delete),
+        )
+        .route(
+            "/api/environments/{id}/secrets/{name}",
+            put(environments::set_secret).delete(environments::remove_secret),
+        )
+        .route(
+            "/api/environments/{id}/versions",
+            get(environments::versions),
         )
         .route("/api/openapi.json", get(openapi))
         .route("/api/tokens", post(tokens::create).get(tokens::list))

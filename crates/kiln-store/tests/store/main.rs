@@ -16,6 +16,7 @@ mod ranking;
 mod recovery;
 mod repo_credentials;
 mod secrets;
+mod shared_environments;
 mod tasks;
 mod tokens;
 mod webhooks;

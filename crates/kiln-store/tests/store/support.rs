@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::teams::{Membership, TeamRole};
 use kiln_store::{
     Backend, Environment, ManualClock, NewEnvironment, NewTask, Principal, SecretKey, Store,
     StoreError, StoreOptions, TaskDetail,
@@ -269,6 +270,69 @@ impl TestStore {
         // Ids carry the millisecond: keep tasks apart in time like real ones.
         self.clock.advance(Duration::from_millis(1));
         task
+    }
+}
+
+impl TestStore {
+    /// Makes `who` a `role` of the personal team of `owner`, as an admin's
+    /// membership change would (written past the store: the users API is
+    /// not part of the store under test here), and adds the membership to
+    /// `who` as their next request would see it.
+    pub async fn join(&self, who: &mut Principal, owner: &Principal, role: TeamRole) {
+        let team = owner.teams[0].clone();
+        let sql = "INSERT INTO team_members (team_id, user_id, role, source, created_at)
+                   VALUES ($1, $2, $3, 'local', 0)";
+        let user_id = who.user_id.clone().expect("a user's principal");
+        match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(&team.team_id)
+                    .bind(&user_id)
+                    .bind(role.as_str())
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(&team.team_id)
+                    .bind(&user_id)
+                    .bind(role.as_str())
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+        }
+        who.teams.push(Membership {
+            role,
+            source: "local".into(),
+            ..team
+        });
+    }
+
+    /// The text of column 0 of every row `sql` (one `$1`) returns, read
+    /// past the store.
+    pub async fn raw_texts(&self, sql: &'static str, bind: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(bind)
+                    .fetch_all(&mut db)
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(bind)
+                    .fetch_all(&mut db)
+                    .await
+                    .unwrap()
+            }
+        }
     }
 }
 
