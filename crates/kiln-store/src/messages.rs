@@ -67,6 +67,10 @@ impl Store {
             };
             let now = self.now_ms();
             let mut tx = self.begin().await?;
+            // A follow-up runs on the task's environment again: not on a
+            // deleted one.
+            crate::tasks::lock_live_environment_in(&mut tx, &task.environment_id, &task.environment_id)
+                .await?;
             let reopened = tx
                 .execute(
                     query(

@@ -149,6 +149,30 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, OpError> {
     })
 }
 
+/// Takes the environment row's lock for the rest of `tx` and checks that it
+/// is not deleted: a task created while the environment is deleted or
+/// edited waits for that change and then sees it (no task lands on a
+/// deleted environment, and its recorded version is the one it gets).
+pub(crate) async fn lock_live_environment_in(
+    tx: &mut crate::db::Tx,
+    environment_id: &str,
+    name: &str,
+) -> Result<(), OpError> {
+    let live = tx
+        .execute(
+            query("UPDATE environments SET version = version WHERE id = $1 AND deleted_at IS NULL")
+                .bind(environment_id),
+        )
+        .await?;
+    if live == 0 {
+        return Err(StoreError::Conflict {
+            message: format!("environment {name} was deleted: use another environment"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// A task with its attempts and what is derived from them: the total cost
 /// and (filled by the ranking) each finished attempt's place.
 pub(crate) fn task_detail(task: Task, mut attempts: Vec<Attempt>) -> TaskDetail {
@@ -308,6 +332,7 @@ impl Store {
                 let task_id = self.new_id(TASK_ID_PREFIX);
                 let now = self.now_ms();
                 let mut tx = self.begin().await?;
+                lock_live_environment_in(&mut tx, &environment.id, &environment.name).await?;
                 tx.execute(
                     query(
                         "INSERT INTO tasks (id, owner_token_id, environment_id, prompt, mode,
