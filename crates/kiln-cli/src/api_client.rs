@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
 };
 use kiln_protocol::sse::SseParser;
+use kiln_protocol::teams::{AuditPage, AuditQuery};
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -332,6 +333,27 @@ impl ApiClient {
         })
     }
 
+    /// A page of the audit trail, newest first (admins).
+    pub async fn audit_page(&self, query: &AuditQuery) -> Result<Answer<AuditPage>> {
+        let mut pairs = audit_filter_pairs(query);
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        let request = self.request_to(reqwest::Method::GET, &["api", "audit"], &pairs)?;
+        self.typed(request, "a page of the audit trail").await
+    }
+
+    /// The filtered audit trail as JSON lines, oldest first (admins): the
+    /// response, to read a chunk at a time.
+    pub async fn audit_export(&self, query: &AuditQuery) -> Result<reqwest::Response> {
+        let pairs = audit_filter_pairs(query);
+        let request = self.request_to(reqwest::Method::GET, &["api", "audit", "export"], &pairs)?;
+        self.send(request).await
+    }
+
     // The untyped calls below serve `kiln token` until it has typed ones.
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -352,6 +374,32 @@ impl ApiClient {
             .await?;
         Ok(response.json().await?)
     }
+}
+
+/// The query string of an audit query's filters (not its page).
+fn audit_filter_pairs(query: &AuditQuery) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    let texts = [
+        ("actor", &query.actor),
+        ("action", &query.action),
+        ("team", &query.team),
+        ("target", &query.target),
+    ];
+    for (key, value) in texts {
+        if let Some(value) = value {
+            pairs.push((key, value.clone()));
+        }
+    }
+    let times = [("since", query.since), ("until", query.until)];
+    for (key, value) in times {
+        if let Some(value) = value {
+            pairs.push((
+                key,
+                value.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
+        }
+    }
+    pairs
 }
 
 /// One frame of a task's event stream, decoded, with its JSON as sent.
