@@ -1,4 +1,4 @@
-//! The HTTP client the `kiln task|env|token` subcommands share: where the
+//! The HTTP client the `kiln task|env|token|audit` subcommands share: where the
 //! server is, the bearer token, typed calls that return the API's types
 //! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
 //! parser, and errors that say what to do.

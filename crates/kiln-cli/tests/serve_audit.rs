@@ -202,6 +202,24 @@ async fn scripted_day(extra: &[&str]) {
         assert!(!exported.contains(secret), "{secret:?} is in the export");
     }
 
+    // Over HTTP: JSON lines, as a file to save.
+    let response = server
+        .http
+        .get(format!("{}/api/audit/export?action=token.", server.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"kiln-audit.jsonl\""
+    );
+    let body = response.text().await.unwrap();
+    let token_events = [&events[..3], &events[9..]].concat();
+    assert_eq!(json_lines(&body), token_events);
+
     // The same export into a file.
     let file = install.home.path().join("trail.jsonl");
     let file_arg = file.display().to_string();
