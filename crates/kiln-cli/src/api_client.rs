@@ -1,4 +1,4 @@
-//! The HTTP client the `kiln task|env|token` subcommands share: where the
+//! The HTTP client the `kiln task|env|token|audit` subcommands share: where the
 //! server is, the bearer token, typed calls that return the API's types
 //! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
 //! parser, and errors that say what to do.
@@ -11,7 +11,9 @@ use kiln_protocol::api::{
     TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
 };
 use kiln_protocol::sse::SseParser;
-use kiln_protocol::teams::{EnvironmentPatch, EnvironmentVersionList, SecretValue};
+use kiln_protocol::teams::{
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersionList, SecretValue,
+};
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -391,6 +393,27 @@ impl ApiClient {
         })
     }
 
+    /// A page of the audit trail, newest first (admins).
+    pub async fn audit_page(&self, query: &AuditQuery) -> Result<Answer<AuditPage>> {
+        let mut pairs = audit_filter_pairs(query);
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        let request = self.request_to(reqwest::Method::GET, &["api", "audit"], &pairs)?;
+        self.typed(request, "a page of the audit trail").await
+    }
+
+    /// The filtered audit trail as JSON lines, oldest first (admins): the
+    /// response, to read a chunk at a time.
+    pub async fn audit_export(&self, query: &AuditQuery) -> Result<reqwest::Response> {
+        let pairs = audit_filter_pairs(query);
+        let request = self.request_to(reqwest::Method::GET, &["api", "audit", "export"], &pairs)?;
+        self.send(request).await
+    }
+
     // The untyped calls below serve `kiln token` until it has typed ones.
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -411,6 +434,32 @@ impl ApiClient {
             .await?;
         Ok(response.json().await?)
     }
+}
+
+/// The query string of an audit query's filters (not its page).
+fn audit_filter_pairs(query: &AuditQuery) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    let texts = [
+        ("actor", &query.actor),
+        ("action", &query.action),
+        ("team", &query.team),
+        ("target", &query.target),
+    ];
+    for (key, value) in texts {
+        if let Some(value) = value {
+            pairs.push((key, value.clone()));
+        }
+    }
+    let times = [("since", query.since), ("until", query.until)];
+    for (key, value) in times {
+        if let Some(value) = value {
+            pairs.push((
+                key,
+                value.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
+        }
+    }
+    pairs
 }
 
 /// One frame of a task's event stream, decoded, with its JSON as sent.

@@ -3,6 +3,7 @@
 mod api_client;
 mod apply_cmd;
 mod apply_patch_cmd;
+mod audit_cmd;
 mod config;
 mod config_keys;
 mod doctor_cmd;
@@ -56,6 +57,8 @@ enum Command {
     Env(env_cmd::Args),
     /// API tokens on a kiln server (admin): create, list, revoke.
     Token(token_cmd::Args),
+    /// The server's audit trail (admin): list, export as JSON lines.
+    Audit(audit_cmd::Args),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+        Command::Audit(args) => audit_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

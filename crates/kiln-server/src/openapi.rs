@@ -11,7 +11,9 @@ use kiln_protocol::api::{
     CancelOutcome, Environment, Message, NewEnvironment, NewMessage, NewTask, TaskDetail, TaskPage,
     TaskQuery,
 };
-use kiln_protocol::teams::{EnvironmentPatch, EnvironmentVersion, SecretValue};
+use kiln_protocol::teams::{
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersion, SecretValue,
+};
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
 use kiln_protocol::{NewPullRequest, PullRequest};
@@ -218,6 +220,24 @@ pub(crate) const OPERATIONS: &[Operation] = &[
             "post",
             "/api/tasks/{id}/pr",
             "Push an attempt as branch kiln/<task> and open the task's pull request on the environment's forge (201), or update the one it has (200)",
+        )
+    },
+    Operation {
+        query: Some(of_inline::<AuditQuery>),
+        success: Success::Json(of::<AuditPage>),
+        ..op(
+            "get",
+            "/api/audit",
+            "The audit trail, newest first, a page at a time (admin; filters actor, action or `prefix.`, team, target, since, until)",
+        )
+    },
+    Operation {
+        query: Some(of_inline::<AuditQuery>),
+        success: Success::Opaque("application/x-ndjson"),
+        ..op(
+            "get",
+            "/api/audit/export",
+            "The whole filtered audit trail as JSON lines (one AuditEvent each), oldest first, streamed (admin; limit and cursor ignored)",
         )
     },
     Operation {

@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use kiln_protocol::api::{Attempt, AttemptState, Environment, TaskDetail};
 use kiln_protocol::{ForgeKind, PullRequest};
-use kiln_store::{AttemptRef, OpenedPullRequest, RepoCredential};
+use kiln_store::{AttemptRef, OpenedPullRequest, Principal, RepoCredential};
 use kiln_workspace::{PushAuth, PushError};
 
 use crate::error::ApiError;
@@ -16,10 +16,11 @@ use crate::state::Shared;
 /// Proposes attempt `asked` of the task (default: its best-ranked one):
 /// pushes its commit and opens the task's pull request, or updates the one
 /// it has. `draft: None` keeps what the pull request was. Returns the
-/// record and whether it was an update. The caller has checked that its
-/// client may see the task.
+/// record and whether it was an update. The caller has checked that `who`
+/// may act on the task; `who` is recorded as the one who opened it.
 pub(crate) async fn open_or_update(
     shared: &Shared,
+    who: &Principal,
     detail: &TaskDetail,
     asked: Option<u32>,
     draft: Option<bool>,
@@ -166,14 +167,17 @@ pub(crate) async fn open_or_update(
     };
     let (record, updated) = shared
         .store
-        .record_pull_request(&OpenedPullRequest {
-            attempt: AttemptRef::new(id.clone(), attempt.n),
-            forge: forge.kind(),
-            number: pull.number,
-            url: pull.url,
-            branch,
-            draft,
-        })
+        .record_pull_request(
+            who,
+            &OpenedPullRequest {
+                attempt: AttemptRef::new(id.clone(), attempt.n),
+                forge: forge.kind(),
+                number: pull.number,
+                url: pull.url,
+                branch,
+                draft,
+            },
+        )
         .await?;
     Ok((record, updated))
 }
@@ -202,7 +206,10 @@ pub(crate) async fn refresh_after_follow_up(shared: &Shared, attempt: &AttemptRe
     if !(proposes_it && finished_with_commit) {
         return;
     }
-    if let Err(err) = open_or_update(shared, &detail, Some(attempt.n), None).await {
+    // The server does this on its own: the audit trail names it, and the
+    // pull request keeps the user who opened it.
+    let actor = kiln_store::server_actor();
+    if let Err(err) = open_or_update(shared, &actor, &detail, Some(attempt.n), None).await {
         tracing::warn!(
             "updating the pull request of task {} after a follow-up of {attempt} failed: {err}; \
              `kiln task pr {}` tries again",

@@ -78,7 +78,9 @@ mod webhooks;
 mod workers;
 
 pub use access::{check_environment, check_task, EnvironmentAction, TaskAction};
-pub use audit::AuditSubject;
+pub use audit::{
+    server_actor, AuditExport, AuditSubject, AUDIT_EXPORT_BATCH, MAX_AUDIT_PAGE, SERVER_ACTOR,
+};
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::Backend;

@@ -124,6 +124,23 @@ impl Store {
             if reopened > 0 {
                 changes.push(Change::Queue);
             }
+            // The text itself stays out of the trail: follow-ups are not
+            // secrets, but they may quote code or data an admin reading the
+            // trail (or the place it is exported to) has no business seeing.
+            crate::audit::audit_in(
+                &mut tx,
+                who,
+                "task.replied",
+                crate::AuditSubject::new("task", task_id).in_team(task.team_id.as_deref()),
+                serde_json::json!({
+                    "attempts": messages.iter().map(|m| m.attempt).collect::<Vec<_>>(),
+                    "message_ids": messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+                    "length": text.chars().count(),
+                    "reopened": reopened,
+                }),
+                now,
+            )
+            .await?;
             self.commit(tx, changes).await?;
             Ok(messages)
         })

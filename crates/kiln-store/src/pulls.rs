@@ -11,6 +11,7 @@ use crate::clock::from_millis;
 use crate::db::{query, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::tasks::AttemptRef;
+use crate::tokens::Principal;
 use crate::Store;
 
 /// What the forge answered for a task's pull request, to record.
@@ -92,8 +93,13 @@ impl Store {
     /// Refused while the attempt is queued or running: its worker numbers
     /// the attempt's events itself, and an event slipped in between would
     /// take one of its numbers.
+    ///
+    /// `who` opened it (the server itself when a follow-up's finish
+    /// refreshed it): their user becomes the record's `opened_by`, which a
+    /// refresh by the server keeps, and the audit trail gets `pr.opened`.
     pub async fn record_pull_request(
         &self,
+        who: &Principal,
         opened: &OpenedPullRequest,
     ) -> Result<(PullRequest, bool)> {
         let number = i64::try_from(opened.number).map_err(|_| {
@@ -120,12 +126,13 @@ impl Store {
             tx.execute(
                 query(
                     "INSERT INTO pull_requests (task_id, attempt, forge, number, url,
-                        branch, draft, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                        branch, draft, created_at, updated_at, opened_by)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
                      ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
                         forge = excluded.forge, number = excluded.number, url = excluded.url,
                         branch = excluded.branch, draft = excluded.draft,
-                        updated_at = excluded.updated_at",
+                        updated_at = excluded.updated_at,
+                        opened_by = COALESCE(excluded.opened_by, pull_requests.opened_by)",
                 )
                 .bind(attempt.task_id.as_str())
                 .bind(attempt.n)
@@ -134,7 +141,8 @@ impl Store {
                 .bind(opened.url.as_str())
                 .bind(opened.branch.as_str())
                 .bind(opened.draft)
-                .bind(now),
+                .bind(now)
+                .bind(who.user_id.as_deref()),
             )
             .await?;
             let updated = earlier.is_some();
@@ -151,13 +159,31 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::corrupt("pull request", "vanished while recorded"))?;
             // The outbox: the delivery commits with the record, or neither does.
-            let environment_id = tx
+            let task_row = tx
                 .fetch_one(
-                    query("SELECT environment_id FROM tasks WHERE id = $1")
+                    query("SELECT environment_id, team_id FROM tasks WHERE id = $1")
                         .bind(attempt.task_id.as_str()),
                 )
-                .await?
-                .text("environment_id")?;
+                .await?;
+            let environment_id = task_row.text("environment_id")?;
+            let team_id = task_row.opt_text("team_id")?;
+            crate::audit::audit_in(
+                &mut tx,
+                who,
+                "pr.opened",
+                crate::AuditSubject::new("task", &attempt.task_id).in_team(team_id.as_deref()),
+                serde_json::json!({
+                    "attempt": attempt.n,
+                    "forge": opened.forge.as_str(),
+                    "number": opened.number,
+                    "url": record.url,
+                    "branch": record.branch,
+                    "draft": opened.draft,
+                    "updated": updated,
+                }),
+                now,
+            )
+            .await?;
             if let Some(url) = crate::environments::webhook_url_in(&mut tx, &environment_id).await?
             {
                 crate::webhooks::enqueue_in(

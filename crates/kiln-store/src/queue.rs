@@ -314,7 +314,8 @@ impl Store {
     /// (and through a [`Change::Cancel`] notification at once).
     pub async fn cancel_task(&self, who: &Principal, task_id: &str) -> Result<CancelOutcome> {
         self.run("cancel a task", || async {
-            self.task_for(who, task_id, crate::access::TaskAction::Act)
+            let task = self
+                .task_for(who, task_id, crate::access::TaskAction::Act)
                 .await?;
             let now = self.now_ms();
             let mut tx = self.begin().await?;
@@ -348,6 +349,21 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             requested.sort_unstable();
             refresh_task_status(&mut tx, task_id, now).await?;
+            // Cancelling a finished task changes nothing: nothing to record.
+            if !cancelled.is_empty() || !requested.is_empty() {
+                crate::audit::audit_in(
+                    &mut tx,
+                    who,
+                    "task.cancelled",
+                    crate::AuditSubject::new("task", task_id).in_team(task.team_id.as_deref()),
+                    serde_json::json!({
+                        "cancelled": cancelled,
+                        "cancel_requested": requested,
+                    }),
+                    now,
+                )
+                .await?;
+            }
             let mut changes = Vec::new();
             let mut last_event = None;
             for &n in &cancelled {

@@ -399,7 +399,8 @@ impl Store {
         attempt: Option<u32>,
     ) -> Result<TaskDetail> {
         self.run("mark an attempt preferred", || async {
-            self.task_for(who, task_id, crate::access::TaskAction::Act)
+            let task = self
+                .task_for(who, task_id, crate::access::TaskAction::Act)
                 .await?;
             let now = self.now_ms();
             let mut tx = self.begin().await?;
@@ -452,6 +453,16 @@ impl Store {
             )
             .await?;
             let detail = task_detail_in(&mut tx, task_id).await?;
+            crate::audit::audit_in(
+                &mut tx,
+                who,
+                "task.preferred",
+                crate::AuditSubject::new("task", task_id).in_team(task.team_id.as_deref()),
+                // `attempt: null` is a cleared preference.
+                serde_json::json!({ "attempt": attempt, "previous": before }),
+                now,
+            )
+            .await?;
             let log_of = attempt.or_else(|| detail.ranking.first().map(|e| e.attempt));
             if let Some(n) = log_of {
                 let log_of = AttemptRef::new(task_id, n);

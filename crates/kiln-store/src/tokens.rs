@@ -125,13 +125,27 @@ fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
 }
 
 impl Store {
-    /// Creates a token; the returned secret is the only copy.
+    /// Creates a token for a new user of its own; the returned secret is
+    /// the only copy. The audit trail names the server (`kiln`) as the
+    /// actor: requests use [`Store::create_token_by`].
     pub async fn create_token(&self, name: &str, admin: bool) -> Result<NewToken> {
+        self.create_token_by(&crate::audit::server_actor(), name, admin)
+            .await
+    }
+
+    /// [`Store::create_token`] on behalf of `who`, who the audit trail's
+    /// `token.created` names.
+    pub async fn create_token_by(
+        &self,
+        who: &Principal,
+        name: &str,
+        admin: bool,
+    ) -> Result<NewToken> {
         let name = validate_token_name(name)?;
         let secret = new_token_secret();
         let info = self
             .run("create token", || {
-                self.insert_token(name, &secret, TokenKind::user(admin))
+                self.insert_token(who, name, &secret, TokenKind::user(admin))
             })
             .await?;
         Ok(NewToken { info, secret })
@@ -140,11 +154,17 @@ impl Store {
     /// Creates a worker token for `kiln worker`: it claims and runs
     /// attempts, and is refused on every user API.
     pub async fn create_worker_token(&self, name: &str) -> Result<NewToken> {
+        self.create_worker_token_by(&crate::audit::server_actor(), name)
+            .await
+    }
+
+    /// [`Store::create_worker_token`] on behalf of `who` (for the audit trail).
+    pub async fn create_worker_token_by(&self, who: &Principal, name: &str) -> Result<NewToken> {
         let name = validate_token_name(name)?;
         let secret = new_token_secret();
         let info = self
             .run("create worker token", || {
-                self.insert_token(name, &secret, TokenKind::WORKER)
+                self.insert_token(who, name, &secret, TokenKind::WORKER)
             })
             .await?;
         Ok(NewToken { info, secret })
@@ -174,7 +194,13 @@ impl Store {
             return Ok(None);
         }
         let info = self
-            .insert_token_in(&mut tx, "admin", secret, TokenKind::user(true))
+            .insert_token_in(
+                &mut tx,
+                &crate::audit::server_actor(),
+                "admin",
+                secret,
+                TokenKind::user(true),
+            )
             .await?;
         self.commit(tx, Vec::new()).await?;
         Ok(Some(info))
@@ -182,22 +208,27 @@ impl Store {
 
     async fn insert_token(
         &self,
+        who: &Principal,
         name: &str,
         secret: &str,
         kind: TokenKind,
     ) -> Result<TokenInfo, OpError> {
         let mut tx = self.begin().await?;
-        let info = self.insert_token_in(&mut tx, name, secret, kind).await?;
+        let info = self
+            .insert_token_in(&mut tx, who, name, secret, kind)
+            .await?;
         self.commit(tx, Vec::new()).await?;
         Ok(info)
     }
 
     /// Inserts a token. A user token without `kind.user_id` is a new
     /// identity: a user of its own (named after the token) with a personal
-    /// team, as every token was before users existed.
+    /// team, as every token was before users existed. Records
+    /// `token.created` with `who` as the actor, whatever path created it.
     async fn insert_token_in(
         &self,
         tx: &mut Tx,
+        who: &Principal,
         name: &str,
         secret: &str,
         kind: TokenKind,
@@ -239,14 +270,48 @@ impl Store {
                 .bind(kind.expires_at),
             )
             .await?;
-        token_from_row(&row)
+        let info = token_from_row(&row)?;
+        crate::audit::audit_in(
+            tx,
+            who,
+            "token.created",
+            crate::AuditSubject::new("token", &info.id),
+            serde_json::json!({
+                "name": info.name,
+                "user_id": info.user_id,
+                "new_user": kind.user_id.is_none() && !kind.worker,
+                "admin": info.admin,
+                "worker": info.worker,
+                "source": info.source,
+                "expires_at": info.expires_at,
+            }),
+            now,
+        )
+        .await?;
+        Ok(info)
     }
 
     /// Creates a token for an existing user (their own `kiln token create`,
     /// or `kiln login` through single sign-on with `source = "sso"` and an
-    /// expiry). The secret in the answer is the only copy.
+    /// expiry). The secret in the answer is the only copy. The audit
+    /// trail names the user as the actor of `token.created`; use
+    /// [`Store::create_user_token_by`] when someone else (an admin) asks.
     pub async fn create_user_token(
         &self,
+        user_id: &str,
+        name: &str,
+        source: &'static str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<NewToken> {
+        self.create_user_token_by(None, user_id, name, source, expires_at)
+            .await
+    }
+
+    /// [`Store::create_user_token`] on behalf of `who` (`None`: the user
+    /// themself), for the audit trail.
+    pub async fn create_user_token_by(
+        &self,
+        who: Option<&Principal>,
         user_id: &str,
         name: &str,
         source: &'static str,
@@ -257,11 +322,19 @@ impl Store {
         let info = self
             .run("create token", || async {
                 let mut tx = self.begin().await?;
-                let role = tx
-                    .fetch_optional(query("SELECT role FROM users WHERE id = $1").bind(user_id))
+                let user = tx
+                    .fetch_optional(
+                        query("SELECT name, role FROM users WHERE id = $1").bind(user_id),
+                    )
                     .await?
-                    .ok_or_else(|| StoreError::not_found(format!("user {user_id}")))?
-                    .text("role")?;
+                    .ok_or_else(|| StoreError::not_found(format!("user {user_id}")))?;
+                let role = user.text("role")?;
+                let themself = Principal {
+                    name: user.text("name")?,
+                    user_name: user.text("name")?,
+                    user_id: Some(user_id.to_string()),
+                    ..Principal::default()
+                };
                 let kind = TokenKind {
                     admin: role == "owner" || role == "admin",
                     worker: false,
@@ -269,7 +342,9 @@ impl Store {
                     source,
                     expires_at: expires_at.map(crate::clock::to_millis),
                 };
-                let info = self.insert_token_in(&mut tx, name, &secret, kind).await?;
+                let info = self
+                    .insert_token_in(&mut tx, who.unwrap_or(&themself), name, &secret, kind)
+                    .await?;
                 self.commit(tx, Vec::new()).await?;
                 Ok(info)
             })
@@ -377,15 +452,26 @@ impl Store {
     }
 
     /// Revokes a token (again is fine). Its tasks and environments stay.
+    /// The audit trail names the server as the actor: requests use
+    /// [`Store::revoke_token_by`].
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        self.revoke_token_by(&crate::audit::server_actor(), id)
+            .await
+    }
+
+    /// [`Store::revoke_token`] on behalf of `who`: `token.revoked` names
+    /// them (a second revocation changes nothing and records nothing).
+    pub async fn revoke_token_by(&self, who: &Principal, id: &str) -> Result<TokenInfo> {
         self.run("revoke token", || async {
             let mut tx = self.begin().await?;
-            tx.execute(
-                query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                    .bind(id)
-                    .bind(self.now_ms()),
-            )
-            .await?;
+            let now = self.now_ms();
+            let revoked = tx
+                .execute(
+                    query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                        .bind(id)
+                        .bind(now),
+                )
+                .await?;
             let row = tx
                 .fetch_optional(
                     query(
@@ -397,6 +483,21 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::not_found(format!("token {id}")))?;
             let info = token_from_row(&row)?;
+            if revoked > 0 {
+                crate::audit::audit_in(
+                    &mut tx,
+                    who,
+                    "token.revoked",
+                    crate::AuditSubject::new("token", id),
+                    serde_json::json!({
+                        "name": info.name,
+                        "user_id": info.user_id,
+                        "worker": info.worker,
+                    }),
+                    now,
+                )
+                .await?;
+            }
             self.commit(tx, Vec::new()).await?;
             Ok(info)
         })
@@ -472,9 +573,15 @@ impl Store {
             )),
             Some(_) => Ok(AdminBootstrap::Present),
             None => {
+                let server = crate::audit::server_actor();
                 let info = self
                     .run("register KILN_ADMIN_TOKEN", || {
-                        self.insert_token("admin (KILN_ADMIN_TOKEN)", secret, TokenKind::user(true))
+                        self.insert_token(
+                            &server,
+                            "admin (KILN_ADMIN_TOKEN)",
+                            secret,
+                            TokenKind::user(true),
+                        )
                     })
                     .await?;
                 Ok(AdminBootstrap::Registered(info))

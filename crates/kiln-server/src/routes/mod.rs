@@ -1,5 +1,6 @@
 //! The route table: which handler serves which path.
 
+mod audit;
 mod environments;
 mod events;
 mod json;
@@ -53,6 +54,8 @@ pub(crate) fn router(state: AppState) -> Router {
             get(environments::versions),
         )
         .route("/api/openapi.json", get(openapi))
+        .route("/api/audit", get(audit::list))
+        .route("/api/audit/export", get(audit::export))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
         .route("/api/tokens/{id}", delete(tokens::revoke))
         .route("/api/tasks", post(tasks::create).get(tasks::list))

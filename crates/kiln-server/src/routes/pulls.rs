@@ -17,11 +17,21 @@ pub(super) async fn open(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<NewPullRequest>,
 ) -> Result<(StatusCode, Json<PullRequest>), ApiError> {
-    // Owner or admin: anyone else is told the task does not exist.
+    // Opening a pull request acts on the task (its author, the team's
+    // maintainers, members if shared): a reader may not.
+    state
+        .store()
+        .authorize_task(&who, &id, kiln_store::TaskAction::Act)
+        .await?;
     let detail = state.store().task(&who, &id).await?;
-    let (record, updated) =
-        crate::pulls::open_or_update(&state.inner, &detail, request.attempt, Some(request.draft))
-            .await?;
+    let (record, updated) = crate::pulls::open_or_update(
+        &state.inner,
+        &who,
+        &detail,
+        request.attempt,
+        Some(request.draft),
+    )
+    .await?;
     let status = if updated {
         StatusCode::OK
     } else {

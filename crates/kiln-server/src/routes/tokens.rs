@@ -83,8 +83,18 @@ pub(super) async fn create(
                 "a worker token cannot be an admin token: drop one of `admin` and `worker`",
             ))
         }
-        (_, true) => state.store().create_worker_token(body.name.trim()).await?,
-        (admin, false) => state.store().create_token(body.name.trim(), admin).await?,
+        (_, true) => {
+            state
+                .store()
+                .create_worker_token_by(&who, body.name.trim())
+                .await?
+        }
+        (admin, false) => {
+            state
+                .store()
+                .create_token_by(&who, body.name.trim(), admin)
+                .await?
+        }
     };
     Ok((StatusCode::CREATED, Json(CreatedToken::from(token))))
 }
@@ -104,7 +114,7 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     require_admin(&who)?;
-    let revoked = state.store().revoke_token(&id).await?;
+    let revoked = state.store().revoke_token_by(&who, &id).await?;
     // Open event streams of the token end now rather than at their next check.
     state
         .inner

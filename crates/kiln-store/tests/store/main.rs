@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+mod audit;
 mod durability;
 mod environments;
 mod events;

@@ -36,15 +36,19 @@ on_both_backends! {
         t.store.finish("w", &a2, &AttemptReport::new(AttemptStatus::Succeeded)).await.unwrap();
         assert_eq!(t.store.task(&me, &id).await.unwrap().pull_request, None);
 
-        let (first, updated) = t.store.record_pull_request(&opened(&a1, 7)).await.unwrap();
+        let (first, updated) = t.store.record_pull_request(&me, &opened(&a1, 7)).await.unwrap();
         assert!(!updated);
+        assert_eq!(first.opened_by, me.user_id);
         assert_eq!((first.attempt, first.number, first.forge), (1, 7, ForgeKind::Gitlab));
         assert_eq!(first.created_at, first.updated_at);
         t.clock.advance(Duration::from_secs(5));
 
-        // Another attempt proposed later: the same row, now pointing at it.
-        let (second, updated) = t.store.record_pull_request(&opened(&a2, 7)).await.unwrap();
+        // Another attempt proposed later (by the server, refreshing it after a
+        // follow-up): the same row, now pointing at it, still opened by me.
+        let server = kiln_store::server_actor();
+        let (second, updated) = t.store.record_pull_request(&server, &opened(&a2, 7)).await.unwrap();
         assert!(updated);
+        assert_eq!(second.opened_by, me.user_id);
         assert_eq!(second.attempt, 2);
         assert_eq!(second.created_at, first.created_at);
         assert!(second.updated_at > first.updated_at);
@@ -61,12 +65,12 @@ on_both_backends! {
         let task = t.task(&me, 1).await;
         let lease = Duration::from_secs(60);
         let a1 = t.store.claim_next("w", lease).await.unwrap().unwrap().attempt;
-        let err = t.store.record_pull_request(&opened(&a1, 1)).await.unwrap_err();
+        let err = t.store.record_pull_request(&me, &opened(&a1, 1)).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("running"), "{err}");
         assert_eq!(t.store.pull_request(&task.task.id).await.unwrap(), None);
         let missing = AttemptRef::new(task.task.id.clone(), 9);
-        let err = t.store.record_pull_request(&opened(&missing, 1)).await.unwrap_err();
+        let err = t.store.record_pull_request(&me, &opened(&missing, 1)).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     }
 }

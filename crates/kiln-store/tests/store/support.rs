@@ -213,6 +213,28 @@ impl TestStore {
         assert_eq!(updated, 1, "no environment {environment_id}");
     }
 
+    /// Runs one statement past the store, as someone with a connection to
+    /// the database would; the database's error as text when it refuses.
+    pub async fn raw_execute(&self, sql: &str) -> Result<u64, String> {
+        let done = match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut db)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut db)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        };
+        done.map_err(|e| e.to_string())
+    }
+
     /// Another store on the same database and clock.
     pub async fn reopen(&self) -> Store {
         open_with_clock(&self.url, &self.clock, Duration::from_secs(30)).await

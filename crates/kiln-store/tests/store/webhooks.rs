@@ -43,8 +43,8 @@ on_both_backends! {
             branch: format!("kiln/{}", task.task.id),
             draft: true,
         };
-        t.store.record_pull_request(&opened).await.unwrap();
-        t.store.record_pull_request(&opened).await.unwrap();
+        t.store.record_pull_request(&me, &opened).await.unwrap();
+        t.store.record_pull_request(&me, &opened).await.unwrap();
 
         let listed = t.store.webhook_deliveries(&me, &env, 50).await.unwrap();
         let events: Vec<&str> = listed.iter().map(|d| d.event.as_str()).collect();
