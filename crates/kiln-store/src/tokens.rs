@@ -195,7 +195,7 @@ impl Store {
     /// Inserts a token. A user token without `kind.user_id` is a new
     /// identity: a user of its own (named after the token) with a personal
     /// team, as every token was before users existed.
-    async fn insert_token_in(
+    pub(crate) async fn insert_token_in(
         &self,
         tx: &mut Tx,
         name: &str,
@@ -457,7 +457,7 @@ impl Store {
 /// What a new token may do (a user's, admin or not, or a worker's) and
 /// whose it is.
 #[derive(Debug, Clone)]
-struct TokenKind {
+pub(crate) struct TokenKind {
     admin: bool,
     worker: bool,
     /// `None` for a user token: a new user of its own.
@@ -467,7 +467,7 @@ struct TokenKind {
 }
 
 impl TokenKind {
-    const WORKER: TokenKind = TokenKind {
+    pub(crate) const WORKER: TokenKind = TokenKind {
         admin: false,
         worker: true,
         user_id: None,
@@ -475,7 +475,18 @@ impl TokenKind {
         expires_at: None,
     };
 
-    fn user(admin: bool) -> TokenKind {
+    /// A token of an existing user.
+    pub(crate) fn of_user(user_id: String, admin: bool) -> TokenKind {
+        TokenKind {
+            admin,
+            worker: false,
+            user_id: Some(user_id),
+            source: "local",
+            expires_at: None,
+        }
+    }
+
+    pub(crate) fn user(admin: bool) -> TokenKind {
         TokenKind {
             admin,
             worker: false,
@@ -486,7 +497,7 @@ impl TokenKind {
     }
 }
 
-fn validate_token_name(name: &str) -> Result<&str> {
+pub(crate) fn validate_token_name(name: &str) -> Result<&str> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(StoreError::invalid(

@@ -17,7 +17,12 @@ pub(super) async fn open(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<NewPullRequest>,
 ) -> Result<(StatusCode, Json<PullRequest>), ApiError> {
-    // Owner or admin: anyone else is told the task does not exist.
+    // Opening a pull request acts on the task: a viewer of a shared task
+    // may read it but not propose it (403); outside its team it is 404.
+    state
+        .store()
+        .authorize_task(&who, &id, kiln_store::TaskAction::Act)
+        .await?;
     let detail = state.store().task(&who, &id).await?;
     let (record, updated) =
         crate::pulls::open_or_update(&state.inner, &detail, request.attempt, Some(request.draft))
