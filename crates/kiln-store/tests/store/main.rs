@@ -8,6 +8,7 @@ mod durability;
 mod environments;
 mod events;
 mod messages;
+mod migration;
 mod notifications;
 mod opening;
 mod pulls;

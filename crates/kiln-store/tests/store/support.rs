@@ -290,6 +290,24 @@ async fn open_with_clock(url: &str, clock: &ManualClock, poll: Duration) -> Stor
         .unwrap_or_else(|e| panic!("cannot open the test store: {e}"))
 }
 
+/// A database with no schema at all, on `backend`: its URL, and the temp
+/// dir holding it for SQLite (for tests that build an older schema).
+pub async fn empty_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => (fresh_pg_database().await, None),
+    }
+}
+
+/// Opens a store on `url` as the tests do (manual clock, the test key).
+pub async fn open_url(url: &str, clock: &ManualClock) -> Store {
+    open_with_clock(url, clock, Duration::from_secs(30)).await
+}
+
 /// A new, empty database on this test process's PostgreSQL; returns its URL.
 async fn fresh_pg_database() -> String {
     let server = tokio::task::spawn_blocking(PostgresServer::shared)
