@@ -611,3 +611,145 @@ async fn check_refusals(server: &KilnServer, secret: &impl Fn(&str) -> String, c
         "a refused request changed something"
     );
 }
+
+/// A data directory an older kiln (schema version 4, before teams) left:
+/// the migration files 0001-0004 applied by sqlx's own migrator, and rows
+/// as that kiln wrote them. `kiln serve` opens it: every token works as it
+/// did, the admin token's user is the owner, and each user sees exactly
+/// their old environments and tasks and runs new ones on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_serve_opens_a_database_from_before_teams_and_everyone_sees_what_they_saw() {
+    use sha2::{Digest, Sha256};
+    use sqlx::Connection;
+
+    let repo = fixtures::repo("calc-py");
+    let install = Installation::new();
+    let migrations = tempfile::tempdir().unwrap();
+    for name in [
+        "0001_initial.sql",
+        "0002_repo_credential.sql",
+        "0003_workers.sql",
+        "0004_evidence_delivery.sql",
+    ] {
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../kiln-store/migrations")
+            .join(name);
+        std::fs::copy(source, migrations.path().join(name)).unwrap();
+    }
+    let hash = |secret: &str| -> String {
+        Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let repo_path = repo.path().display().to_string();
+    let day = 1_800_000_000_000_i64;
+    let rows = format!(
+        "INSERT INTO tokens (id, name, secret_sha256, admin, created_at)
+           VALUES ('tok_01admin', 'admin', '{admin}', TRUE, {day});
+         INSERT INTO tokens (id, name, secret_sha256, admin, created_at)
+           VALUES ('tok_02alice', 'alice', '{alice}', FALSE, {day});
+         INSERT INTO tokens (id, name, secret_sha256, admin, created_at)
+           VALUES ('tok_03bob', 'bob', '{bob}', FALSE, {day});
+         INSERT INTO environments (id, owner_token_id, name, repo, env_json, secrets_json,
+             created_at)
+           VALUES ('env_01alice', 'tok_02alice', 'calc', '{repo_path}', '{{}}', '{{}}', {day});
+         INSERT INTO environments (id, owner_token_id, name, repo, env_json, secrets_json,
+             created_at)
+           VALUES ('env_02bob', 'tok_03bob', 'calc', '{repo_path}', '{{}}', '{{}}', {day});
+         INSERT INTO tasks (id, owner_token_id, environment_id, prompt, mode, attempt_count,
+             status, created_at, updated_at)
+           VALUES ('t_0001alice', 'tok_02alice', 'env_01alice', 'old', 'code', 1, 'succeeded',
+             {day}, {day});
+         INSERT INTO attempts (task_id, n, status) VALUES ('t_0001alice', 1, 'succeeded');
+         INSERT INTO tasks (id, owner_token_id, environment_id, prompt, mode, attempt_count,
+             status, created_at, updated_at)
+           VALUES ('t_0002bob', 'tok_03bob', 'env_02bob', 'old', 'code', 1, 'succeeded',
+             {day}, {day});
+         INSERT INTO attempts (task_id, n, status) VALUES ('t_0002bob', 1, 'succeeded');",
+        admin = hash(ROOT),
+        alice = hash("old-alice-secret"),
+        bob = hash("old-bob-secret"),
+    );
+    let url = format!("sqlite://{}", install.data_dir().join("kiln.db").display());
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+        .unwrap()
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let mut db = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(migrations.path())
+        .await
+        .unwrap()
+        .run(&mut db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&rows).execute(&mut db).await.unwrap();
+    db.close().await.unwrap();
+
+    let model = ScriptedServer::start(Script::new(vec![Turn::message("New done.")])).await;
+    let server = KilnServer::start_with(&install, &model, 1, &["--allow-repo", &repo_path]).await;
+    let (status, root) = server.get("/api/me", ROOT).await;
+    assert_eq!(
+        (status, root["role"].as_str()),
+        (200, Some("owner")),
+        "{root}"
+    );
+    for (secret, name, own_env, own_task, other_task) in [
+        (
+            "old-alice-secret",
+            "alice",
+            "env_01alice",
+            "t_0001alice",
+            "t_0002bob",
+        ),
+        (
+            "old-bob-secret",
+            "bob",
+            "env_02bob",
+            "t_0002bob",
+            "t_0001alice",
+        ),
+    ] {
+        let (status, me) = server.get("/api/me", secret).await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["name"], name);
+        assert_eq!(me["role"], "user");
+        assert_eq!(me["teams"][0]["team_name"], name);
+        assert_eq!(me["teams"][0]["role"], "maintainer");
+        let (_, envs) = server.get("/api/environments", secret).await;
+        let ids: Vec<&str> = envs["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [own_env], "{envs}");
+        let (_, page) = server.get("/api/tasks", secret).await;
+        let ids: Vec<&str> = page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [own_task], "{page}");
+        let (status, _) = server
+            .get(&format!("/api/tasks/{other_task}"), secret)
+            .await;
+        assert_eq!(status, 404);
+    }
+    // The old name still names alice's environment, and tasks run on it.
+    let task = server
+        .task(
+            "old-alice-secret",
+            json!({"environment": "calc", "prompt": "new work"}),
+        )
+        .await;
+    assert_eq!(task["environment_id"], "env_01alice");
+    let id = task["id"].as_str().unwrap();
+    let task = server.wait_finished("old-alice-secret", id, LONG).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let (_, page) = server.get("/api/tasks", ROOT).await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 3, "{page}");
+}

@@ -13,7 +13,9 @@ use serde_json::json;
 
 use crate::audit::{audit_in, AuditSubject};
 use crate::clock::from_millis;
-use crate::db::{query, DbRow, Tx};
+use std::future::Future;
+
+use crate::db::{query, Backend, Db, DbRow, Query, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::tokens::{NewToken, Principal, TokenInfo};
 use crate::users::{invalid_name, set_member_in, valid_name};
@@ -35,6 +37,31 @@ macro_rules! select_team {
         "SELECT id, name, max_concurrent_attempts, monthly_budget_microusd, created_at
          FROM teams "
     };
+}
+
+/// Where the reads below go: the transaction of a change, or the pool for a
+/// plain read (which on SQLite must not take the write lock).
+trait Reads: Send {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send;
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send;
+}
+
+impl Reads for Tx {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
+        self.fetch_all(q)
+    }
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
+        self.fetch_optional(q)
+    }
+}
+
+impl Reads for &Db {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
+        Db::fetch_all(self, q)
+    }
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
+        Db::fetch_optional(self, q)
+    }
 }
 
 /// Whose token `POST /api/tokens` makes.
@@ -129,9 +156,9 @@ fn check_email(email: Option<&str>) -> Result<Option<String>, StoreError> {
     }
 }
 
-async fn members_in(tx: &mut Tx, team_id: &str) -> Result<Vec<TeamMember>, OpError> {
+async fn members_in(tx: &mut impl Reads, team_id: &str) -> Result<Vec<TeamMember>, OpError> {
     let rows = tx
-        .fetch_all(
+        .rows(
             query(
                 "SELECT m.user_id, u.name, m.role, m.source FROM team_members m
                  JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 ORDER BY u.name",
@@ -154,9 +181,12 @@ async fn members_in(tx: &mut Tx, team_id: &str) -> Result<Vec<TeamMember>, OpErr
         .collect()
 }
 
-async fn user_memberships_in(tx: &mut Tx, user_id: &str) -> Result<Vec<Membership>, OpError> {
+async fn user_memberships_in(
+    tx: &mut impl Reads,
+    user_id: &str,
+) -> Result<Vec<Membership>, OpError> {
     let rows = tx
-        .fetch_all(
+        .rows(
             query(
                 "SELECT m.team_id, t.name, m.role, m.source FROM team_members m
                  JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 ORDER BY t.name",
@@ -180,9 +210,9 @@ async fn user_memberships_in(tx: &mut Tx, user_id: &str) -> Result<Vec<Membershi
 }
 
 /// The user `key` (an id or a name) names, with their teams.
-async fn user_in(tx: &mut Tx, key: &str) -> Result<User, OpError> {
+async fn user_in(tx: &mut impl Reads, key: &str) -> Result<User, OpError> {
     let row = tx
-        .fetch_optional(
+        .row(
             query(concat!(
                 select_user!(),
                 "WHERE id = $1 OR name = $1 ORDER BY (CASE WHEN id = $1 THEN 0 ELSE 1 END) LIMIT 1"
@@ -196,9 +226,9 @@ async fn user_in(tx: &mut Tx, key: &str) -> Result<User, OpError> {
 }
 
 /// The team `key` (an id or a name) names, with its members.
-async fn team_in(tx: &mut Tx, key: &str) -> Result<Team, OpError> {
+async fn team_in(tx: &mut impl Reads, key: &str) -> Result<Team, OpError> {
     let row = tx
-        .fetch_optional(
+        .row(
             query(concat!(
                 select_team!(),
                 "WHERE id = $1 OR name = $1 ORDER BY (CASE WHEN id = $1 THEN 0 ELSE 1 END) LIMIT 1"
@@ -253,8 +283,7 @@ impl Store {
             ));
         };
         self.run("get the caller's user", || async {
-            let mut tx = self.begin().await?;
-            user_in(&mut tx, &user_id).await
+            user_in(&mut &self.inner.db, &user_id).await
         })
         .await
     }
@@ -320,16 +349,16 @@ impl Store {
             return Ok(vec![self.me(who).await?]);
         }
         self.run("list users", || async {
-            let mut tx = self.begin().await?;
-            let ids = tx
-                .fetch_all(query("SELECT id FROM users ORDER BY name"))
+            let mut db = &self.inner.db;
+            let ids = db
+                .rows(query("SELECT id FROM users ORDER BY name"))
                 .await?
                 .iter()
                 .map(|row| row.text("id"))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut users = Vec::with_capacity(ids.len());
             for id in ids {
-                users.push(user_in(&mut tx, &id).await?);
+                users.push(user_in(&mut db, &id).await?);
             }
             Ok(users)
         })
@@ -340,8 +369,7 @@ impl Store {
     pub async fn user(&self, who: &Principal, key: &str) -> Result<User> {
         let user = self
             .run("get user", || async {
-                let mut tx = self.begin().await?;
-                user_in(&mut tx, key).await
+                user_in(&mut &self.inner.db, key).await
             })
             .await;
         match user {
@@ -365,6 +393,17 @@ impl Store {
         };
         self.run("update user", || async {
             let mut tx = self.begin().await?;
+            if tx.backend() == Backend::Postgres
+                && (patch.role.is_some() || patch.disabled.is_some())
+            {
+                // Two owners demoting each other at once must not both see
+                // the other still an owner (SQLite's write lock already
+                // serializes this).
+                tx.execute(query(
+                    "SELECT id FROM users WHERE role = 'owner' FOR UPDATE",
+                ))
+                .await?;
+            }
             let before = user_in(&mut tx, key).await?;
             let name = before.name.as_str();
             let mut fields = Vec::new();
@@ -522,9 +561,9 @@ impl Store {
     /// Every team (admins) or the caller's own, with members.
     pub async fn teams(&self, who: &Principal) -> Result<Vec<Team>> {
         self.run("list teams", || async {
-            let mut tx = self.begin().await?;
-            let rows = tx
-                .fetch_all(
+            let mut db = &self.inner.db;
+            let rows = db
+                .rows(
                     query(
                         "SELECT id FROM teams t WHERE $1 OR EXISTS (SELECT 1 FROM team_members m
                             WHERE m.team_id = t.id AND m.user_id = $2)
@@ -536,7 +575,7 @@ impl Store {
                 .await?;
             let mut teams = Vec::with_capacity(rows.len());
             for row in &rows {
-                teams.push(team_in(&mut tx, &row.text("id")?).await?);
+                teams.push(team_in(&mut db, &row.text("id")?).await?);
             }
             Ok(teams)
         })
@@ -548,8 +587,7 @@ impl Store {
     pub async fn team(&self, who: &Principal, key: &str) -> Result<Team> {
         let team = self
             .run("get team", || async {
-                let mut tx = self.begin().await?;
-                team_in(&mut tx, key).await
+                team_in(&mut &self.inner.db, key).await
             })
             .await?;
         if who.admin || who.team_role(&team.id).is_some() {
@@ -716,14 +754,14 @@ impl Store {
             require_admin(who, "list other users' tokens")?;
         }
         self.run("list tokens", || async {
-            let mut tx = self.begin().await?;
+            let mut db = &self.inner.db;
             let owner = match (user, who.admin) {
-                (Some(key), _) => Some(user_in(&mut tx, key).await?.id),
+                (Some(key), _) => Some(user_in(&mut db, key).await?.id),
                 (None, true) => None,
                 (None, false) => Some(who.user_id.clone().unwrap_or_default()),
             };
-            let rows = tx
-                .fetch_all(
+            let rows = db
+                .rows(
                     query(
                         "SELECT id, name, admin, worker, user_id, source, expires_at, created_at,
                             revoked_at FROM tokens WHERE $1 IS NULL OR user_id = $1 ORDER BY id",

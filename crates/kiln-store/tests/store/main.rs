@@ -11,6 +11,7 @@ mod messages;
 mod migration;
 mod notifications;
 mod opening;
+mod people;
 mod pulls;
 mod queue;
 mod ranking;

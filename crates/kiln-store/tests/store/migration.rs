@@ -205,8 +205,8 @@ on_both_backends! {
         }
 
         // Each sees exactly what their token saw, nobody else's.
-        assert_eq!(environment_ids(&store, &alice).await, [alice_env.clone()]);
-        assert_eq!(environment_ids(&store, &bob).await, [bob_env.clone()]);
+        assert_eq!(environment_ids(&store, &alice).await, [alice_env.as_str()]);
+        assert_eq!(environment_ids(&store, &bob).await, [bob_env.as_str()]);
         assert!(environment_ids(&store, &alice2).await.is_empty());
         assert_eq!(environment_ids(&store, &ops).await.len(), 3);
         assert_eq!(task_ids(&store, &alice).await, ["t_0001alice"]);

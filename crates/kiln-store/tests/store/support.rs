@@ -212,6 +212,25 @@ impl TestStore {
         assert_eq!(updated, 1, "no environment {environment_id}");
     }
 
+    /// Every audit event's action and details, oldest first, read past the
+    /// store.
+    pub async fn raw_audit(&self) -> Vec<(String, serde_json::Value)> {
+        let sql = "SELECT action, details FROM audit_events ORDER BY id";
+        let rows: Vec<(String, String)> = match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+            }
+        };
+        rows.into_iter()
+            .map(|(action, details)| (action, serde_json::from_str(&details).unwrap()))
+            .collect()
+    }
+
     /// Another store on the same database and clock.
     pub async fn reopen(&self) -> Store {
         open_with_clock(&self.url, &self.clock, Duration::from_secs(30)).await
