@@ -1,4 +1,4 @@
-//! The HTTP client the `kiln task|env|token|audit` subcommands share: where the
+//! The HTTP client the `kiln task|env|token|user|team|audit` subcommands share: where the
 //! server is, the bearer token, typed calls that return the API's types
 //! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
 //! parser, and errors that say what to do.
@@ -12,7 +12,8 @@ use kiln_protocol::api::{
 };
 use kiln_protocol::sse::SseParser;
 use kiln_protocol::teams::{
-    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersionList, SecretValue,
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersionList, NewTeam, NewUser, SecretValue,
+    SetMember, Team, TeamList, TeamRole, User, UserList, UserPatch,
 };
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
@@ -193,6 +194,9 @@ impl ApiClient {
         if let Some(cursor) = &query.cursor {
             pairs.push(("cursor", cursor.clone()));
         }
+        if let Some(scope) = &query.scope {
+            pairs.push(("scope", scope.clone()));
+        }
         let request = self.request_to(reqwest::Method::GET, &["api", "tasks"], &pairs)?;
         self.typed(request, "a page of tasks").await
     }
@@ -297,6 +301,80 @@ impl ApiClient {
             .request_to(reqwest::Method::POST, &["api", "tasks", id, "pr"], &[])?
             .json(request);
         self.typed(request, "a pull request").await
+    }
+
+    /// Shares a task with its team (`shared`), or makes it private again.
+    pub async fn share_task(&self, id: &str, shared: bool) -> Result<Answer<TaskDetail>> {
+        let method = if shared {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let request = self.request_to(method, &["api", "tasks", id, "share"], &[])?;
+        self.typed(request, "a task").await
+    }
+
+    pub async fn me(&self) -> Result<Answer<User>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "me"], &[])?;
+        self.typed(request, "a user").await
+    }
+
+    pub async fn list_users(&self) -> Result<Answer<UserList>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "users"], &[])?;
+        self.typed(request, "a list of users").await
+    }
+
+    pub async fn create_user(&self, new: &NewUser) -> Result<Answer<User>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "users"], &[])?
+            .json(new);
+        self.typed(request, "a user").await
+    }
+
+    pub async fn get_user(&self, user: &str) -> Result<Answer<User>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "users", user], &[])?;
+        self.typed(request, "a user").await
+    }
+
+    pub async fn update_user(&self, user: &str, patch: &UserPatch) -> Result<Answer<User>> {
+        let request = self
+            .request_to(reqwest::Method::PATCH, &["api", "users", user], &[])?
+            .json(patch);
+        self.typed(request, "a user").await
+    }
+
+    pub async fn list_teams(&self) -> Result<Answer<TeamList>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "teams"], &[])?;
+        self.typed(request, "a list of teams").await
+    }
+
+    pub async fn create_team(&self, new: &NewTeam) -> Result<Answer<Team>> {
+        let request = self
+            .request_to(reqwest::Method::POST, &["api", "teams"], &[])?
+            .json(new);
+        self.typed(request, "a team").await
+    }
+
+    pub async fn get_team(&self, team: &str) -> Result<Answer<Team>> {
+        let request = self.request_to(reqwest::Method::GET, &["api", "teams", team], &[])?;
+        self.typed(request, "a team").await
+    }
+
+    /// Gives `user` `role` in `team`, or (`role` `None`) takes them out.
+    pub async fn set_member(
+        &self,
+        team: &str,
+        user: &str,
+        role: Option<TeamRole>,
+    ) -> Result<Answer<Team>> {
+        let path = ["api", "teams", team, "members", user];
+        let request = match role {
+            Some(role) => self
+                .request_to(reqwest::Method::PUT, &path, &[])?
+                .json(&SetMember { role }),
+            None => self.request_to(reqwest::Method::DELETE, &path, &[])?,
+        };
+        self.typed(request, "a team").await
     }
 
     pub async fn create_environment(&self, new: &NewEnvironment) -> Result<Answer<Environment>> {
@@ -418,6 +496,13 @@ impl ApiClient {
 
     pub async fn get(&self, path: &str) -> Result<Value> {
         let response = self.send(self.request(reqwest::Method::GET, path)).await?;
+        Ok(response.json().await?)
+    }
+
+    pub async fn get_query(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let response = self
+            .send(self.request(reqwest::Method::GET, path).query(query))
+            .await?;
         Ok(response.json().await?)
     }
 

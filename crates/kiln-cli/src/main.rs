@@ -10,6 +10,7 @@ mod doctor_cmd;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;
+mod people_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
@@ -51,14 +52,21 @@ enum Command {
     Sandbox(sandbox_cmd::Args),
     /// Serve the HTTP API and run tasks from the queue with a worker pool.
     Serve(serve_cmd::Args),
-    /// Tasks on a kiln server: new, list, show, logs, diff, cancel, reply.
+    /// Tasks on a kiln server: new, list, show, logs, diff, cancel, reply, share.
     Task(task_cmd::Args),
     /// Environments on a kiln server: add, list.
     Env(env_cmd::Args),
-    /// API tokens on a kiln server (admin): create, list, revoke.
+    /// API tokens on a kiln server: create, list, revoke (your own;
+    /// admins: anyone's).
     Token(token_cmd::Args),
     /// The server's audit trail (admin): list, export as JSON lines.
     Audit(audit_cmd::Args),
+    /// Who the token in use belongs to: user, server role, teams.
+    Whoami(people_cmd::WhoamiArgs),
+    /// Users on a kiln server (admins): add, list, show, set-role, disable, enable.
+    User(people_cmd::UserArgs),
+    /// Teams on a kiln server: add, list, show, set-member, remove-member.
+    Team(people_cmd::TeamArgs),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -80,6 +88,9 @@ fn main() -> ExitCode {
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Whoami(args) => people_cmd::whoami(args),
+        Command::User(args) => people_cmd::user(args),
+        Command::Team(args) => people_cmd::team(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

@@ -43,13 +43,17 @@ pub enum TaskCommand {
         budget_usd: Option<f64>,
         prompt: String,
     },
-    /// List your tasks, newest first.
+    /// List the tasks you may see, newest first.
     List {
         /// queued, running, succeeded, failed or cancelled.
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// mine (yours), shared (shared in your teams), team (every task
+        /// of your teams you may see) or all (default: everything you may see).
+        #[arg(long, value_parser = ["mine", "shared", "team", "all"])]
+        scope: Option<String>,
     },
     /// A task and its attempts.
     Show { id: String },
@@ -81,6 +85,11 @@ pub enum TaskCommand {
     },
     /// Cancel a task's attempts.
     Cancel { id: String },
+    /// Share a task with its team: every member may read it, members and
+    /// maintainers follow it up (its author, the team's maintainers, admins).
+    Share { id: String },
+    /// Make a shared task private to its author and the team's maintainers again.
+    Unshare { id: String },
     /// Mark a finished attempt preferred: it ranks first whatever the
     /// evidence (--clear takes the mark off it again).
     Prefer {
@@ -147,7 +156,11 @@ pub fn run(args: Args) -> ExitCode {
                     eprintln!("created task {id} ({attempts} attempt(s)); follow it with: kiln task logs -f {id}");
                 }
             }
-            TaskCommand::List { status, limit } => {
+            TaskCommand::List {
+                status,
+                limit,
+                scope,
+            } => {
                 let status = status
                     .map(|s| s.parse::<TaskStatus>())
                     .transpose()
@@ -156,7 +169,7 @@ pub fn run(args: Args) -> ExitCode {
                     status,
                     limit: Some(limit),
                     cursor: None,
-                    scope: None,
+                    scope,
                 };
                 let page = client.list_tasks(&query).await?;
                 if json {
@@ -210,6 +223,8 @@ pub fn run(args: Args) -> ExitCode {
                     );
                 }
             }
+            TaskCommand::Share { id } => share(&client, &id, true, json).await?,
+            TaskCommand::Unshare { id } => share(&client, &id, false, json).await?,
             TaskCommand::Prefer { id, attempt, clear } => {
                 let task = client.prefer_attempt(&id, attempt, !clear).await?;
                 if json {
@@ -255,6 +270,19 @@ pub fn run(args: Args) -> ExitCode {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `kiln task share|unshare`.
+async fn share(client: &ApiClient, id: &str, shared: bool, json: bool) -> Result<()> {
+    let task = client.share_task(id, shared).await?;
+    if json {
+        task.print_json();
+    } else if shared {
+        println!("task {id} is shared with its team");
+    } else {
+        println!("task {id} is private again: its author and the team's maintainers see it");
+    }
+    Ok(())
 }
 
 /// `kiln task apply`: the attempt's commits fetched from the server into

@@ -1,4 +1,5 @@
-//! `kiln token create|list|revoke`: API tokens on a kiln server (admin only).
+//! `kiln token create|list|revoke`: API tokens on a kiln server: your own,
+//! or (admins) anyone's, new users' and workers'.
 
 use std::process::ExitCode;
 
@@ -17,9 +18,15 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; its secret is printed once.
+    /// Create a token; its secret is printed once. Without --user it is
+    /// your own, or for an admin a new user named NAME with a team of
+    /// their own (as tokens were before users existed).
     Create {
         name: String,
+        /// The existing user the token is for (admins).
+        #[arg(long, conflicts_with_all = ["admin", "worker"])]
+        user: Option<String>,
+        /// A new admin user named NAME (owners).
         #[arg(long)]
         admin: bool,
         /// A worker token for `kiln worker` on another machine: it claims
@@ -27,8 +34,12 @@ pub enum TokenCommand {
         #[arg(long, conflicts_with = "admin")]
         worker: bool,
     },
-    /// List tokens (never their secrets).
-    List,
+    /// List your tokens (admins: every token, or one user's with --user);
+    /// never their secrets.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Revoke a token by id.
     Revoke { id: String },
 }
@@ -40,13 +51,14 @@ pub fn run(args: Args) -> ExitCode {
         match args.command {
             TokenCommand::Create {
                 name,
+                user,
                 admin,
                 worker,
             } => {
                 let token = client
                     .post(
                         "/api/tokens",
-                        &json!({"name": name, "admin": admin, "worker": worker}),
+                        &json!({"name": name, "user": user, "admin": admin, "worker": worker}),
                     )
                     .await?;
                 if json {
@@ -59,8 +71,11 @@ pub fn run(args: Args) -> ExitCode {
                     );
                 }
             }
-            TokenCommand::List => {
-                let listed = client.get("/api/tokens").await?;
+            TokenCommand::List { user } => {
+                let listed = match user {
+                    Some(user) => client.get_query("/api/tokens", &[("user", user)]).await?,
+                    None => client.get("/api/tokens").await?,
+                };
                 if json {
                     print_json(&listed);
                 } else {

@@ -74,9 +74,14 @@ async fn missing_wrong_and_foreign_tokens_are_refused_and_tasks_stay_private() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
-    // Non-admins cannot mint tokens.
+    // Non-admins mint tokens only for themselves: not for another user,
+    // not for a new admin.
     let (status, _) = server
-        .post("/api/tokens", &bob, json!({"name": "eve"}))
+        .post("/api/tokens", &bob, json!({"name": "eve", "user": "alice"}))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .post("/api/tokens", &bob, json!({"name": "eve", "admin": true}))
         .await;
     assert_eq!(status, 403);
 

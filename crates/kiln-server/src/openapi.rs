@@ -12,7 +12,8 @@ use kiln_protocol::api::{
     TaskQuery,
 };
 use kiln_protocol::teams::{
-    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersion, SecretValue,
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersion, NewTeam, NewUser, SecretValue,
+    SetMember, Team, TeamList, User, UserList, UserPatch,
 };
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
@@ -23,7 +24,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
 use crate::error::ErrorBody;
-use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody};
+use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody, TokenListQuery};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -244,15 +245,122 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         body: Some(of::<NewTokenBody>),
         status: 201,
         success: Success::Json(of::<CreatedToken>),
-        ..op("post", "/api/tokens", "Create a token (admin)")
+        ..op(
+            "post",
+            "/api/tokens",
+            "Create a token: your own; admins: a user's (user), a new user's, or a worker's",
+        )
     },
     Operation {
+        query: Some(of_inline::<TokenListQuery>),
         success: Success::ListOf("tokens", of::<TokenInfo>),
-        ..op("get", "/api/tokens", "List tokens (admin)")
+        ..op(
+            "get",
+            "/api/tokens",
+            "List your tokens (admins: every token, or one user's with ?user=)",
+        )
     },
     Operation {
         success: Success::Json(of::<TokenInfo>),
-        ..op("delete", "/api/tokens/{id}", "Revoke a token (admin)")
+        ..op(
+            "delete",
+            "/api/tokens/{id}",
+            "Revoke one of your tokens (admins: anyone's)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<User>),
+        ..op("get", "/api/me", "The caller: user, server role and teams")
+    },
+    Operation {
+        success: Success::Json(of::<UserList>),
+        ..op(
+            "get",
+            "/api/users",
+            "List users (admins; others see themselves)",
+        )
+    },
+    Operation {
+        body: Some(of::<NewUser>),
+        status: 201,
+        success: Success::Json(of::<User>),
+        ..op(
+            "post",
+            "/api/users",
+            "Create a user (admins; owner or admin role only by an owner)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<User>),
+        ..op(
+            "get",
+            "/api/users/{id}",
+            "A user by id or name (admins; others only themselves)",
+        )
+    },
+    Operation {
+        body: Some(of::<UserPatch>),
+        success: Success::Json(of::<User>),
+        ..op(
+            "patch",
+            "/api/users/{id}",
+            "Change a user's email, role, or disable them (admins; owner and admin roles only by an owner; never the last owner)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TeamList>),
+        ..op(
+            "get",
+            "/api/teams",
+            "List teams with their members (admins: all; others: their own)",
+        )
+    },
+    Operation {
+        body: Some(of::<NewTeam>),
+        status: 201,
+        success: Success::Json(of::<Team>),
+        ..op("post", "/api/teams", "Create a team (admins)")
+    },
+    Operation {
+        success: Success::Json(of::<Team>),
+        ..op(
+            "get",
+            "/api/teams/{id}",
+            "A team by id or name, with its members (admins and its members)",
+        )
+    },
+    Operation {
+        body: Some(of::<SetMember>),
+        success: Success::Json(of::<Team>),
+        ..op(
+            "put",
+            "/api/teams/{id}/members/{user}",
+            "Give a user a role in a team: maintainer, member or viewer (admins)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<Team>),
+        ..op(
+            "delete",
+            "/api/teams/{id}/members/{user}",
+            "Take a user out of a team (admins)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TaskDetail>),
+        ..op(
+            "post",
+            "/api/tasks/{id}/share",
+            "Share a task with its team (its author, the team's maintainers, admins)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<TaskDetail>),
+        ..op(
+            "delete",
+            "/api/tasks/{id}/share",
+            "Make a shared task private to its author and the team's maintainers again",
+        )
     },
     Operation {
         success: Success::Json(of::<Vec<WorkerInfo>>),

@@ -277,7 +277,7 @@ fn created_token_schema_lists_every_field_the_answer_carries() {
             name: "ada".into(),
             admin: true,
             worker: false,
-            user_id: None,
+            user_id: Some("usr_1".into()),
             source: "local".into(),
             expires_at: None,
             created_at: chrono::Utc::now(),
@@ -290,7 +290,15 @@ fn created_token_schema_lists_every_field_the_answer_carries() {
     fields.sort();
     assert_eq!(
         fields,
-        ["admin", "created_at", "id", "name", "secret", "worker"]
+        [
+            "admin",
+            "created_at",
+            "id",
+            "name",
+            "secret",
+            "user_id",
+            "worker"
+        ]
     );
     assert_eq!(answer["secret"], "kiln_secret");
 

@@ -56,10 +56,16 @@ CREATE INDEX tokens_by_user ON tokens (user_id);
 -- kiln:sqlite-only
 -- Rebuilt without UNIQUE (owner_token_id, name): names are unique per team
 -- now. Foreign keys from tasks and webhook_deliveries point at the table by
--- name; deferring their check to commit lets the old table go before its
--- copy takes the name.
+-- name; deferring their check to commit lets the old table go. SQLite counts
+-- the rows the DROP orphans rather than checking again at commit, and only
+-- inserting their parent rows into the table of that name counts them back:
+-- so the rows are set aside, and copied back into the new table (renaming a
+-- copy into place would leave the count up and fail every database that
+-- has a task).
 PRAGMA defer_foreign_keys = ON;
-CREATE TABLE environments_rebuilt (
+CREATE TABLE environments_before_teams AS SELECT * FROM environments;
+DROP TABLE environments;
+CREATE TABLE environments (
     id TEXT PRIMARY KEY,
     owner_token_id TEXT NOT NULL REFERENCES tokens (id),
     name TEXT NOT NULL,
@@ -75,14 +81,13 @@ CREATE TABLE environments_rebuilt (
     settings_json TEXT NOT NULL DEFAULT '{}',
     webhook_secret TEXT
 );
-INSERT INTO environments_rebuilt (id, owner_token_id, name, repo, base_branch, setup_script,
+INSERT INTO environments (id, owner_token_id, name, repo, base_branch, setup_script,
     env_json, secrets_json, network, image, created_at, repo_credential, settings_json,
     webhook_secret)
 SELECT id, owner_token_id, name, repo, base_branch, setup_script, env_json, secrets_json,
     network, image, created_at, repo_credential, settings_json, webhook_secret
-FROM environments;
-DROP TABLE environments;
-ALTER TABLE environments_rebuilt RENAME TO environments;
+FROM environments_before_teams;
+DROP TABLE environments_before_teams;
 -- kiln:end
 -- kiln:postgres-only
 ALTER TABLE environments DROP CONSTRAINT environments_owner_token_id_name_key;

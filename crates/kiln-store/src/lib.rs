@@ -66,6 +66,7 @@ mod events;
 mod ids;
 mod messages;
 mod options;
+mod people;
 mod pulls;
 mod queue;
 mod repo_url;
@@ -96,6 +97,7 @@ pub use kiln_protocol::api::{
 pub use kiln_protocol::{AttemptReport, DiffStat};
 pub use messages::MAX_MESSAGE_BYTES;
 pub use options::{redact_url, DatabaseTarget, StoreOptions, SQLITE_FILE_NAME};
+pub use people::TokenFor;
 pub use pulls::OpenedPullRequest;
 pub use queue::{ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
 pub use repo_url::{repo_without_credential, RepoCredential};

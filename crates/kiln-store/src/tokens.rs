@@ -225,7 +225,7 @@ impl Store {
     /// identity: a user of its own (named after the token) with a personal
     /// team, as every token was before users existed. Records
     /// `token.created` with `who` as the actor, whatever path created it.
-    async fn insert_token_in(
+    pub(crate) async fn insert_token_in(
         &self,
         tx: &mut Tx,
         who: &Principal,
@@ -593,7 +593,7 @@ impl Store {
 /// What a new token may do (a user's, admin or not, or a worker's) and
 /// whose it is.
 #[derive(Debug, Clone)]
-struct TokenKind {
+pub(crate) struct TokenKind {
     admin: bool,
     worker: bool,
     /// `None` for a user token: a new user of its own.
@@ -603,7 +603,7 @@ struct TokenKind {
 }
 
 impl TokenKind {
-    const WORKER: TokenKind = TokenKind {
+    pub(crate) const WORKER: TokenKind = TokenKind {
         admin: false,
         worker: true,
         user_id: None,
@@ -611,7 +611,18 @@ impl TokenKind {
         expires_at: None,
     };
 
-    fn user(admin: bool) -> TokenKind {
+    /// A token of an existing user.
+    pub(crate) fn of_user(user_id: String, admin: bool) -> TokenKind {
+        TokenKind {
+            admin,
+            worker: false,
+            user_id: Some(user_id),
+            source: "local",
+            expires_at: None,
+        }
+    }
+
+    pub(crate) fn user(admin: bool) -> TokenKind {
         TokenKind {
             admin,
             worker: false,
@@ -622,7 +633,7 @@ impl TokenKind {
     }
 }
 
-fn validate_token_name(name: &str) -> Result<&str> {
+pub(crate) fn validate_token_name(name: &str) -> Result<&str> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(StoreError::invalid(

@@ -25,7 +25,6 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The error for an invalid user or team name.
-#[allow(dead_code)] // for the user and team routes
 pub(crate) fn invalid_name(field: &'static str, name: &str) -> StoreError {
     StoreError::invalid(
         field,

@@ -5,6 +5,7 @@ mod environments;
 mod events;
 mod json;
 mod ops;
+mod people;
 mod pulls;
 mod ranking;
 mod tasks;
@@ -22,7 +23,7 @@ use crate::state::AppState;
 pub(crate) use json::ApiJson;
 // The token bodies the OpenAPI document derives schemas from (the others
 // are in kiln_protocol::api).
-pub(crate) use tokens::{CreatedToken, NewTokenBody};
+pub(crate) use tokens::{CreatedToken, NewTokenBody, TokenListQuery};
 pub(crate) use webhooks::DeliveryQuery;
 
 /// Every route of the API; `/api/*` routes authenticate through [`crate::auth::Caller`].
@@ -58,6 +59,29 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/audit/export", get(audit::export))
         .route("/api/tokens", post(tokens::create).get(tokens::list))
         .route("/api/tokens/{id}", delete(tokens::revoke))
+        // People and teams (docs/roles.md).
+        .route("/api/me", get(people::me))
+        .route(
+            "/api/users",
+            get(people::list_users).post(people::create_user),
+        )
+        .route(
+            "/api/users/{id}",
+            get(people::show_user).patch(people::update_user),
+        )
+        .route(
+            "/api/teams",
+            get(people::list_teams).post(people::create_team),
+        )
+        .route("/api/teams/{id}", get(people::show_team))
+        .route(
+            "/api/teams/{id}/members/{user}",
+            put(people::set_member).delete(people::remove_member),
+        )
+        .route(
+            "/api/tasks/{id}/share",
+            post(people::share).delete(people::unshare),
+        )
         .route("/api/tasks", post(tasks::create).get(tasks::list))
         .route("/api/tasks/{id}", get(tasks::show))
         .route("/api/tasks/{id}/events", get(events::stream))

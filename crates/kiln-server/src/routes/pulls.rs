@@ -17,8 +17,8 @@ pub(super) async fn open(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<NewPullRequest>,
 ) -> Result<(StatusCode, Json<PullRequest>), ApiError> {
-    // Opening a pull request acts on the task (its author, the team's
-    // maintainers, members if shared): a reader may not.
+    // Opening a pull request acts on the task: a viewer of a shared task
+    // may read it but not propose it (403); outside its team it is 404.
     state
         .store()
         .authorize_task(&who, &id, kiln_store::TaskAction::Act)

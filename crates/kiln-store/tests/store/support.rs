@@ -235,6 +235,25 @@ impl TestStore {
         done.map_err(|e| e.to_string())
     }
 
+    /// Every audit event's action and details, oldest first, read past the
+    /// store.
+    pub async fn raw_audit(&self) -> Vec<(String, serde_json::Value)> {
+        let sql = "SELECT action, details FROM audit_events ORDER BY id";
+        let rows: Vec<(String, String)> = match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+            }
+        };
+        rows.into_iter()
+            .map(|(action, details)| (action, serde_json::from_str(&details).unwrap()))
+            .collect()
+    }
+
     /// Another store on the same database and clock.
     pub async fn reopen(&self) -> Store {
         open_with_clock(&self.url, &self.clock, Duration::from_secs(30)).await
@@ -374,6 +393,24 @@ async fn open_with_clock(url: &str, clock: &ManualClock, poll: Duration) -> Stor
     Store::open(options)
         .await
         .unwrap_or_else(|e| panic!("cannot open the test store: {e}"))
+}
+
+/// A database with no schema at all, on `backend`: its URL, and the temp
+/// dir holding it for SQLite (for tests that build an older schema).
+pub async fn empty_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => (fresh_pg_database().await, None),
+    }
+}
+
+/// Opens a store on `url` as the tests do (manual clock, the test key).
+pub async fn open_url(url: &str, clock: &ManualClock) -> Store {
+    open_with_clock(url, clock, Duration::from_secs(30)).await
 }
 
 /// A new, empty database on this test process's PostgreSQL; returns its URL.
