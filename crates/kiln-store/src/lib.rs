@@ -67,6 +67,7 @@ mod messages;
 mod options;
 mod pulls;
 mod queue;
+mod quotas;
 mod repo_url;
 mod secrets;
 mod store;

@@ -12,6 +12,7 @@ mod notifications;
 mod opening;
 mod pulls;
 mod queue;
+mod quotas;
 mod ranking;
 mod recovery;
 mod repo_credentials;
