@@ -1,4 +1,4 @@
-//! The HTTP client the `kiln task|env|token` subcommands share: where the
+//! The HTTP client the `kiln task|env|token|quota` subcommands share: where the
 //! server is, the bearer token, typed calls that return the API's types
 //! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
 //! parser, and errors that say what to do.
@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     TaskDetail, TaskPage, TaskQuery, TaskStreamItem,
 };
 use kiln_protocol::sse::SseParser;
+use kiln_protocol::teams::{Quota, QuotaScope, QuotaStatus};
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -332,6 +333,33 @@ impl ApiClient {
         })
     }
 
+    /// The quota of a team or user (`target`: id or name) and its use now.
+    pub async fn quota(&self, scope: QuotaScope, target: &str) -> Result<Answer<QuotaStatus>> {
+        let request = self.request_to(
+            reqwest::Method::GET,
+            &["api", quota_collection(scope), target, "quota"],
+            &[],
+        )?;
+        self.typed(request, "a quota").await
+    }
+
+    /// Replaces the quota of a team or user (admin).
+    pub async fn set_quota(
+        &self,
+        scope: QuotaScope,
+        target: &str,
+        quota: &Quota,
+    ) -> Result<Answer<QuotaStatus>> {
+        let request = self
+            .request_to(
+                reqwest::Method::PUT,
+                &["api", quota_collection(scope), target, "quota"],
+                &[],
+            )?
+            .json(quota);
+        self.typed(request, "a quota").await
+    }
+
     // The untyped calls below serve `kiln token` until it has typed ones.
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -351,6 +379,13 @@ impl ApiClient {
             .send(self.request(reqwest::Method::DELETE, path))
             .await?;
         Ok(response.json().await?)
+    }
+}
+
+fn quota_collection(scope: QuotaScope) -> &'static str {
+    match scope {
+        QuotaScope::Team => "teams",
+        QuotaScope::User => "users",
     }
 }
 

@@ -9,6 +9,7 @@ mod doctor_cmd;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;
+mod quota_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
@@ -56,6 +57,8 @@ enum Command {
     Env(env_cmd::Args),
     /// API tokens on a kiln server (admin): create, list, revoke.
     Token(token_cmd::Args),
+    /// Quotas of teams and users (admins set them): set, show.
+    Quota(quota_cmd::Args),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+        Command::Quota(args) => quota_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

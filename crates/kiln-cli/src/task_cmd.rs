@@ -396,6 +396,10 @@ fn print_task(detail: &TaskDetail) {
         if let Some(reason) = &attempt.reason {
             println!("    reason: {}", terminal_safe(reason));
         }
+        // A quota holds it back: the reason starts with "waiting".
+        if let Some(waiting) = &attempt.wait_reason {
+            println!("    {}", terminal_safe(waiting));
+        }
         for check in &attempt.checks {
             // Names and commands come from the repository's configuration.
             let verdict = if check.passed {

@@ -11,6 +11,7 @@ use kiln_protocol::api::{
     CancelOutcome, Environment, Message, NewEnvironment, NewMessage, NewTask, TaskDetail, TaskPage,
     TaskQuery,
 };
+use kiln_protocol::teams::QuotaStatus;
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
 use kiln_protocol::{NewPullRequest, PullRequest};
@@ -20,7 +21,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
 use crate::error::ErrorBody;
-use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody};
+use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody, QuotaBody};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -179,6 +180,40 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     Operation {
         success: Success::Json(of::<TokenInfo>),
         ..op("delete", "/api/tokens/{id}", "Revoke a token (admin)")
+    },
+    Operation {
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "get",
+            "/api/teams/{id}/quota",
+            "A team's quota and its use now (admins and the team's members; {id} is an id or a name)",
+        )
+    },
+    Operation {
+        body: Some(of::<QuotaBody>),
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "put",
+            "/api/teams/{id}/quota",
+            "Set a team's quota; a limit left out or null is removed (admin)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "get",
+            "/api/users/{id}/quota",
+            "A user's quota and its use now (admins and the user; {id} is an id or a name)",
+        )
+    },
+    Operation {
+        body: Some(of::<QuotaBody>),
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "put",
+            "/api/users/{id}/quota",
+            "Set a user's quota; a limit left out or null is removed (admin)",
+        )
     },
     Operation {
         success: Success::Json(of::<Vec<WorkerInfo>>),
