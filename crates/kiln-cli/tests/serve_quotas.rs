@@ -209,6 +209,14 @@ async fn a_spent_monthly_budget_holds_the_next_task_until_an_admin_raises_it() {
         "{reason}"
     );
     assert_eq!(waiting["status"], "queued", "{waiting:#}");
+    let listed = server.cli(&milo, &["task", "list"]).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(stdout.contains(&format!("    {reason}")), "{stdout}");
 
     let raised = server
         .cli(
