@@ -193,6 +193,20 @@ on_both_backends! {
         assert_eq!(by_id.name, "milo");
         let err = t.store.set_team_quota(&admin, "nobody", &concurrency(1)).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+        // Refusals left no trace; a change leaves one, with old and new values.
+        assert!(t.raw_audit("quota.set").await.is_empty());
+        t.store.set_user_quota(&admin, "milo", &concurrency(2)).await.unwrap();
+        t.store.set_user_quota(&admin, &milo.user_id.clone().unwrap(), &budget(3.5)).await.unwrap();
+        let audited = t.raw_audit("quota.set").await;
+        assert_eq!(audited.len(), 2, "{audited:?}");
+        let (kind, id, details) = &audited[1];
+        assert_eq!((kind.as_str(), Some(id.as_str())), ("user", milo.user_id.as_deref()));
+        let details: serde_json::Value = serde_json::from_str(details).unwrap();
+        assert_eq!(details["scope"], "user");
+        assert_eq!(details["name"], "milo");
+        assert_eq!(details["old"]["max_concurrent_attempts"], 2);
+        assert_eq!(details["new"]["max_concurrent_attempts"], serde_json::Value::Null);
+        assert_eq!(details["new"]["monthly_budget_usd"], 3.5);
     }
 
     async fn invalid_quotas_are_refused(t) {
