@@ -99,10 +99,15 @@ impl Limits {
     }
 }
 
-const LIMITED_TEAMS: &str = "SELECT id, name, max_concurrent_attempts, monthly_budget_microusd
-     FROM teams WHERE max_concurrent_attempts IS NOT NULL OR monthly_budget_microusd IS NOT NULL";
-const LIMITED_USERS: &str = "SELECT id, name, max_concurrent_attempts, monthly_budget_microusd
-     FROM users WHERE max_concurrent_attempts IS NOT NULL OR monthly_budget_microusd IS NOT NULL";
+/// Every team and user with a quota; one statement, as it runs before
+/// every claim.
+const LIMITED: &str = "SELECT 'team' AS scope, id, name, max_concurrent_attempts,
+        monthly_budget_microusd FROM teams
+     WHERE max_concurrent_attempts IS NOT NULL OR monthly_budget_microusd IS NOT NULL
+     UNION ALL
+     SELECT 'user' AS scope, id, name, max_concurrent_attempts, monthly_budget_microusd
+     FROM users
+     WHERE max_concurrent_attempts IS NOT NULL OR monthly_budget_microusd IS NOT NULL";
 
 /// Running attempts and this month's spend, by (team, user) of the task.
 #[derive(Debug, Default)]
@@ -191,11 +196,12 @@ impl QuotaGate {
 /// `tx` and returns who is at a limit.
 pub(crate) async fn quota_gate_in(tx: &mut Tx, now_ms: i64) -> Result<Option<QuotaGate>, OpError> {
     let mut limits = Vec::new();
-    for row in tx.fetch_all(query(LIMITED_TEAMS)).await? {
-        limits.push(Limits::from_row(&row, QuotaScope::Team)?);
-    }
-    for row in tx.fetch_all(query(LIMITED_USERS)).await? {
-        limits.push(Limits::from_row(&row, QuotaScope::User)?);
+    for row in tx.fetch_all(query(LIMITED)).await? {
+        let scope = match row.text("scope")?.as_str() {
+            "team" => QuotaScope::Team,
+            _ => QuotaScope::User,
+        };
+        limits.push(Limits::from_row(&row, scope)?);
     }
     if limits.is_empty() {
         return Ok(None);
