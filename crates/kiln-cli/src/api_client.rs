@@ -1,4 +1,4 @@
-//! The HTTP client the `kiln task|env|token|user|team|audit` subcommands share: where the
+//! The HTTP client the `kiln task|env|token|user|team|audit|quota` subcommands share: where the
 //! server is, the bearer token, typed calls that return the API's types
 //! (`kiln_protocol::api`), the task event stream read with kiln's one SSE
 //! parser, and errors that say what to do.
@@ -12,8 +12,9 @@ use kiln_protocol::api::{
 };
 use kiln_protocol::sse::SseParser;
 use kiln_protocol::teams::{
-    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersionList, NewTeam, NewUser, SecretValue,
-    SetMember, Team, TeamList, TeamRole, User, UserList, UserPatch,
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersionList, NewTeam, NewUser, Quota,
+    QuotaScope, QuotaStatus, SecretValue, SetMember, Team, TeamList, TeamRole, User, UserList,
+    UserPatch,
 };
 use kiln_protocol::{NewPullRequest, PullRequest};
 use serde::de::DeserializeOwned;
@@ -492,6 +493,33 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// The quota of a team or user (`target`: id or name) and its use now.
+    pub async fn quota(&self, scope: QuotaScope, target: &str) -> Result<Answer<QuotaStatus>> {
+        let request = self.request_to(
+            reqwest::Method::GET,
+            &["api", quota_collection(scope), target, "quota"],
+            &[],
+        )?;
+        self.typed(request, "a quota").await
+    }
+
+    /// Replaces the quota of a team or user (admin).
+    pub async fn set_quota(
+        &self,
+        scope: QuotaScope,
+        target: &str,
+        quota: &Quota,
+    ) -> Result<Answer<QuotaStatus>> {
+        let request = self
+            .request_to(
+                reqwest::Method::PUT,
+                &["api", quota_collection(scope), target, "quota"],
+                &[],
+            )?
+            .json(quota);
+        self.typed(request, "a quota").await
+    }
+
     // The untyped calls below serve `kiln token` until it has typed ones.
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -545,6 +573,13 @@ fn audit_filter_pairs(query: &AuditQuery) -> Vec<(&'static str, String)> {
         }
     }
     pairs
+}
+
+fn quota_collection(scope: QuotaScope) -> &'static str {
+    match scope {
+        QuotaScope::Team => "teams",
+        QuotaScope::User => "users",
+    }
 }
 
 /// One frame of a task's event stream, decoded, with its JSON as sent.

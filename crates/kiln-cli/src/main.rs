@@ -11,6 +11,7 @@ mod env_cmd;
 mod event_log;
 mod exec_cmd;
 mod people_cmd;
+mod quota_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
@@ -67,6 +68,8 @@ enum Command {
     User(people_cmd::UserArgs),
     /// Teams on a kiln server: add, list, show, set-member, remove-member.
     Team(people_cmd::TeamArgs),
+    /// Quotas of teams and users (admins set them): set, show.
+    Quota(quota_cmd::Args),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Whoami(args) => people_cmd::whoami(args),
         Command::User(args) => people_cmd::user(args),
         Command::Team(args) => people_cmd::team(args),
+        Command::Quota(args) => quota_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

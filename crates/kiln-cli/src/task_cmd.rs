@@ -183,6 +183,16 @@ pub fn run(args: Args) -> ExitCode {
                             task.attempt_count,
                             terminal_safe(&first_line(&task.prompt))
                         );
+                        // Why a queued task has not started (a quota) is on
+                        // its attempts, which the list does not carry.
+                        if task.status == TaskStatus::Queued {
+                            let detail = client.get_task(&task.id).await?.value;
+                            if let Some(waiting) =
+                                detail.attempts.iter().find_map(|a| a.wait_reason.as_ref())
+                            {
+                                println!("    {}", terminal_safe(waiting));
+                            }
+                        }
                     }
                 }
             }
@@ -423,6 +433,10 @@ fn print_task(detail: &TaskDetail) {
         );
         if let Some(reason) = &attempt.reason {
             println!("    reason: {}", terminal_safe(reason));
+        }
+        // A quota holds it back: the reason starts with "waiting".
+        if let Some(waiting) = &attempt.wait_reason {
+            println!("    {}", terminal_safe(waiting));
         }
         for check in &attempt.checks {
             // Names and commands come from the repository's configuration.

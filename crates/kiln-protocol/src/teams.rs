@@ -157,6 +157,45 @@ pub struct Quota {
     pub monthly_budget_usd: Option<f64>,
 }
 
+/// Whose quota a [`QuotaStatus`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaScope {
+    Team,
+    User,
+}
+
+impl QuotaScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaScope::Team => "team",
+            QuotaScope::User => "user",
+        }
+    }
+}
+
+/// What a team or user may use and uses now: `GET`/`PUT
+/// /api/teams/{id}/quota` and `/api/users/{id}/quota`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuotaStatus {
+    pub scope: QuotaScope,
+    pub id: String,
+    pub name: String,
+    pub quota: Quota,
+    pub usage: QuotaUsage,
+}
+
+/// A team's or user's use of its quota at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuotaUsage {
+    /// Attempts of its tasks running now.
+    pub running_attempts: u64,
+    /// Cost of its attempts that finished since `month_start`, in US dollars.
+    pub spent_this_month_usd: f64,
+    /// The start of the current calendar month (UTC), when budgets renew.
+    pub month_start: DateTime<Utc>,
+}
+
 /// A person, as `GET /api/users` and `GET /api/me` show them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct User {

@@ -12,8 +12,8 @@ use kiln_protocol::api::{
     TaskQuery,
 };
 use kiln_protocol::teams::{
-    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersion, NewTeam, NewUser, SecretValue,
-    SetMember, Team, TeamList, User, UserList, UserPatch,
+    AuditPage, AuditQuery, EnvironmentPatch, EnvironmentVersion, NewTeam, NewUser, QuotaStatus,
+    SecretValue, SetMember, Team, TeamList, User, UserList, UserPatch,
 };
 use kiln_protocol::worker::{ClaimRequest, EventBatchReply, HeartbeatReply, WorkerInfo};
 use kiln_protocol::WebhookDelivery;
@@ -24,7 +24,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
 use crate::error::ErrorBody;
-use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody, TokenListQuery};
+use crate::routes::{CreatedToken, DeliveryQuery, NewTokenBody, QuotaBody, TokenListQuery};
 
 /// Puts `T`'s schema into the generator's definitions and returns a
 /// `$ref` to it (or `T`'s schema itself for types schemars inlines).
@@ -360,6 +360,40 @@ pub(crate) const OPERATIONS: &[Operation] = &[
             "delete",
             "/api/tasks/{id}/share",
             "Make a shared task private to its author and the team's maintainers again",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "get",
+            "/api/teams/{id}/quota",
+            "A team's quota and its use now (admins and the team's members; {id} is an id or a name)",
+        )
+    },
+    Operation {
+        body: Some(of::<QuotaBody>),
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "put",
+            "/api/teams/{id}/quota",
+            "Set a team's quota; a limit left out or null is removed (admin)",
+        )
+    },
+    Operation {
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "get",
+            "/api/users/{id}/quota",
+            "A user's quota and its use now (admins and the user; {id} is an id or a name)",
+        )
+    },
+    Operation {
+        body: Some(of::<QuotaBody>),
+        success: Success::Json(of::<QuotaStatus>),
+        ..op(
+            "put",
+            "/api/users/{id}/quota",
+            "Set a user's quota; a limit left out or null is removed (admin)",
         )
     },
     Operation {

@@ -69,6 +69,7 @@ mod options;
 mod people;
 mod pulls;
 mod queue;
+mod quotas;
 mod repo_url;
 mod secrets;
 mod store;

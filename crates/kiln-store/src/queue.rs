@@ -40,6 +40,68 @@ const CLAIM_SQLITE: &str = claim_sql!("");
 // event insert's foreign-key check takes on the attempt row.
 const CLAIM_POSTGRES: &str = claim_sql!("FOR NO KEY UPDATE SKIP LOCKED");
 
+/// The claim while some team or user has a quota: the oldest waiting
+/// attempt (same FIFO order as [`CLAIM_SQLITE`]) whose author and team are
+/// both under their limits. Each attempt passed over gets the reason in
+/// `wait_reason`, written only when it changed.
+async fn claim_within_quotas(
+    tx: &mut Tx,
+    gate: &crate::quotas::QuotaGate,
+    worker_id: &str,
+    expires: i64,
+    now: i64,
+    lease_token_sha256: Option<&str>,
+) -> Result<Option<crate::db::DbRow>, OpError> {
+    let waiting = tx
+        .fetch_all(query(
+            "SELECT a.task_id, a.n, a.wait_reason, t.user_id, t.team_id
+             FROM attempts a JOIN tasks t ON t.id = a.task_id
+             WHERE a.status IN ('queued', 'interrupted') ORDER BY a.task_id, a.n",
+        ))
+        .await?;
+    for row in &waiting {
+        let task_id = row.text("task_id")?;
+        let n = row.uint("n")?;
+        let user_id = row.opt_text("user_id")?;
+        let team_id = row.opt_text("team_id")?;
+        if let Some(reason) = gate.reason_for(user_id.as_deref(), team_id.as_deref()) {
+            if row.opt_text("wait_reason")?.as_deref() != Some(reason) {
+                tx.execute(
+                    query("UPDATE attempts SET wait_reason = $3 WHERE task_id = $1 AND n = $2")
+                        .bind(task_id.as_str())
+                        .bind(n)
+                        .bind(reason),
+                )
+                .await?;
+            }
+            continue;
+        }
+        // The status guard: a claimer that ran before any quota existed
+        // (and so without the quota lock) may have taken it meanwhile.
+        let claimed = tx
+            .fetch_optional(
+                query(
+                    "UPDATE attempts SET status = 'running', worker_id = $1, lease_expires_at = $2,
+                        started_at = $3, finished_at = NULL, tries = tries + 1,
+                        cancel_requested = FALSE, lease_token_sha256 = $4
+                     WHERE task_id = $5 AND n = $6 AND status IN ('queued', 'interrupted')
+                     RETURNING task_id, n, tries, resume",
+                )
+                .bind(worker_id)
+                .bind(expires)
+                .bind(now)
+                .bind(lease_token_sha256)
+                .bind(task_id.as_str())
+                .bind(n),
+            )
+            .await?;
+        if claimed.is_some() {
+            return Ok(claimed);
+        }
+    }
+    Ok(None)
+}
+
 /// An attempt a worker now holds, with what it needs to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedAttempt {
@@ -151,20 +213,26 @@ impl Store {
     ) -> Result<Option<ClaimedAttempt>, OpError> {
         let now = self.now_ms();
         let expires = now.saturating_add(duration_millis(lease));
-        let claim_sql = match tx.backend() {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
+        let row = match crate::quotas::quota_gate_in(tx, now).await? {
+            None => {
+                let claim_sql = match tx.backend() {
+                    Backend::Sqlite => CLAIM_SQLITE,
+                    Backend::Postgres => CLAIM_POSTGRES,
+                };
+                tx.fetch_optional(
+                    query(claim_sql)
+                        .bind(worker_id)
+                        .bind(expires)
+                        .bind(now)
+                        .bind(lease_token_sha256),
+                )
+                .await?
+            }
+            Some(gate) => {
+                claim_within_quotas(tx, &gate, worker_id, expires, now, lease_token_sha256).await?
+            }
         };
-        let Some(row) = tx
-            .fetch_optional(
-                query(claim_sql)
-                    .bind(worker_id)
-                    .bind(expires)
-                    .bind(now)
-                    .bind(lease_token_sha256),
-            )
-            .await?
-        else {
+        let Some(row) = row else {
             return Ok(None);
         };
         let attempt = AttemptRef::new(row.text("task_id")?, row.uint("n")?);
@@ -305,6 +373,9 @@ impl Store {
                 return Err(lease_lost(worker_id, attempt).into());
             }
             refresh_task_status(tx, &attempt.task_id, now).await?;
+            // It frees a slot of its team's and author's concurrency quota:
+            // an attempt that waited for one may start now.
+            tx.notify_on_commit(Change::Queue);
             crate::tasks::attempts_finished_in(tx, &attempt.task_id, &[attempt.n], now).await
         }
     }
@@ -323,7 +394,7 @@ impl Store {
                 .fetch_all(
                     query(
                         "UPDATE attempts SET status = 'cancelled', finished_at = $2,
-                            reason = 'cancelled before it ran'
+                            reason = 'cancelled before it ran', wait_reason = NULL
                          WHERE task_id = $1 AND status IN ('queued', 'interrupted')
                          RETURNING n",
                     )
@@ -581,9 +652,9 @@ impl Store {
             task_id: lost.attempt.task_id.clone(),
             last_id,
         }];
-        if verdict == Verdict::Requeued {
-            changes.push(Change::Queue);
-        }
+        // Requeued, it waits again; failed or cancelled, it frees a slot of
+        // its team's and author's concurrency quota.
+        changes.push(Change::Queue);
         self.commit(tx, changes).await?;
         Ok(Some(verdict))
     }

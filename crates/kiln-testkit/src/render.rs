@@ -135,7 +135,7 @@ pub(crate) fn render(turn: &Turn, wire: WireApi, ctx: &ReplyContext) -> Answer {
             plan.stall = Some((*after_events, Duration::from_millis(*duration_ms)));
         }),
         // The wait happens in the server before it answers.
-        Turn::Delayed { turn, .. } => render(turn, wire, ctx),
+        Turn::Delayed { turn, .. } | Turn::Held { turn, .. } => render(turn, wire, ctx),
         Turn::Slow { delay_ms, turn } => with_plan(render(turn, wire, ctx), |plan| {
             plan.delay_between_frames = Duration::from_millis(*delay_ms);
         }),
@@ -145,11 +145,32 @@ pub(crate) fn render(turn: &Turn, wire: WireApi, ctx: &ReplyContext) -> Answer {
     }
 }
 
+/// The gates `turn` waits for before answering, outermost first.
+pub(crate) fn held_gates(turn: &Turn) -> Vec<&str> {
+    match turn {
+        Turn::Held { gate, turn } => {
+            let mut gates = vec![gate.as_str()];
+            gates.extend(held_gates(turn));
+            gates
+        }
+        Turn::CutAfter { turn, .. }
+        | Turn::Stall { turn, .. }
+        | Turn::Delayed { turn, .. }
+        | Turn::Slow { turn, .. }
+        | Turn::Fragmented { turn, .. } => held_gates(turn),
+        Turn::Reply { .. }
+        | Turn::HttpError { .. }
+        | Turn::Garbage { .. }
+        | Turn::RawEvents { .. } => Vec::new(),
+    }
+}
+
 /// How long to wait before answering at all.
 pub(crate) fn answer_delay(turn: &Turn) -> Duration {
     match turn {
         Turn::Delayed { delay_ms, turn } => Duration::from_millis(*delay_ms) + answer_delay(turn),
         Turn::CutAfter { turn, .. }
+        | Turn::Held { turn, .. }
         | Turn::Stall { turn, .. }
         | Turn::Slow { turn, .. }
         | Turn::Fragmented { turn, .. } => answer_delay(turn),

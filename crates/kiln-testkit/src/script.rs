@@ -134,6 +134,10 @@ pub enum Turn {
     },
     /// Waits `delay_ms` before sending anything, headers included, then answers with `turn`.
     Delayed { delay_ms: u64, turn: Box<Turn> },
+    /// Sends nothing until the test calls [`crate::ScriptedServer::release`]
+    /// with `gate`, then answers with `turn`: holds an attempt running for
+    /// exactly as long as the test needs it to.
+    Held { gate: String, turn: Box<Turn> },
     /// Streams `turn` with a pause of `delay_ms` between events.
     Slow { delay_ms: u64, turn: Box<Turn> },
     /// Streams `turn` split into network writes of at most `chunk_bytes` bytes,
@@ -277,6 +281,14 @@ impl Turn {
         }
     }
 
+    /// Answers with `inner` once the test releases `gate` (see [`Turn::Held`]).
+    pub fn held(inner: Turn, gate: impl Into<String>) -> Self {
+        Turn::Held {
+            gate: gate.into(),
+            turn: Box::new(inner),
+        }
+    }
+
     /// Streams `inner` with `delay` between events.
     pub fn slow(inner: Turn, delay: Duration) -> Self {
         Turn::Slow {
@@ -316,6 +328,7 @@ impl Turn {
             Turn::CutAfter { turn, .. }
             | Turn::Stall { turn, .. }
             | Turn::Delayed { turn, .. }
+            | Turn::Held { turn, .. }
             | Turn::Slow { turn, .. }
             | Turn::Fragmented { turn, .. } => turn.set_usage(new_usage),
             Turn::HttpError { .. } | Turn::Garbage { .. } | Turn::RawEvents { .. } => {}

@@ -69,6 +69,8 @@ struct Shared {
     state: Mutex<ScriptState>,
     /// Woken on every recorded request, for [`ScriptedServer::wait_for_requests`].
     request_arrived: tokio::sync::Notify,
+    /// Woken by [`ScriptedServer::release`], for turns held on a gate.
+    gate_opened: tokio::sync::Notify,
     started_at: u64,
 }
 
@@ -77,6 +79,8 @@ struct ScriptState {
     routes: Vec<RouteState>,
     served: usize,
     requests: Vec<RecordedRequest>,
+    /// Gates released so far (see [`Turn::Held`]).
+    released: std::collections::HashSet<String>,
 }
 
 struct RouteState {
@@ -165,8 +169,10 @@ impl ScriptedServer {
                     .collect(),
                 served: 0,
                 requests: Vec::new(),
+                released: std::collections::HashSet::new(),
             }),
             request_arrived: tokio::sync::Notify::new(),
+            gate_opened: tokio::sync::Notify::new(),
             started_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs()),
@@ -246,6 +252,13 @@ impl ScriptedServer {
                 ));
             }
         }
+    }
+
+    /// Opens `gate`: turns held on it (see [`Turn::held`]) answer now, and
+    /// later ones answer at once.
+    pub fn release(&self, gate: &str) {
+        self.shared.lock().released.insert(gate.to_string());
+        self.shared.gate_opened.notify_waiters();
     }
 
     /// Appends a turn to the end of the default turns.
@@ -397,6 +410,19 @@ async fn answer(
         created_at: shared.started_at,
         request_bytes: body.len(),
     };
+    for gate in crate::render::held_gates(&turn) {
+        loop {
+            // Register interest before checking, so a release in between
+            // still wakes us.
+            let opened = shared.gate_opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if shared.lock().released.contains(gate) {
+                break;
+            }
+            opened.await;
+        }
+    }
     let delay = answer_delay(&turn);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -265,3 +265,38 @@ async fn wait_for_requests_returns_once_they_arrived_and_reports_a_shortfall() {
         "{shortfall}"
     );
 }
+
+#[tokio::test]
+async fn a_held_turn_answers_only_once_its_gate_is_released() {
+    let server = ScriptedServer::start(Script::new(vec![
+        Turn::held(Turn::message("after the release"), "go"),
+        Turn::message("not held"),
+    ]))
+    .await;
+    let url = format!("{}/responses", server.base_url());
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel();
+    let held = tokio::spawn({
+        let url = url.clone();
+        let answered_tx = answered_tx.clone();
+        async move {
+            let text = post(url, json!({})).await.text().await.unwrap();
+            answered_tx.send("held").unwrap();
+            text
+        }
+    });
+    server
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A later request is answered while the held one still waits.
+    let free = post(url, json!({})).await.text().await.unwrap();
+    assert!(free.contains("not held"), "{free}");
+    assert!(
+        answered_rx.try_recv().is_err(),
+        "the held turn answered before its release"
+    );
+    server.release("go");
+    let text = held.await.unwrap();
+    assert!(text.contains("after the release"), "{text}");
+    assert_eq!(answered_rx.recv().await, Some("held"));
+}

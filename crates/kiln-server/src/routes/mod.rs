@@ -7,6 +7,7 @@ mod json;
 mod ops;
 mod people;
 mod pulls;
+mod quotas;
 mod ranking;
 mod tasks;
 mod tokens;
@@ -23,6 +24,7 @@ use crate::state::AppState;
 pub(crate) use json::ApiJson;
 // The token bodies the OpenAPI document derives schemas from (the others
 // are in kiln_protocol::api).
+pub(crate) use quotas::QuotaBody;
 pub(crate) use tokens::{CreatedToken, NewTokenBody, TokenListQuery};
 pub(crate) use webhooks::DeliveryQuery;
 
@@ -94,6 +96,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/tasks/{id}/pr", post(pulls::open))
+        // Quotas (docs/quotas.md).
+        .route(
+            "/api/teams/{id}/quota",
+            get(quotas::show_team).put(quotas::set_team),
+        )
+        .route(
+            "/api/users/{id}/quota",
+            get(quotas::show_user).put(quotas::set_user),
+        )
         .route("/api/workers", get(worker_api::list))
         .route("/api/worker/claim", post(worker_api::claim))
         .route(

@@ -15,6 +15,7 @@ mod opening;
 mod people;
 mod pulls;
 mod queue;
+mod quotas;
 mod ranking;
 mod recovery;
 mod repo_credentials;

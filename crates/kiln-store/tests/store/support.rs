@@ -254,6 +254,31 @@ impl TestStore {
             .collect()
     }
 
+    /// `(target_kind, target_id, details)` of the audit events with
+    /// `action`, oldest first, read past the store.
+    pub async fn raw_audit_of(&self, action: &str) -> Vec<(String, String, String)> {
+        let sql = "SELECT target_kind, target_id, details FROM audit_events
+                   WHERE action = $1 ORDER BY id";
+        match self.backend {
+            Backend::Sqlite => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql)
+                    .bind(action)
+                    .fetch_all(&mut db)
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => {
+                let mut db = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql)
+                    .bind(action)
+                    .fetch_all(&mut db)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
     /// Another store on the same database and clock.
     pub async fn reopen(&self) -> Store {
         open_with_clock(&self.url, &self.clock, Duration::from_secs(30)).await
