@@ -49,6 +49,7 @@ pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
 pub(crate) mod model_proxy;
+mod oidc;
 mod openapi;
 mod pulls;
 mod repo_access;

@@ -1,0 +1,7 @@
+//! Single sign-on with OpenID Connect (docs/sso.md): provider discovery, ID
+//! token verification, the authorization code flow with PKCE for the web
+//! and the device flow kiln runs itself for `kiln login`.
+
+pub mod verify;
+
+pub use verify::{IdClaims, IdTokenVerifier, VerifyError};
