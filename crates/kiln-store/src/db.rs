@@ -31,6 +31,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "evidence_delivery",
         include_str!("../migrations/0004_evidence_delivery.sql"),
     ),
+    (6, "sso", include_str!("../migrations/0006_sso.sql")),
 ];
 
 #[derive(Debug)]

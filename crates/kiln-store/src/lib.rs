@@ -67,6 +67,7 @@ mod pulls;
 mod queue;
 mod repo_url;
 mod secrets;
+mod sso;
 mod store;
 mod tasks;
 mod tokens;
@@ -92,6 +93,10 @@ pub use pulls::OpenedPullRequest;
 pub use queue::{ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
 pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
+pub use sso::{
+    DevicePoll, DeviceRequest, NewDeviceRequest, NewSession, PendingLogin, Session,
+    DEVICE_POLL_INTERVAL_SECS, DEVICE_REQUEST_TTL_SECS, SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
+};
 pub use store::Store;
 pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
