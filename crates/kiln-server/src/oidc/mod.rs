@@ -2,6 +2,8 @@
 //! token verification, the authorization code flow with PKCE for the web
 //! and the device flow kiln runs itself for `kiln login`.
 
+pub mod discovery;
+pub mod flow;
 pub mod verify;
 
-pub use verify::{IdClaims, IdTokenVerifier, VerifyError};
+pub use flow::Sso;
