@@ -9,6 +9,7 @@ mod doctor_cmd;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;
+mod login_cmd;
 mod render;
 mod sandbox_cmd;
 mod sandbox_policy;
@@ -56,6 +57,11 @@ enum Command {
     Env(env_cmd::Args),
     /// API tokens on a kiln server (admin): create, list, revoke.
     Token(token_cmd::Args),
+    /// Sign in to a kiln server with its single sign-on; the token is kept
+    /// in $KILN_HOME/credentials.toml.
+    Login(login_cmd::LoginArgs),
+    /// Revoke the token `kiln login` got and forget it.
+    Logout(login_cmd::LogoutArgs),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -76,6 +82,8 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
+        Command::Login(args) => login_cmd::login(args),
+        Command::Logout(args) => login_cmd::logout(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

@@ -94,8 +94,9 @@ pub use queue::{ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport}
 pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use sso::{
-    DevicePoll, DeviceRequest, NewDeviceRequest, NewSession, PendingLogin, Session,
-    DEVICE_POLL_INTERVAL_SECS, DEVICE_REQUEST_TTL_SECS, SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
+    DevicePoll, DeviceRequest, IssuedSsoToken, NewDeviceRequest, NewSession, PendingLogin, Session,
+    SsoIdentity, SsoOutcome, SsoUser, DEVICE_POLL_INTERVAL_SECS, DEVICE_REQUEST_TTL_SECS,
+    SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
 };
 pub use store::Store;
 pub use tasks::AttemptRef;

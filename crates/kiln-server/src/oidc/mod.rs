@@ -4,6 +4,7 @@
 
 pub mod discovery;
 pub mod flow;
+pub(crate) mod routes;
 pub mod verify;
 
 pub use flow::Sso;
