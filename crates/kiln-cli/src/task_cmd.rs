@@ -156,6 +156,7 @@ pub fn run(args: Args) -> ExitCode {
                     status,
                     limit: Some(limit),
                     cursor: None,
+                    scope: None,
                 };
                 let page = client.list_tasks(&query).await?;
                 if json {

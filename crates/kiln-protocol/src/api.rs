@@ -227,7 +227,20 @@ impl NewTask {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub id: String,
+    /// The token the task was created with.
     pub owner_token_id: String,
+    /// The author (`None` only for a task no user was migrated to).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The team of the task's environment.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Shared by its author with the team: every member of the team sees it.
+    #[serde(default)]
+    pub shared: bool,
+    /// The environment's version when the task was created.
+    #[serde(default)]
+    pub environment_version: Option<u64>,
     pub environment_id: String,
     pub prompt: String,
     pub mode: Mode,
@@ -281,6 +294,12 @@ pub struct Attempt {
     /// Its place in the task's ranking (1 is best), once it finished.
     #[serde(default)]
     pub rank: Option<u32>,
+    /// The environment version it ran with (set when a worker claims it).
+    #[serde(default)]
+    pub environment_version: Option<u64>,
+    /// Why a waiting attempt has not started (a quota), until it does.
+    #[serde(default)]
+    pub wait_reason: Option<String>,
 }
 
 /// A task with its attempts, as `POST /api/tasks` and `GET /api/tasks/{id}`
@@ -309,6 +328,10 @@ pub struct TaskDetail {
 #[serde(default)]
 pub struct TaskQuery {
     pub status: Option<TaskStatus>,
+    /// `mine` (authored by the caller), `shared` (shared with a team of the
+    /// caller), `team` (every task of the caller's teams they may see) or
+    /// `all` (everything visible; the default).
+    pub scope: Option<String>,
     /// 1 to [`MAX_PAGE`]; `None` means 50.
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
@@ -360,6 +383,10 @@ pub struct NewEnvironment {
     /// Most US dollars one attempt may spend on tokens (a task may set its own).
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// The team that owns it (id or name); `None`: the one team where the
+    /// caller is a maintainer.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// An environment as the API shows it: secret names, never their values,
@@ -367,7 +394,16 @@ pub struct NewEnvironment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
     pub id: String,
+    /// The token that created it.
     pub owner_token_id: String,
+    /// The team it belongs to: its members run tasks on it, its maintainers change it.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub team_name: Option<String>,
+    /// +1 on every change (see `GET /api/environments/{id}/versions`).
+    #[serde(default = "first_version")]
+    pub version: u64,
     pub name: String,
     /// The repository location, without any credential it was given with.
     pub repo: String,
@@ -391,6 +427,12 @@ pub struct Environment {
     #[serde(default)]
     pub budget_usd: Option<f64>,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+fn first_version() -> u64 {
+    1
 }
 
 /// `GET /api/environments`.
@@ -420,6 +462,9 @@ pub struct Message {
     pub task_id: String,
     pub attempt: u32,
     pub text: String,
+    /// Who sent it.
+    #[serde(default)]
+    pub user_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
 }

@@ -138,6 +138,9 @@ pub struct PullRequest {
     /// The branch pushed to the environment's remote.
     pub branch: String,
     pub draft: bool,
+    /// The user who opened it.
+    #[serde(default)]
+    pub opened_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

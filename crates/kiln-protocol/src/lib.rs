@@ -24,6 +24,7 @@ mod price;
 pub mod ranking;
 mod report;
 pub mod sse;
+pub mod teams;
 pub mod worker;
 
 pub use event::{

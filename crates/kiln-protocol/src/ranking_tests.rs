@@ -23,6 +23,8 @@ fn attempt(n: u32, status: AttemptState) -> Attempt {
         citations_invalid: 0,
         cost_usd: None,
         rank: None,
+        environment_version: None,
+        wait_reason: None,
     }
 }
 

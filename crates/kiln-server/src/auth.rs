@@ -24,7 +24,8 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .contains_key(axum::http::header::AUTHORIZATION)
         {
-            if let Some((session, who)) = session_of(state, &parts.headers).await? {
+            if let Some((session, mut who)) = session_of(state, &parts.headers).await? {
+                who.origin = origin(parts);
                 // A cookie rides along on cross-site requests too: a change
                 // needs the CSRF token only kiln's own pages can read.
                 if !matches!(parts.method, Method::GET | Method::HEAD) {
@@ -34,7 +35,8 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
         let secret = bearer(&parts.headers)?;
-        let who = principal(state, secret).await?;
+        let mut who = principal(state, secret).await?;
+        who.origin = origin(parts);
         // A worker machine holds its token on disk: if it is stolen, it
         // must not read or change anyone's tasks, environments or tokens.
         if who.worker {
@@ -44,6 +46,15 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller(who))
     }
+}
+
+/// The client's address as the connection shows it (a proxy in front of
+/// kiln shows as itself: kiln does not trust forwarded headers).
+pub(crate) fn origin(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
 }
 
 /// The authenticated caller of `/api/worker/claim`: a worker token.
@@ -203,5 +214,17 @@ pub(crate) fn require_csrf(
         Err(ApiError::Forbidden(
             "a change made with a session cookie needs its CSRF token in the X-CSRF-Token header (GET /auth/session returns it)".into(),
         ))
+    }
+}
+
+/// The client's address (see [`origin`]) for handlers that have no
+/// [`Caller`], such as the sign-in routes.
+pub(crate) struct Origin(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Origin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Origin(origin(parts)))
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kiln_agent::AgentConfig;
 use kiln_model::ProviderConfig;
+use kiln_protocol::teams::TeamRole;
 use kiln_sandbox::SandboxPolicy;
 
 use crate::repo_access::RepoAccess;
@@ -153,30 +154,12 @@ impl ServerConfig {
     }
 }
 
-/// A team role a group of the provider grants (docs/sso.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum MappedTeamRole {
-    Viewer,
-    Member,
-    Maintainer,
-}
-
-impl MappedTeamRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MappedTeamRole::Viewer => "viewer",
-            MappedTeamRole::Member => "member",
-            MappedTeamRole::Maintainer => "maintainer",
-        }
-    }
-}
-
 /// What members of a provider group get (`--oidc-map GROUP=TEAM:ROLE` or
 /// `--oidc-map GROUP=admin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupGrant {
     /// A membership of this team, created if missing.
-    Team { team: String, role: MappedTeamRole },
+    Team { team: String, role: TeamRole },
     /// The server role admin.
     Admin,
 }
@@ -205,21 +188,10 @@ impl std::str::FromStr for GroupMapping {
             let (team, role) = grant
                 .split_once(':')
                 .ok_or_else(|| format!("{text:?} names no role after the team: {usage}"))?;
-            let role = match role {
-                "maintainer" => MappedTeamRole::Maintainer,
-                "member" => MappedTeamRole::Member,
-                "viewer" => MappedTeamRole::Viewer,
-                other => return Err(format!("{other:?} in {text:?} is not a team role: {usage}")),
-            };
-            let valid_team = team.len() <= 64
-                && team
-                    .bytes()
-                    .next()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && team
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-            if !valid_team {
+            let role: TeamRole = role
+                .parse()
+                .map_err(|_| format!("{role:?} in {text:?} is not a team role: {usage}"))?;
+            if !kiln_store::valid_name(team) {
                 return Err(format!(
                     "{team:?} in {text:?} is not a team name: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or digit"
                 ));

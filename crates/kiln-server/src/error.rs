@@ -118,6 +118,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { what } => ApiError::NotFound(what),
             StoreError::InvalidInput { field, message } => ApiError::invalid(field, message),
             StoreError::Conflict { message } => ApiError::Conflict(message),
+            StoreError::Forbidden { message } => ApiError::Forbidden(message),
             lost @ StoreError::LeaseLost { .. } => ApiError::LeaseLost(lost.to_string()),
             unknown @ StoreError::UnknownLease => ApiError::Unauthorized(unknown.to_string()),
             other => ApiError::Internal(other.to_string()),

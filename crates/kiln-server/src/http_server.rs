@@ -72,7 +72,16 @@ pub(crate) async fn serve(
             );
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for the audit trail (`auth::Caller`).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {

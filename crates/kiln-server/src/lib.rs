@@ -67,8 +67,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    ConnectionLimits, GroupGrant, GroupMapping, MappedTeamRole, MetricsAccess, OidcConfig,
-    ServerConfig, WebhookDelivery, DEFAULT_BODY_LIMIT,
+    ConnectionLimits, GroupGrant, GroupMapping, MetricsAccess, OidcConfig, ServerConfig,
+    WebhookDelivery, DEFAULT_BODY_LIMIT,
 };
 pub use data_dir::{secure_data_dir, secure_data_files, DataDirLock};
 pub use error::ApiError;

@@ -183,7 +183,7 @@ fn list_tasks_query_parameters_come_from_task_query() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["cursor", "limit", "status"]);
+    assert_eq!(names, ["cursor", "limit", "scope", "status"]);
     assert!(parameters.iter().all(|p| p["in"] == "query"));
 }
 
@@ -277,6 +277,9 @@ fn created_token_schema_lists_every_field_the_answer_carries() {
             name: "ada".into(),
             admin: true,
             worker: false,
+            user_id: None,
+            source: "local".into(),
+            expires_at: None,
             created_at: chrono::Utc::now(),
             revoked_at: None,
         },

@@ -82,10 +82,8 @@ async fn a_replaced_key_file_makes_reading_secrets_name_the_file_and_the_variabl
         secrets: [("TOKEN".to_string(), "v".to_string())].into(),
         ..Default::default()
     };
-    let env = store
-        .create_environment(&admin.info.principal(), &env)
-        .await
-        .unwrap();
+    let admin = store.verify_token(&admin.secret).await.unwrap().unwrap();
+    let env = store.create_environment(&admin, &env).await.unwrap();
     store.close().await;
 
     let path = dir.path().join(SECRET_KEY_FILE);

@@ -31,18 +31,47 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "evidence_delivery",
         include_str!("../migrations/0004_evidence_delivery.sql"),
     ),
+    (5, "teams", include_str!("../migrations/0005_teams.sql")),
     (6, "sso", include_str!("../migrations/0006_sso.sql")),
 ];
 
+/// A migration's text for one backend: lines between `-- kiln:sqlite-only`
+/// (or `-- kiln:postgres-only`) and `-- kiln:end` are kept only for that
+/// database. Everything else is shared, as most of the schema is.
+///
+/// A migration without markers is returned unchanged: databases store each
+/// applied migration's checksum, and earlier files must keep theirs.
+pub(crate) fn migration_for(sql: &'static str, backend: Backend) -> Cow<'static, str> {
+    if !sql.contains("-- kiln:") {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut only: Option<Backend> = None;
+    for line in sql.lines() {
+        match line.trim() {
+            "-- kiln:sqlite-only" => only = Some(Backend::Sqlite),
+            "-- kiln:postgres-only" => only = Some(Backend::Postgres),
+            "-- kiln:end" => only = None,
+            _ if only.is_none_or(|b| b == backend) => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(Backend);
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     fn resolve(
         self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>>
     {
-        Box::pin(async {
+        let backend = self.0;
+        Box::pin(async move {
             Ok(MIGRATIONS
                 .iter()
                 .map(|(version, description, sql)| {
@@ -50,7 +79,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                         *version,
                         Cow::Borrowed(*description),
                         MigrationType::Simple,
-                        Cow::Borrowed(*sql),
+                        migration_for(sql, backend),
                         false,
                     )
                 })
@@ -59,8 +88,8 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
-pub(crate) async fn migrator() -> Result<Migrator, sqlx::migrate::MigrateError> {
-    Migrator::new(EmbeddedMigrations).await
+pub(crate) async fn migrator(backend: Backend) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(EmbeddedMigrations(backend)).await
 }
 
 /// Which database a store talks to.

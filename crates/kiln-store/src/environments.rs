@@ -23,7 +23,8 @@ macro_rules! select_environment {
     () => {
         "SELECT id, owner_token_id, name, repo, base_branch, setup_script,
             env_json, secrets_json, repo_credential, network, image, settings_json,
-            created_at
+            created_at, team_id, version, updated_at, deleted_at,
+            (SELECT teams.name FROM teams WHERE teams.id = environments.team_id) AS team_name
             FROM environments "
     };
 }
@@ -40,6 +41,9 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
     Ok(Environment {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
+        team_id: row.opt_text("team_id")?,
+        team_name: row.opt_text("team_name")?,
+        version: row.u64("version")?,
         name: row.text("name")?,
         repo: repo.clean,
         repo_has_credential,
@@ -54,7 +58,133 @@ fn environment_from_row(row: &DbRow) -> Result<Environment, OpError> {
         webhook_url: settings.webhook_url,
         budget_usd: settings.budget_microusd.map(usd_from_micros),
         created_at: from_millis(row.int("created_at")?),
+        updated_at: row.opt_int("updated_at")?.map(from_millis),
     })
+}
+
+/// Records version `environment.version` of an environment as it is now:
+/// the snapshot (secret names only), who changed it and what changed.
+pub(crate) async fn record_version_in(
+    tx: &mut Tx,
+    environment: &Environment,
+    changed_by: Option<&str>,
+    change: &str,
+    now_ms: i64,
+) -> Result<(), OpError> {
+    let snapshot = serde_json::to_string(environment)
+        .map_err(|e| StoreError::invalid("environment snapshot", e.to_string()))?;
+    tx.execute(
+        query(
+            "INSERT INTO environment_versions (environment_id, version, snapshot, changed_by,
+                change, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(environment.id.as_str())
+        .bind(i64::try_from(environment.version).unwrap_or(i64::MAX))
+        .bind(snapshot)
+        .bind(changed_by)
+        .bind(change)
+        .bind(now_ms),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Version 1 of every environment that has no version yet (those created
+/// before versions existed), at their creation time.
+pub(crate) async fn record_initial_versions_in(store: &Store, tx: &mut Tx) -> Result<(), OpError> {
+    let _ = store;
+    let rows = tx
+        .fetch_all(query(concat!(
+            select_environment!(),
+            "WHERE NOT EXISTS (SELECT 1 FROM environment_versions v
+                WHERE v.environment_id = environments.id) ORDER BY id"
+        )))
+        .await?;
+    for row in &rows {
+        let environment = environment_from_row(row)?;
+        let created = row.int("created_at")?;
+        record_version_in(tx, &environment, None, "created", created).await?;
+    }
+    Ok(())
+}
+
+/// The row of an environment `who` may reach by id, by name among their
+/// teams' live environments, or by `team/name`; `None` when there is none.
+/// An ambiguous name (several of the caller's teams have it) is an error
+/// listing the `team/name` choices.
+pub(crate) async fn find_environment_in(
+    db: &crate::db::Db,
+    who: &Principal,
+    id_or_name: &str,
+) -> Result<Option<DbRow>, OpError> {
+    if let Some(row) = db
+        .fetch_optional(
+            query(concat!(
+                select_environment!(),
+                "WHERE id = $1 AND deleted_at IS NULL"
+            ))
+            .bind(id_or_name),
+        )
+        .await?
+    {
+        return Ok(Some(row));
+    }
+    let (team, name) = match id_or_name.split_once('/') {
+        Some((team, name)) => (Some(team), name),
+        None => (None, id_or_name),
+    };
+    let rows = db
+        .fetch_all(
+            query(concat!(
+                select_environment!(),
+                "WHERE name = $1 AND deleted_at IS NULL
+                   AND ($2 IS NULL OR team_id IN (SELECT id FROM teams WHERE name = $2 OR id = $2))
+                   AND ($3 OR team_id IN (SELECT team_id FROM team_members WHERE user_id = $4)
+                        OR owner_token_id = $5)
+                 ORDER BY id"
+            ))
+            .bind(name)
+            .bind(team)
+            .bind(who.admin)
+            .bind(who.user_id.as_deref())
+            .bind(&who.token_id),
+        )
+        .await?;
+    if rows.len() > 1 {
+        // An admin sees every team's: prefer the caller's own teams' ones.
+        let mine: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                rows[i]
+                    .opt_text("team_id")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|team| who.team_role(&team).is_some())
+            })
+            .collect();
+        if let [only] = mine[..] {
+            return Ok(rows.into_iter().nth(only));
+        }
+        let choices: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                format!(
+                    "{}/{}",
+                    row.opt_text("team_name").ok().flatten().unwrap_or_default(),
+                    name
+                )
+            })
+            .collect();
+        return Err(StoreError::invalid(
+            "environment",
+            format!(
+                "{name:?} names environments in several teams: use one of {}",
+                choices.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(rows.into_iter().next())
 }
 
 /// `environments.settings_json`: what environments gained after their
@@ -109,13 +239,24 @@ fn parse_map(what: &'static str, json: &str) -> Result<BTreeMap<String, String>,
 }
 
 impl Store {
-    /// Creates an environment owned by `owner`; names are unique per owner.
+    /// Creates an environment in a team (`new.team`, or the one team where
+    /// `owner` is a maintainer); only the team's maintainers (and admins)
+    /// may. Names are unique per team. Records version 1 and the audit event.
     pub async fn create_environment(
         &self,
         owner: &Principal,
         new: &NewEnvironment,
     ) -> Result<Environment> {
         validate(new)?;
+        let (team_id, team_name) = self
+            .team_for_new_environment(owner, new.team.as_deref())
+            .await?;
+        crate::access::check_environment(
+            owner,
+            Some(&team_id),
+            new.name.trim(),
+            crate::access::EnvironmentAction::Manage,
+        )?;
         let repo = repo_url::split(new.repo.trim());
         repo.check_new()?;
         let env_json = to_json(&new.env)?;
@@ -152,8 +293,10 @@ impl Store {
                     query(
                         "INSERT INTO environments (id, owner_token_id, name, repo, base_branch,
                             setup_script, env_json, secrets_json, repo_credential, network,
-                            image, created_at, settings_json, webhook_secret)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                            image, created_at, settings_json, webhook_secret, team_id, version,
+                            updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                            $15, 1, $12)",
                     )
                     .bind(&id)
                     .bind(&owner.token_id)
@@ -168,14 +311,16 @@ impl Store {
                     .bind(new.image.as_deref())
                     .bind(self.now_ms())
                     .bind(&settings_json)
-                    .bind(webhook_secret),
+                    .bind(webhook_secret)
+                    .bind(&team_id),
                 )
                 .await;
             match inserted {
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                     return Err(StoreError::Conflict {
                         message: format!(
-                            "an environment named {:?} exists already; choose another name",
+                            "team {team_name} has an environment named {:?} already; choose \
+                             another name",
                             new.name.trim()
                         ),
                     }
@@ -184,23 +329,38 @@ impl Store {
                 other => other?,
             };
             let row = tx
-                .fetch_one(
-                    query(concat!(
-                        select_environment!(),
-                        "WHERE owner_token_id = $1 AND name = $2"
-                    ))
-                    .bind(&owner.token_id)
-                    .bind(new.name.trim()),
-                )
+                .fetch_one(query(concat!(select_environment!(), "WHERE id = $1")).bind(&id))
                 .await?;
             let environment = environment_from_row(&row)?;
+            let now = self.now_ms();
+            record_version_in(
+                &mut tx,
+                &environment,
+                owner.user_id.as_deref(),
+                "created",
+                now,
+            )
+            .await?;
+            crate::audit::audit_in(
+                &mut tx,
+                owner,
+                "environment.created",
+                crate::AuditSubject::new("environment", &id).in_team(Some(&team_id)),
+                serde_json::json!({
+                    "name": environment.name,
+                    "repo": environment.repo,
+                    "secret_names": environment.secret_names,
+                }),
+                now,
+            )
+            .await?;
             self.commit(tx, Vec::new()).await?;
             Ok(environment)
         })
         .await
     }
 
-    /// The environments `who` may use: its own, or all for an admin.
+    /// The live environments of `who`'s teams (every one for an admin).
     pub async fn list_environments(&self, who: &Principal) -> Result<Vec<Environment>> {
         self.run("list environments", || async {
             let rows = self
@@ -209,10 +369,12 @@ impl Store {
                 .fetch_all(
                     query(concat!(
                         select_environment!(),
-                        "WHERE ($1 OR owner_token_id = $2) ORDER BY id"
+                        "WHERE deleted_at IS NULL AND ($1
+                            OR team_id IN (SELECT team_id FROM team_members WHERE user_id = $2))
+                         ORDER BY id"
                     ))
                     .bind(who.admin)
-                    .bind(&who.token_id),
+                    .bind(who.user_id.as_deref()),
                 )
                 .await?;
             rows.iter().map(environment_from_row).collect()
@@ -220,29 +382,82 @@ impl Store {
         .await
     }
 
-    /// An environment by id, or by name among `who`'s own environments.
+    /// An environment `who` may read, by id, by name among their teams'
+    /// environments, or as `team/name`.
     pub async fn environment(&self, who: &Principal, id_or_name: &str) -> Result<Environment> {
+        self.environment_for(who, id_or_name, crate::access::EnvironmentAction::Read)
+            .await
+    }
+
+    /// An environment `who` may do `action` on: "not found" outside their
+    /// teams, "forbidden" (naming the role needed) when their role is short.
+    pub async fn environment_for(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        action: crate::access::EnvironmentAction,
+    ) -> Result<Environment> {
         self.run("get environment", || async {
-            let row = self
-                .inner
-                .db
-                .fetch_optional(
-                    query(concat!(
-                        select_environment!(),
-                        "WHERE (id = $1 AND ($3 OR owner_token_id = $2))
-                            OR (name = $1 AND owner_token_id = $2)
-                         ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END
-                         LIMIT 1"
-                    ))
-                    .bind(id_or_name)
-                    .bind(&who.token_id)
-                    .bind(who.admin),
-                )
+            let row = find_environment_in(&self.inner.db, who, id_or_name)
                 .await?
                 .ok_or_else(|| StoreError::not_found(format!("environment {id_or_name}")))?;
-            environment_from_row(&row)
+            let environment = environment_from_row(&row)?;
+            crate::access::check_environment(
+                who,
+                environment.team_id.as_deref(),
+                &environment.name,
+                action,
+            )?;
+            Ok(environment)
         })
         .await
+    }
+
+    /// The team a new environment goes to: `requested` (a team id or name)
+    /// or, without one, the only team where `who` is a maintainer.
+    async fn team_for_new_environment(
+        &self,
+        who: &Principal,
+        requested: Option<&str>,
+    ) -> Result<(String, String)> {
+        if let Some(team) = requested.map(str::trim).filter(|t| !t.is_empty()) {
+            return self
+                .run("find team", || async {
+                    let row = self
+                        .inner
+                        .db
+                        .fetch_optional(
+                            query("SELECT id, name FROM teams WHERE id = $1 OR name = $1")
+                                .bind(team),
+                        )
+                        .await?;
+                    match row {
+                        Some(row) => Ok((row.text("id")?, row.text("name")?)),
+                        None => Err(StoreError::not_found(format!("team {team}")).into()),
+                    }
+                })
+                .await;
+        }
+        let maintained: Vec<_> = who.maintained_teams().collect();
+        match maintained[..] {
+            [only] => Ok((only.team_id.clone(), only.team_name.clone())),
+            [] => Err(StoreError::invalid(
+                "team",
+                "you maintain no team: name the team (`team`, `kiln env add --team`) or ask an \
+                 admin to make you a maintainer of one",
+            )),
+            _ => Err(StoreError::invalid(
+                "team",
+                format!(
+                    "you maintain several teams ({}): say which one with `team` (`kiln env add --team`)",
+                    maintained
+                        .iter()
+                        .map(|m| m.team_name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
 
     /// The setup-only secrets of an environment, for the worker that runs

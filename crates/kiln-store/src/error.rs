@@ -48,6 +48,11 @@ pub enum StoreError {
     #[error("{message}")]
     Conflict { message: String },
 
+    /// The caller can see the thing (it is in one of their teams) but their
+    /// role does not allow the action; the message names the role needed.
+    #[error("{message}")]
+    Forbidden { message: String },
+
     /// The worker no longer holds the attempt: its lease expired and the
     /// attempt was recovered, or it was finished already.
     #[error("attempt {attempt} of task {task_id} is not running on worker {worker_id} any more (its lease expired and it was recovered, or it finished); stop working on it")]
@@ -94,6 +99,12 @@ impl StoreError {
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         StoreError::InvalidInput {
             field,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        StoreError::Forbidden {
             message: message.into(),
         }
     }

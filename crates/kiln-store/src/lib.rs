@@ -54,6 +54,8 @@
 //! # });
 //! ```
 
+mod access;
+mod audit;
 mod changes;
 mod clock;
 mod db;
@@ -71,9 +73,12 @@ mod sso;
 mod store;
 mod tasks;
 mod tokens;
+mod users;
 mod webhooks;
 mod workers;
 
+pub use access::{check_environment, check_task, EnvironmentAction, TaskAction};
+pub use audit::AuditSubject;
 pub use changes::{Change, Subscription, Wake};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::Backend;
@@ -101,6 +106,7 @@ pub use sso::{
 pub use store::Store;
 pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};
+pub use users::{sanitize_name, valid_name, MAX_NAME_LEN};
 pub use webhooks::{
     DueWebhook, WebhookTry, MAX_DELIVERIES_LISTED, WEBHOOK_ATTEMPT_FINISHED, WEBHOOK_PR_OPENED,
     WEBHOOK_TASK_FINISHED,

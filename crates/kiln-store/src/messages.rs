@@ -20,6 +20,7 @@ fn message_from_row(row: &DbRow) -> Result<Message, OpError> {
         task_id: row.text("task_id")?,
         attempt: row.uint("attempt")?,
         text: row.text("text")?,
+        user_id: row.opt_text("user_id")?,
         created_at: from_millis(row.int("created_at")?),
         delivered_at: row.opt_int("delivered_at")?.map(from_millis),
     })
@@ -52,7 +53,9 @@ impl Store {
             ));
         }
         self.run("send a message", || async {
-            let task = self.visible_task(who, task_id).await?;
+            let task = self
+                .task_for(who, task_id, crate::access::TaskAction::Act)
+                .await?;
             let targets: Vec<u32> = match attempt {
                 Some(n) if (1..=task.attempt_count).contains(&n) => vec![n],
                 Some(n) => {
@@ -96,15 +99,16 @@ impl Store {
                 let row = tx
                     .fetch_one(
                         query(
-                            "INSERT INTO messages (id, task_id, attempt, text, created_at)
-                             VALUES ($1, $2, $3, $4, $5)
-                             RETURNING id, task_id, attempt, text, created_at, delivered_at",
+                            "INSERT INTO messages (id, task_id, attempt, text, created_at, user_id)
+                             VALUES ($1, $2, $3, $4, $5, $6)
+                             RETURNING id, task_id, attempt, text, user_id, created_at, delivered_at",
                         )
                         .bind(top - count + 1 + offset)
                         .bind(task_id)
                         .bind(n)
                         .bind(text)
-                        .bind(now),
+                        .bind(now)
+                        .bind(who.user_id.as_deref()),
                     )
                     .await?;
                 messages.push(message_from_row(&row)?);
@@ -132,7 +136,7 @@ impl Store {
                     query(
                         "UPDATE messages SET delivered_at = $3
                          WHERE task_id = $1 AND attempt = $2 AND delivered_at IS NULL
-                         RETURNING id, task_id, attempt, text, created_at, delivered_at",
+                         RETURNING id, task_id, attempt, text, user_id, created_at, delivered_at",
                     )
                     .bind(attempt.task_id.as_str())
                     .bind(attempt.n)
@@ -159,7 +163,7 @@ impl Store {
                 .db
                 .fetch_all(
                     query(
-                        "SELECT id, task_id, attempt, text, created_at, delivered_at
+                        "SELECT id, task_id, attempt, text, user_id, created_at, delivered_at
                          FROM messages WHERE task_id = $1 ORDER BY id",
                     )
                     .bind(task_id),

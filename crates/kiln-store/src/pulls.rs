@@ -44,13 +44,14 @@ fn pull_request_from_row(row: &DbRow) -> Result<PullRequest, OpError> {
         url: row.text("url")?,
         branch: row.text("branch")?,
         draft: row.bool("draft")?,
+        opened_by: row.opt_text("opened_by")?,
         created_at: from_millis(row.int("created_at")?),
         updated_at: from_millis(row.int("updated_at")?),
     })
 }
 
 const SELECT_PULL_REQUEST: &str =
-    "SELECT task_id, attempt, forge, number, url, branch, draft, created_at, updated_at
+    "SELECT task_id, attempt, forge, number, url, branch, draft, opened_by, created_at, updated_at
      FROM pull_requests WHERE task_id = $1";
 
 pub(crate) async fn pull_request_in(

@@ -170,6 +170,18 @@ impl Store {
         let attempt = AttemptRef::new(row.text("task_id")?, row.uint("n")?);
         let try_number = row.uint("tries")?;
         let resume = row.bool("resume")?;
+        // The environment version it runs with, whatever changes later.
+        tx.execute(
+            query(
+                "UPDATE attempts SET wait_reason = NULL, environment_version =
+                    (SELECT e.version FROM tasks t JOIN environments e ON e.id = t.environment_id
+                     WHERE t.id = $1)
+                 WHERE task_id = $1 AND n = $2",
+            )
+            .bind(attempt.task_id.as_str())
+            .bind(attempt.n),
+        )
+        .await?;
         refresh_task_status(tx, &attempt.task_id, now).await?;
         let task_row = tx
             .fetch_one(query(concat!(select_task!(), "WHERE id = $1")).bind(&attempt.task_id))
@@ -302,7 +314,8 @@ impl Store {
     /// (and through a [`Change::Cancel`] notification at once).
     pub async fn cancel_task(&self, who: &Principal, task_id: &str) -> Result<CancelOutcome> {
         self.run("cancel a task", || async {
-            self.visible_task(who, task_id).await?;
+            self.task_for(who, task_id, crate::access::TaskAction::Act)
+                .await?;
             let now = self.now_ms();
             let mut tx = self.begin().await?;
             let mut cancelled: Vec<u32> = tx

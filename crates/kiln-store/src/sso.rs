@@ -6,11 +6,16 @@
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
+use kiln_protocol::teams::{ServerRole, TeamRole};
+use serde_json::json;
+
+use crate::audit::{audit_in, AuditSubject};
 use crate::clock::from_millis;
 use crate::db::query;
-use crate::error::{OpError, Result};
+use crate::error::{OpError, Result, StoreError};
 use crate::ids::hash_secret;
-use crate::Store;
+use crate::users::{create_team_in, memberships_in, set_member_in, unique_name_in, NameTable};
+use crate::{Principal, Store};
 
 /// How long a sign-in may stay at the provider.
 pub const SSO_LOGIN_TTL_SECS: i64 = 600;
@@ -450,25 +455,25 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-#[cfg(test)]
-#[path = "sso_tests.rs"]
-mod tests;
-
 /// Who the provider says signed in, and what their groups grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SsoIdentity {
     pub issuer: String,
     pub subject: String,
-    /// `preferred_username`, else the local part of a trusted email.
+    /// `preferred_username`, else the local part of a trusted email; the
+    /// subject when neither is there.
     pub preferred_name: Option<String>,
     pub email: Option<String>,
-    /// (team name, team role) from `--oidc-map`.
-    pub teams: Vec<(String, String)>,
+    /// The memberships the groups map to (team names; created if missing).
+    pub teams: Vec<(String, TeamRole)>,
+    /// The groups map to the server role admin.
     pub admin: bool,
     /// The groups that mapped to something, for the audit trail.
     pub groups: Vec<String>,
     /// `web` or `device`.
     pub via: String,
+    /// The client's address, for the audit trail.
+    pub origin: Option<String>,
 }
 
 /// A user signed in by SSO.
@@ -496,44 +501,295 @@ pub struct IssuedSsoToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The actor of an audit event a user caused without a token (a sign-in).
+fn user_actor(user_id: &str, user_name: &str, origin: Option<&str>) -> Principal {
+    Principal {
+        name: user_name.to_string(),
+        user_id: Some(user_id.to_string()),
+        user_name: user_name.to_string(),
+        origin: origin.map(str::to_string),
+        ..Principal::default()
+    }
+}
+
 impl Store {
-    /// PROVISIONAL until the teams contract lands.
+    /// Signs in the user the provider vouches for: found by (issuer,
+    /// subject) or created (a unique name from the preferred one), their
+    /// `oidc` memberships replaced by the ones the groups map to (teams
+    /// created when missing; `local` memberships untouched) and the server
+    /// role admin granted when mapped. A disabled user is refused. Audited
+    /// as `user.signed_in` (and `user.created`, `team.created`,
+    /// `user.updated` as they happen), all in one transaction.
     pub async fn sso_sign_in(&self, identity: &SsoIdentity) -> Result<SsoOutcome> {
-        let name = identity
-            .preferred_name
-            .clone()
-            .unwrap_or_else(|| identity.subject.clone());
-        Ok(SsoOutcome::SignedIn(SsoUser {
-            id: format!("usr_{name}"),
-            name,
-        }))
+        self.run("sign in with single sign-on", || async {
+            let now = self.now_ms();
+            let origin = identity.origin.as_deref();
+            let mut tx = self.begin().await?;
+            let existing = tx
+                .fetch_optional(
+                    query(
+                        "SELECT id, name, role, email, disabled_at FROM users
+                         WHERE oidc_issuer = $1 AND oidc_subject = $2",
+                    )
+                    .bind(&identity.issuer)
+                    .bind(&identity.subject),
+                )
+                .await?;
+            let (user_id, name, role) = match existing {
+                Some(row) if row.opt_int("disabled_at")?.is_some() => {
+                    self.commit(tx, Vec::new()).await?;
+                    return Ok(SsoOutcome::Refused(format!(
+                        "Your kiln account {} is disabled: ask a kiln admin to enable it.",
+                        row.text("name")?
+                    )));
+                }
+                Some(row) => {
+                    let id = row.text("id")?;
+                    if identity.email.is_some() && identity.email != row.opt_text("email")? {
+                        tx.execute(
+                            query("UPDATE users SET email = $2 WHERE id = $1")
+                                .bind(&id)
+                                .bind(identity.email.as_deref()),
+                        )
+                        .await?;
+                    }
+                    (id, row.text("name")?, row.text("role")?)
+                }
+                None => {
+                    let hint = identity
+                        .preferred_name
+                        .as_deref()
+                        .filter(|name| !name.trim().is_empty())
+                        .unwrap_or(&identity.subject);
+                    let name = unique_name_in(&mut tx, NameTable::Users, hint).await?;
+                    let id = self.new_id("usr_");
+                    tx.execute(
+                        query(
+                            "INSERT INTO users (id, name, email, role, oidc_issuer, oidc_subject, created_at)
+                             VALUES ($1, $2, $3, 'user', $4, $5, $6)",
+                        )
+                        .bind(&id)
+                        .bind(&name)
+                        .bind(identity.email.as_deref())
+                        .bind(&identity.issuer)
+                        .bind(&identity.subject)
+                        .bind(now),
+                    )
+                    .await?;
+                    audit_in(
+                        &mut tx,
+                        &user_actor(&id, &name, origin),
+                        "user.created",
+                        AuditSubject::new("user", &id),
+                        json!({ "name": name, "issuer": identity.issuer, "source": "oidc" }),
+                        now,
+                    )
+                    .await?;
+                    (id, name, ServerRole::User.as_str().to_string())
+                }
+            };
+            let actor = user_actor(&user_id, &name, origin);
+            if identity.admin && role == ServerRole::User.as_str() {
+                tx.execute(
+                    query("UPDATE users SET role = $2 WHERE id = $1")
+                        .bind(&user_id)
+                        .bind(ServerRole::Admin.as_str()),
+                )
+                .await?;
+                audit_in(
+                    &mut tx,
+                    &actor,
+                    "user.updated",
+                    AuditSubject::new("user", &user_id),
+                    json!({ "role": "admin", "source": "oidc" }),
+                    now,
+                )
+                .await?;
+            }
+            // The provider's groups are the truth for `oidc` memberships;
+            // an admin's `local` ones stay whatever the groups say.
+            tx.execute(
+                query("DELETE FROM team_members WHERE user_id = $1 AND source = 'oidc'")
+                    .bind(&user_id),
+            )
+            .await?;
+            for (team, team_role) in &identity.teams {
+                let team_id = match tx
+                    .fetch_optional(query("SELECT id FROM teams WHERE name = $1").bind(team))
+                    .await?
+                {
+                    Some(row) => row.text("id")?,
+                    None => {
+                        let team_id = create_team_in(self, &mut tx, team).await?;
+                        audit_in(
+                            &mut tx,
+                            &actor,
+                            "team.created",
+                            AuditSubject::new("team", &team_id).in_team(Some(&team_id)),
+                            json!({ "name": team, "source": "oidc" }),
+                            now,
+                        )
+                        .await?;
+                        team_id
+                    }
+                };
+                let local = tx
+                    .fetch_optional(
+                        query("SELECT role FROM team_members WHERE team_id = $1 AND user_id = $2")
+                            .bind(&team_id)
+                            .bind(&user_id),
+                    )
+                    .await?;
+                if local.is_none() {
+                    set_member_in(&mut tx, &team_id, &user_id, *team_role, "oidc", now).await?;
+                }
+            }
+            audit_in(
+                &mut tx,
+                &actor,
+                "user.signed_in",
+                AuditSubject::new("user", &user_id),
+                json!({ "issuer": identity.issuer, "groups": identity.groups, "via": identity.via }),
+                now,
+            )
+            .await?;
+            self.commit(tx, Vec::new()).await?;
+            Ok(SsoOutcome::SignedIn(SsoUser { id: user_id, name }))
+        })
+        .await
     }
 
-    /// PROVISIONAL until the teams contract lands.
-    pub async fn sso_sign_in_failed(&self, _issuer: &str, _reason: &str, _via: &str) -> Result<()> {
-        Ok(())
+    /// Audits a refused sign-in (`sign_in.failed`) with its `reason`, never
+    /// the token. `subject` is the provider's, when the ID token got that far.
+    pub async fn sso_sign_in_failed(
+        &self,
+        issuer: &str,
+        subject: Option<&str>,
+        reason: &str,
+        via: &str,
+        origin: Option<&str>,
+    ) -> Result<()> {
+        self.run("record a refused sign-in", || async {
+            let mut tx = self.begin().await?;
+            let known = match subject {
+                Some(subject) => tx
+                    .fetch_optional(
+                        query("SELECT id, name FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2")
+                            .bind(issuer)
+                            .bind(subject),
+                    )
+                    .await?
+                    .map(|row| Ok::<_, OpError>((row.text("id")?, row.text("name")?)))
+                    .transpose()?,
+                None => None,
+            };
+            let actor = match &known {
+                Some((id, name)) => user_actor(id, name, origin),
+                None => Principal {
+                    name: "anonymous".into(),
+                    origin: origin.map(str::to_string),
+                    ..Principal::default()
+                },
+            };
+            let subject_id = known.as_ref().map(|(id, _)| id.as_str());
+            audit_in(
+                &mut tx,
+                &actor,
+                "sign_in.failed",
+                AuditSubject {
+                    kind: "user",
+                    id: subject_id,
+                    team_id: None,
+                },
+                json!({ "reason": reason, "issuer": issuer, "subject": subject, "via": via }),
+                self.now_ms(),
+            )
+            .await?;
+            self.commit(tx, Vec::new()).await
+        })
+        .await
     }
 
-    /// PROVISIONAL until the teams contract lands.
-    pub async fn create_sso_token(&self, user_id: &str, days: u32) -> Result<IssuedSsoToken> {
-        let name = user_id.trim_start_matches("usr_").to_string();
-        let token = self.create_token(&name, false).await?;
+    /// A token for `kiln login` (source `sso`), expiring after `days`,
+    /// audited as `token.created`.
+    pub async fn create_sso_token(
+        &self,
+        user_id: &str,
+        days: u32,
+        origin: Option<&str>,
+    ) -> Result<IssuedSsoToken> {
+        let expires_at = from_millis(self.now_ms() + i64::from(days) * 86_400_000);
+        let token = self
+            .create_user_token(user_id, "kiln login", "sso", Some(expires_at))
+            .await?;
+        let user_name = self
+            .run("audit a new sign-in token", || async {
+                let mut tx = self.begin().await?;
+                let name = tx
+                    .fetch_one(query("SELECT name FROM users WHERE id = $1").bind(user_id))
+                    .await?
+                    .text("name")?;
+                let mut actor = user_actor(user_id, &name, origin);
+                actor.token_id = token.info.id.clone();
+                audit_in(
+                    &mut tx,
+                    &actor,
+                    "token.created",
+                    AuditSubject::new("token", &token.info.id),
+                    json!({ "name": token.info.name, "source": "sso", "expires_at": expires_at }),
+                    self.now_ms(),
+                )
+                .await?;
+                self.commit(tx, Vec::new()).await?;
+                Ok(name)
+            })
+            .await?;
         Ok(IssuedSsoToken {
             secret: token.secret,
             token_id: token.info.id,
             user_id: user_id.to_string(),
-            user_name: name,
-            expires_at: from_millis(self.now_ms() + i64::from(days) * 86_400_000),
+            user_name,
+            expires_at,
         })
     }
 
-    /// PROVISIONAL until the teams contract lands.
-    pub async fn session_principal(&self, session: &Session) -> Result<Option<crate::Principal>> {
-        Ok(Some(crate::Principal {
-            token_id: format!("session:{}", session.user_id),
-            name: session.user_id.trim_start_matches("usr_").to_string(),
-            admin: false,
-            worker: false,
-        }))
+    /// The caller a live session stands for (no token: `token_id` is
+    /// empty), or `None` when its user is disabled or gone.
+    pub async fn session_principal(&self, session: &Session) -> Result<Option<Principal>> {
+        self.run("look up a session's user", || async {
+            let Some(row) = self
+                .inner
+                .db
+                .fetch_optional(
+                    query("SELECT name, role, disabled_at FROM users WHERE id = $1")
+                        .bind(&session.user_id),
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            if row.opt_int("disabled_at")?.is_some() {
+                return Ok(None);
+            }
+            let role: ServerRole = row
+                .text("role")?
+                .parse()
+                .map_err(|e| StoreError::corrupt("user role", e))?;
+            let name = row.text("name")?;
+            Ok(Some(Principal {
+                name: name.clone(),
+                admin: role.is_admin(),
+                user_id: Some(session.user_id.clone()),
+                user_name: name,
+                role,
+                teams: memberships_in(&self.inner.db, &session.user_id).await?,
+                ..Principal::default()
+            }))
+        })
+        .await
     }
 }
+
+#[cfg(test)]
+#[path = "sso_tests.rs"]
+mod tests;

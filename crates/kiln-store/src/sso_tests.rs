@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::teams::{ServerRole, TeamRole};
+
 use super::*;
-use crate::{ManualClock, StoreOptions};
+use crate::db::query;
+use crate::users::{create_team_in, set_member_in};
+use crate::{ManualClock, Principal, StoreOptions};
 
 async fn store() -> (Store, ManualClock, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -187,5 +191,223 @@ fn typed_user_codes_are_normalised_and_checked() {
         normalize_user_code("AEIO-UBCD"),
         None,
         "vowels are not in the alphabet"
+    );
+}
+
+fn ada() -> SsoIdentity {
+    SsoIdentity {
+        issuer: "https://id.example.test".into(),
+        subject: "sub-ada".into(),
+        preferred_name: Some("Ada Lovelace".into()),
+        email: Some("ada@example.test".into()),
+        teams: vec![("calc".into(), TeamRole::Member)],
+        admin: false,
+        groups: vec!["kiln-devs".into()],
+        via: "web".into(),
+        origin: Some("192.0.2.7".into()),
+    }
+}
+
+fn signed_in(outcome: SsoOutcome) -> SsoUser {
+    match outcome {
+        SsoOutcome::SignedIn(user) => user,
+        SsoOutcome::Refused(message) => panic!("refused: {message}"),
+    }
+}
+
+async fn audit_actions(store: &Store) -> Vec<(String, String)> {
+    store
+        .inner
+        .db
+        .fetch_all(query(
+            "SELECT action, details FROM audit_events ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.text("action").unwrap(), row.text("details").unwrap()))
+        .collect()
+}
+
+async fn principal(store: &Store, user: &SsoUser) -> Principal {
+    let session = store.create_session(&user.id).await.unwrap();
+    store
+        .session_principal(&session.session)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_first_sign_in_creates_the_user_and_their_mapped_teams() {
+    let (store, _clock, _dir) = store().await;
+    let user = signed_in(store.sso_sign_in(&ada()).await.unwrap());
+    assert_eq!(
+        user.name, "ada-lovelace",
+        "sanitised to the user-name charset"
+    );
+    let who = principal(&store, &user).await;
+    assert_eq!(who.teams.len(), 1);
+    assert_eq!(
+        (who.teams[0].team_name.as_str(), who.teams[0].role),
+        ("calc", TeamRole::Member)
+    );
+    assert_eq!(who.teams[0].source, "oidc");
+    assert!(!who.admin);
+
+    // The same (issuer, subject) is the same user; another subject with the
+    // same name gets a unique one.
+    assert_eq!(signed_in(store.sso_sign_in(&ada()).await.unwrap()), user);
+    let other = SsoIdentity {
+        subject: "sub-other".into(),
+        ..ada()
+    };
+    assert_eq!(
+        signed_in(store.sso_sign_in(&other).await.unwrap()).name,
+        "ada-lovelace-2"
+    );
+
+    let actions: Vec<String> = audit_actions(&store)
+        .await
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "user.created",
+            "team.created",
+            "user.signed_in",
+            "user.signed_in",
+            "user.created",
+            "user.signed_in"
+        ]
+    );
+    let (_, details) = audit_actions(&store).await.remove(2);
+    let details: serde_json::Value = serde_json::from_str(&details).unwrap();
+    assert_eq!(details["groups"], serde_json::json!(["kiln-devs"]));
+    assert_eq!(details["via"], "web");
+}
+
+#[tokio::test]
+async fn oidc_memberships_follow_the_groups_and_local_ones_stay() {
+    let (store, _clock, _dir) = store().await;
+    let user = signed_in(store.sso_sign_in(&ada()).await.unwrap());
+    // An admin makes ada a maintainer of `docs` by hand.
+    let mut tx = store.begin().await.unwrap();
+    let docs = create_team_in(&store, &mut tx, "docs").await.unwrap();
+    set_member_in(&mut tx, &docs, &user.id, TeamRole::Maintainer, "local", 0)
+        .await
+        .unwrap();
+    store.commit(tx, Vec::new()).await.unwrap();
+
+    // Next sign-in: ada left kiln-devs and joined a group mapping `web` and `docs`.
+    let moved = SsoIdentity {
+        teams: vec![
+            ("web".into(), TeamRole::Viewer),
+            ("docs".into(), TeamRole::Viewer),
+        ],
+        ..ada()
+    };
+    signed_in(store.sso_sign_in(&moved).await.unwrap());
+    let who = principal(&store, &user).await;
+    let teams: Vec<(&str, TeamRole, &str)> = who
+        .teams
+        .iter()
+        .map(|m| (m.team_name.as_str(), m.role, m.source.as_str()))
+        .collect();
+    assert_eq!(
+        teams,
+        [
+            ("docs", TeamRole::Maintainer, "local"),
+            ("web", TeamRole::Viewer, "oidc")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_group_mapped_to_admin_makes_the_user_an_admin() {
+    let (store, _clock, _dir) = store().await;
+    let user = signed_in(
+        store
+            .sso_sign_in(&SsoIdentity {
+                admin: true,
+                ..ada()
+            })
+            .await
+            .unwrap(),
+    );
+    let who = principal(&store, &user).await;
+    assert!(who.admin);
+    assert_eq!(who.role, ServerRole::Admin);
+}
+
+#[tokio::test]
+async fn a_disabled_user_is_refused_and_their_sessions_stop() {
+    let (store, _clock, _dir) = store().await;
+    let user = signed_in(store.sso_sign_in(&ada()).await.unwrap());
+    let session = store.create_session(&user.id).await.unwrap();
+    store
+        .inner
+        .db
+        .fetch_optional(query("UPDATE users SET disabled_at = 1 WHERE id = $1").bind(&user.id))
+        .await
+        .unwrap();
+    let SsoOutcome::Refused(message) = store.sso_sign_in(&ada()).await.unwrap() else {
+        panic!("a disabled user signed in");
+    };
+    assert!(message.contains("disabled"), "{message}");
+    assert_eq!(
+        store.session_principal(&session.session).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_refused_sign_in_is_audited_with_its_reason_and_no_token() {
+    let (store, _clock, _dir) = store().await;
+    store
+        .sso_sign_in_failed(
+            "https://id.example.test",
+            None,
+            "bad_signature",
+            "device",
+            Some("192.0.2.9"),
+        )
+        .await
+        .unwrap();
+    let events = audit_actions(&store).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "sign_in.failed");
+    let details: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(details["reason"], "bad_signature");
+    assert_eq!(details["via"], "device");
+}
+
+#[tokio::test]
+async fn a_kiln_login_token_is_an_expiring_sso_token_of_the_user() {
+    let (store, clock, _dir) = store().await;
+    let user = signed_in(store.sso_sign_in(&ada()).await.unwrap());
+    let issued = store.create_sso_token(&user.id, 30, None).await.unwrap();
+    assert_eq!(issued.user_name, user.name);
+    let who = store.verify_token(&issued.secret).await.unwrap().unwrap();
+    assert_eq!(who.user_id.as_deref(), Some(user.id.as_str()));
+    let info = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == issued.token_id)
+        .unwrap();
+    assert_eq!(info.source, "sso");
+    assert!(audit_actions(&store)
+        .await
+        .iter()
+        .any(|(action, _)| action == "token.created"));
+    clock.advance(Duration::from_secs(30 * 86_400 + 1));
+    assert_eq!(
+        store.verify_token(&issued.secret).await.unwrap(),
+        None,
+        "expired"
     );
 }

@@ -110,7 +110,7 @@ impl Store {
             url: display_url.clone(),
             source,
         };
-        let migrator = migrator().await.map_err(migrate)?;
+        let migrator = migrator(db.backend()).await.map_err(migrate)?;
         match &db {
             Db::Sqlite(pool) => migrator.run(pool).await.map_err(migrate)?,
             Db::Postgres(pool) => migrator.run(pool).await.map_err(migrate)?,
@@ -147,6 +147,7 @@ impl Store {
                 _listener: listener,
             }),
         };
+        store.migrate_identities().await?;
         if store.inner.secret_key.is_some() {
             store.seal_plaintext_secrets().await?;
             store.seal_repo_url_credentials().await?;

@@ -43,7 +43,8 @@ impl std::fmt::Display for AttemptRef {
 macro_rules! select_task {
     () => {
         "SELECT id, owner_token_id, environment_id, prompt, mode, attempt_count, model,
-            base_ref, budget_microusd, preferred_attempt, status, created_at, updated_at
+            base_ref, budget_microusd, preferred_attempt, status, created_at, updated_at,
+            user_id, team_id, shared, environment_version
          FROM tasks "
     };
 }
@@ -54,7 +55,8 @@ macro_rules! select_attempt {
         "SELECT task_id, n, status, tries, cancel_requested, worker_id, lease_expires_at,
             started_at, finished_at, final_message, files_changed, insertions, deletions,
             input_tokens, cached_input_tokens, output_tokens, branch, commit_sha, reason,
-            checks_json, citations_valid, citations_invalid, cost_microusd
+            checks_json, citations_valid, citations_invalid, cost_microusd,
+            environment_version, wait_reason
          FROM attempts "
     };
 }
@@ -72,6 +74,12 @@ pub(crate) fn task_from_row(row: &DbRow) -> Result<Task, OpError> {
     Ok(Task {
         id: row.text("id")?,
         owner_token_id: row.text("owner_token_id")?,
+        user_id: row.opt_text("user_id")?,
+        team_id: row.opt_text("team_id")?,
+        shared: row.bool("shared")?,
+        environment_version: row
+            .opt_int("environment_version")?
+            .and_then(|v| u64::try_from(v).ok()),
         environment_id: row.text("environment_id")?,
         prompt: row.text("prompt")?,
         mode,
@@ -134,6 +142,10 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, OpError> {
             .opt_int("cost_microusd")?
             .map(|m| usd_from_micros(u64::try_from(m).unwrap_or(0))),
         rank: None,
+        environment_version: row
+            .opt_int("environment_version")?
+            .and_then(|v| u64::try_from(v).ok()),
+        wait_reason: row.opt_text("wait_reason")?,
     })
 }
 
@@ -276,7 +288,13 @@ impl Store {
             ));
         }
         let budget = budget_micros("budget_usd", new.budget_usd)?;
-        let environment = self.environment(owner, &new.environment).await?;
+        let environment = self
+            .environment_for(
+                owner,
+                &new.environment,
+                crate::access::EnvironmentAction::Run,
+            )
+            .await?;
         let task_id = self
             .run("create task", || async {
                 let task_id = self.new_id(TASK_ID_PREFIX);
@@ -286,8 +304,9 @@ impl Store {
                     query(
                         "INSERT INTO tasks (id, owner_token_id, environment_id, prompt, mode,
                             attempt_count, model, base_ref, status, created_at, updated_at,
-                            budget_microusd)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9, $10)",
+                            budget_microusd, user_id, team_id, environment_version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $9, $10, $11,
+                            $12, (SELECT version FROM environments WHERE id = $3))",
                     )
                     .bind(&task_id)
                     .bind(&owner.token_id)
@@ -298,7 +317,9 @@ impl Store {
                     .bind(new.model.as_deref())
                     .bind(new.base_ref.as_deref())
                     .bind(now)
-                    .bind(budget),
+                    .bind(budget)
+                    .bind(owner.user_id.as_deref())
+                    .bind(environment.team_id.as_deref()),
                 )
                 .await?;
                 for n in 1..=new.attempts {
@@ -311,6 +332,21 @@ impl Store {
                     )
                     .await?;
                 }
+                crate::audit::audit_in(
+                    &mut tx,
+                    owner,
+                    "task.created",
+                    crate::AuditSubject::new("task", &task_id)
+                        .in_team(environment.team_id.as_deref()),
+                    serde_json::json!({
+                        "environment_id": environment.id,
+                        "environment_version": environment.version,
+                        "mode": new.mode.to_string(),
+                        "attempts": new.attempts,
+                    }),
+                    now,
+                )
+                .await?;
                 self.commit(tx, vec![Change::Queue]).await?;
                 Ok(task_id)
             })
@@ -330,7 +366,8 @@ impl Store {
         attempt: Option<u32>,
     ) -> Result<TaskDetail> {
         self.run("mark an attempt preferred", || async {
-            self.visible_task(who, task_id).await?;
+            self.task_for(who, task_id, crate::access::TaskAction::Act)
+                .await?;
             let now = self.now_ms();
             let mut tx = self.begin().await?;
             // The task row's lock first: an attempt finishing or reopening
@@ -401,7 +438,7 @@ impl Store {
         .await
     }
 
-    /// A task with its attempts, if `who` owns it or is admin.
+    /// A task with its attempts, if `who` may read it.
     pub async fn task(&self, who: &Principal, task_id: &str) -> Result<TaskDetail> {
         self.run("get task", || async {
             let task = self.visible_task(who, task_id).await?;
@@ -447,6 +484,18 @@ impl Store {
             None => "t_~".to_string(),
         };
         let status = request.status.map(TaskStatus::as_str);
+        let scope = match request.scope.as_deref().map(str::trim) {
+            None | Some("") | Some("all") => "all",
+            Some("mine") => "mine",
+            Some("shared") => "shared",
+            Some("team") => "team",
+            Some(other) => {
+                return Err(StoreError::invalid(
+                    "scope",
+                    format!("{other:?} is not a scope: use mine, shared, team or all"),
+                ))
+            }
+        };
         self.run("list tasks", || async {
             let rows = self
                 .inner
@@ -454,15 +503,25 @@ impl Store {
                 .fetch_all(
                     query(concat!(
                         select_task!(),
-                        "WHERE id < $1 AND ($2 OR owner_token_id = $3)
-                           AND ($4 IS NULL OR status = $4)
+                        "t WHERE id < $1 AND ",
+                        crate::access::visible_tasks_sql!("$2", "$6", "$3"),
+                        " AND ($4 IS NULL OR status = $4)
+                           AND ($7 = 'all'
+                                OR ($7 = 'mine' AND (t.user_id = $6
+                                    OR (t.user_id IS NULL AND t.owner_token_id = $3)))
+                                OR ($7 = 'shared' AND t.shared AND t.team_id IN
+                                    (SELECT team_id FROM team_members WHERE user_id = $6))
+                                OR ($7 = 'team' AND t.team_id IN
+                                    (SELECT team_id FROM team_members WHERE user_id = $6)))
                          ORDER BY id DESC LIMIT $5"
                     ))
                     .bind(before.as_str())
                     .bind(who.admin)
                     .bind(&who.token_id)
                     .bind(status)
-                    .bind(i64::from(limit) + 1),
+                    .bind(i64::from(limit) + 1)
+                    .bind(who.user_id.as_deref())
+                    .bind(scope),
                 )
                 .await?;
             let mut tasks = rows
@@ -487,18 +546,15 @@ impl Store {
         attempt: &AttemptRef,
     ) -> Result<Option<String>> {
         self.run("get attempt diff", || async {
+            self.task_for(who, &attempt.task_id, crate::access::TaskAction::Read)
+                .await?;
             let row = self
                 .inner
                 .db
                 .fetch_optional(
-                    query(
-                        "SELECT a.diff FROM attempts a JOIN tasks t ON t.id = a.task_id
-                         WHERE a.task_id = $1 AND a.n = $2 AND ($3 OR t.owner_token_id = $4)",
-                    )
-                    .bind(attempt.task_id.as_str())
-                    .bind(attempt.n)
-                    .bind(who.admin)
-                    .bind(&who.token_id),
+                    query("SELECT diff FROM attempts WHERE task_id = $1 AND n = $2")
+                        .bind(attempt.task_id.as_str())
+                        .bind(attempt.n),
                 )
                 .await?
                 .ok_or_else(|| StoreError::not_found(attempt.to_string()))?;
@@ -507,26 +563,47 @@ impl Store {
         .await
     }
 
-    /// The owner check for operations addressed by task id.
+    /// A task `who` may read (the check of every read addressed by task id).
     pub(crate) async fn visible_task(
         &self,
         who: &Principal,
         task_id: &str,
     ) -> Result<Task, OpError> {
+        self.task_for(who, task_id, crate::access::TaskAction::Read)
+            .await
+    }
+
+    /// A task `who` may do `action` on: "not found" outside their teams,
+    /// "forbidden" with the reason when their role or the task's sharing
+    /// does not allow it (`access::check_task`).
+    pub(crate) async fn task_for(
+        &self,
+        who: &Principal,
+        task_id: &str,
+        action: crate::access::TaskAction,
+    ) -> Result<Task, OpError> {
         let row = self
             .inner
             .db
-            .fetch_optional(
-                query(concat!(
-                    select_task!(),
-                    "WHERE id = $1 AND ($2 OR owner_token_id = $3)"
-                ))
-                .bind(task_id)
-                .bind(who.admin)
-                .bind(&who.token_id),
-            )
+            .fetch_optional(query(concat!(select_task!(), "WHERE id = $1")).bind(task_id))
             .await?
             .ok_or_else(|| StoreError::not_found(format!("task {task_id}")))?;
-        task_from_row(&row)
+        let task = task_from_row(&row)?;
+        crate::access::check_task(who, &task, action)?;
+        Ok(task)
+    }
+
+    /// Checks that `who` may do `action` on a task (for routes whose work
+    /// happens outside the store, such as opening a pull request).
+    pub async fn authorize_task(
+        &self,
+        who: &Principal,
+        task_id: &str,
+        action: crate::access::TaskAction,
+    ) -> Result<Task> {
+        self.run("check access to a task", || {
+            self.task_for(who, task_id, action)
+        })
+        .await
     }
 }

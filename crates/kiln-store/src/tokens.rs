@@ -10,6 +10,7 @@ use crate::db::{query, Backend, DbRow, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::ids::{hash_secret, new_token_secret};
 use crate::Store;
+use kiln_protocol::teams::{Membership, ServerRole};
 
 /// The PostgreSQL advisory lock key servers take turns on while creating
 /// the first admin token (`kiln` in ASCII).
@@ -18,17 +19,34 @@ const ADMIN_BOOTSTRAP_LOCK: i64 = 0x6b_69_6c_6e;
 /// Shortest secret accepted from `KILN_ADMIN_TOKEN`.
 pub const MIN_SECRET_LEN: usize = 24;
 
-/// Who is calling: the token a request was authenticated with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Who is calling: the token a request was authenticated with, the user it
+/// belongs to and that user's teams. Every access decision reads it
+/// (`access.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub token_id: String,
+    /// The token's name.
     pub name: String,
-    /// Admins see and act on every user's tasks and environments.
+    /// The user's server role is owner or admin: they see and act on
+    /// everything.
     pub admin: bool,
     /// A worker token (`kiln worker`): it claims and runs attempts and may
     /// call nothing else.
     #[serde(default)]
     pub worker: bool,
+    /// The user the token belongs to (`None` for worker tokens).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub role: ServerRole,
+    /// The user's teams and roles in them.
+    #[serde(default)]
+    pub teams: Vec<Membership>,
+    /// Where the request came from (the client's address), for the audit trail.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 /// A token as listed (never with its secret).
@@ -40,17 +58,34 @@ pub struct TokenInfo {
     /// A worker token: it may only claim and run attempts.
     #[serde(default)]
     pub worker: bool,
+    /// The user it belongs to (`None` for worker tokens).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// `local`, or `sso` for a token `kiln login` got through single sign-on.
+    #[serde(default = "local_source")]
+    pub source: String,
+    /// When it stops working (SSO tokens); `None`: never.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+fn local_source() -> String {
+    "local".to_string()
+}
+
 impl TokenInfo {
+    /// The principal of this token without its user's teams (tests and
+    /// bootstrap output; requests get theirs from [`Store::verify_token`]).
     pub fn principal(&self) -> Principal {
         Principal {
             token_id: self.id.clone(),
             name: self.name.clone(),
             admin: self.admin,
             worker: self.worker,
+            user_id: self.user_id.clone(),
+            ..Principal::default()
         }
     }
 }
@@ -81,6 +116,9 @@ fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
         name: row.text("name")?,
         admin: row.bool("admin")?,
         worker: row.bool("worker")?,
+        user_id: row.opt_text("user_id")?,
+        source: row.text("source")?,
+        expires_at: row.opt_int("expires_at")?.map(from_millis),
         created_at: from_millis(row.int("created_at")?),
         revoked_at: row.opt_int("revoked_at")?.map(from_millis),
     })
@@ -125,7 +163,9 @@ impl Store {
         }
         let live_admins = tx
             .fetch_one(query(
-                "SELECT COUNT(*) AS n FROM tokens WHERE admin = TRUE AND revoked_at IS NULL",
+                "SELECT COUNT(*) AS n FROM tokens t JOIN users u ON u.id = t.user_id
+                 WHERE u.role IN ('owner', 'admin') AND u.disabled_at IS NULL
+                   AND t.revoked_at IS NULL",
             ))
             .await?
             .int("n")?;
@@ -152,6 +192,9 @@ impl Store {
         Ok(info)
     }
 
+    /// Inserts a token. A user token without `kind.user_id` is a new
+    /// identity: a user of its own (named after the token) with a personal
+    /// team, as every token was before users existed.
     async fn insert_token_in(
         &self,
         tx: &mut Tx,
@@ -159,25 +202,83 @@ impl Store {
         secret: &str,
         kind: TokenKind,
     ) -> Result<TokenInfo, OpError> {
+        let now = self.now_ms();
+        let user_id = match (&kind.user_id, kind.worker) {
+            (_, true) => None,
+            (Some(user), false) => Some(user.clone()),
+            (None, false) => {
+                let role = if kind.admin {
+                    ServerRole::Admin
+                } else {
+                    ServerRole::User
+                };
+                Some(
+                    crate::users::create_identity_in(self, tx, name, None, role)
+                        .await?
+                        .0,
+                )
+            }
+        };
         let row = tx
             .fetch_one(
                 query(
-                    "INSERT INTO tokens (id, name, secret_sha256, admin, worker, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     RETURNING id, name, admin, worker, created_at, revoked_at",
+                    "INSERT INTO tokens (id, name, secret_sha256, admin, worker, created_at,
+                        user_id, source, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     RETURNING id, name, admin, worker, user_id, source, expires_at, created_at,
+                        revoked_at",
                 )
                 .bind(self.new_id("tok_"))
                 .bind(name)
                 .bind(hash_secret(secret))
                 .bind(kind.admin)
                 .bind(kind.worker)
-                .bind(self.now_ms()),
+                .bind(now)
+                .bind(user_id)
+                .bind(kind.source)
+                .bind(kind.expires_at),
             )
             .await?;
         token_from_row(&row)
     }
 
-    /// The principal of a live token, or `None` for an unknown or revoked one.
+    /// Creates a token for an existing user (their own `kiln token create`,
+    /// or `kiln login` through single sign-on with `source = "sso"` and an
+    /// expiry). The secret in the answer is the only copy.
+    pub async fn create_user_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        source: &'static str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<NewToken> {
+        let name = validate_token_name(name)?;
+        let secret = new_token_secret();
+        let info = self
+            .run("create token", || async {
+                let mut tx = self.begin().await?;
+                let role = tx
+                    .fetch_optional(query("SELECT role FROM users WHERE id = $1").bind(user_id))
+                    .await?
+                    .ok_or_else(|| StoreError::not_found(format!("user {user_id}")))?
+                    .text("role")?;
+                let kind = TokenKind {
+                    admin: role == "owner" || role == "admin",
+                    worker: false,
+                    user_id: Some(user_id.to_string()),
+                    source,
+                    expires_at: expires_at.map(crate::clock::to_millis),
+                };
+                let info = self.insert_token_in(&mut tx, name, &secret, kind).await?;
+                self.commit(tx, Vec::new()).await?;
+                Ok(info)
+            })
+            .await?;
+        Ok(NewToken { info, secret })
+    }
+
+    /// The principal of a live token, or `None` for an unknown, revoked or
+    /// expired one, or one whose user is disabled.
     pub async fn verify_token(&self, secret: &str) -> Result<Option<Principal>> {
         let hash = hash_secret(secret);
         self.run("verify token", || async {
@@ -186,21 +287,47 @@ impl Store {
                 .db
                 .fetch_optional(
                     query(
-                        "SELECT id, name, admin, worker FROM tokens
-                         WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+                        "SELECT t.id, t.name, t.admin, t.worker, t.user_id, t.expires_at,
+                            u.name AS user_name, u.role, u.disabled_at
+                         FROM tokens t LEFT JOIN users u ON u.id = t.user_id
+                         WHERE t.secret_sha256 = $1 AND t.revoked_at IS NULL",
                     )
                     .bind(&hash),
                 )
                 .await?;
-            row.map(|row| {
-                Ok(Principal {
-                    token_id: row.text("id")?,
-                    name: row.text("name")?,
-                    admin: row.bool("admin")?,
-                    worker: row.bool("worker")?,
-                })
-            })
-            .transpose()
+            let Some(row) = row else { return Ok(None) };
+            if row
+                .opt_int("expires_at")?
+                .is_some_and(|at| at <= self.now_ms())
+                || row.opt_int("disabled_at")?.is_some()
+            {
+                return Ok(None);
+            }
+            let user_id = row.opt_text("user_id")?;
+            let role: ServerRole = match row.opt_text("role")? {
+                Some(role) => role
+                    .parse()
+                    .map_err(|e| StoreError::corrupt("user role", e))?,
+                None => ServerRole::User,
+            };
+            let teams = match &user_id {
+                Some(user) => crate::users::memberships_in(&self.inner.db, user).await?,
+                None => Vec::new(),
+            };
+            let worker = row.bool("worker")?;
+            Ok(Some(Principal {
+                token_id: row.text("id")?,
+                name: row.text("name")?,
+                admin: !worker && role.is_admin(),
+                worker,
+                user_name: row
+                    .opt_text("user_name")?
+                    .unwrap_or_else(|| row.text("name").unwrap_or_default()),
+                user_id,
+                role,
+                teams,
+                origin: None,
+            }))
         })
         .await
     }
@@ -212,7 +339,7 @@ impl Store {
                 .inner
                 .db
                 .fetch_all(query(
-                    "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens ORDER BY id",
+                    "SELECT id, name, admin, worker, user_id, source, expires_at, created_at, revoked_at FROM tokens ORDER BY id",
                 ))
                 .await?;
             rows.iter().map(token_from_row).collect()
@@ -233,8 +360,8 @@ impl Store {
             let row = tx
                 .fetch_optional(
                     query(
-                        "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens
-                         WHERE id = $1",
+                        "SELECT id, name, admin, worker, user_id, source, expires_at, created_at,
+                            revoked_at FROM tokens WHERE id = $1",
                     )
                     .bind(id),
                 )
@@ -289,7 +416,8 @@ impl Store {
                     .db
                     .fetch_optional(
                         query(
-                            "SELECT id, name, admin, worker, created_at, revoked_at FROM tokens
+                            "SELECT id, name, admin, worker, user_id, source, expires_at, created_at,
+                            revoked_at FROM tokens
                              WHERE secret_sha256 = $1",
                         )
                         .bind(&hash),
@@ -326,23 +454,34 @@ impl Store {
     }
 }
 
-/// What a new token may do: a user's (admin or not) or a worker's.
-#[derive(Debug, Clone, Copy)]
+/// What a new token may do (a user's, admin or not, or a worker's) and
+/// whose it is.
+#[derive(Debug, Clone)]
 struct TokenKind {
     admin: bool,
     worker: bool,
+    /// `None` for a user token: a new user of its own.
+    user_id: Option<String>,
+    source: &'static str,
+    expires_at: Option<i64>,
 }
 
 impl TokenKind {
     const WORKER: TokenKind = TokenKind {
         admin: false,
         worker: true,
+        user_id: None,
+        source: "local",
+        expires_at: None,
     };
 
     fn user(admin: bool) -> TokenKind {
         TokenKind {
             admin,
             worker: false,
+            user_id: None,
+            source: "local",
+            expires_at: None,
         }
     }
 }

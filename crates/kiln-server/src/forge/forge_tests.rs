@@ -519,6 +519,10 @@ mod proposal_text {
         Task {
             id: "t_abc".into(),
             owner_token_id: "tok".into(),
+            user_id: None,
+            team_id: None,
+            shared: false,
+            environment_version: None,
             environment_id: "env".into(),
             prompt: prompt.into(),
             mode: Mode::Code,
@@ -558,6 +562,8 @@ mod proposal_text {
             citations_valid: 0,
             citations_invalid: 0,
             cost_usd: None,
+            environment_version: None,
+            wait_reason: None,
             rank: None,
         }
     }

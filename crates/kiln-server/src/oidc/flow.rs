@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::discovery::{self, ClientAuth, DiscoveryError, ProviderMetadata};
 use super::verify::{IdClaims, IdTokenVerifier, VerifyError};
-use crate::config::{GroupGrant, MappedTeamRole, OidcConfig};
+use crate::config::{GroupGrant, OidcConfig};
+use kiln_protocol::teams::TeamRole;
 
 /// The path of kiln's redirect URI under `--public-url`.
 pub const CALLBACK_PATH: &str = "/auth/oidc/callback";
@@ -163,6 +164,20 @@ impl Sso {
         Ok(provider.verifier.verify(&id_token, nonce).await?)
     }
 
+    /// The groups among `groups` that some `--oidc-map` rule names.
+    pub fn mapped_groups(&self, groups: &[String]) -> Vec<String> {
+        groups
+            .iter()
+            .filter(|group| {
+                self.config
+                    .group_map
+                    .iter()
+                    .any(|rule| &rule.group == *group)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// What the groups of a user grant under `--oidc-map`.
     pub fn map_groups(&self, groups: &[String]) -> MappedGrants {
         let mut grants = MappedGrants::default();
@@ -175,7 +190,11 @@ impl Sso {
                 GroupGrant::Team { team, role } => {
                     match grants.teams.iter_mut().find(|(name, _)| name == team) {
                         // Two groups naming one team: the stronger role wins.
-                        Some((_, held)) => *held = (*held).max(*role),
+                        Some((_, held)) => {
+                            if strength(*role) > strength(*held) {
+                                *held = *role;
+                            }
+                        }
                         None => grants.teams.push((team.clone(), *role)),
                     }
                 }
@@ -185,10 +204,18 @@ impl Sso {
     }
 }
 
+fn strength(role: TeamRole) -> u8 {
+    match role {
+        TeamRole::Viewer => 1,
+        TeamRole::Member => 2,
+        TeamRole::Maintainer => 3,
+    }
+}
+
 /// Memberships and the server role a user's groups grant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MappedGrants {
-    pub teams: Vec<(String, MappedTeamRole)>,
+    pub teams: Vec<(String, TeamRole)>,
     pub admin: bool,
 }
 
@@ -302,10 +329,7 @@ mod tests {
         );
         assert!(sso.secure_cookies);
         let grants = sso.map_groups(&["leads".into(), "devs".into(), "other".into()]);
-        assert_eq!(
-            grants.teams,
-            [("calc".to_string(), MappedTeamRole::Maintainer)]
-        );
+        assert_eq!(grants.teams, [("calc".to_string(), TeamRole::Maintainer)]);
         assert!(!grants.admin);
         assert!(sso.map_groups(&["ops".into()]).admin);
         assert!(sso.map_groups(&["nobody".into()]).is_empty());

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::flow::{safe_return_to, SignInStart, Sso};
-use crate::auth::{cookie, Caller, SESSION_COOKIE};
+use crate::auth::{cookie, Caller, Origin, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::routes::ApiJson;
 use crate::state::AppState;
@@ -139,6 +139,7 @@ pub(crate) struct CallbackQuery {
 /// `GET /auth/oidc/callback?code&state`: the provider sends the browser back.
 pub(crate) async fn callback(
     State(state): State<AppState>,
+    Origin(origin): Origin,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
     let sso = match sso(&state) {
@@ -168,11 +169,15 @@ pub(crate) async fn callback(
     };
     let issuer = sso.config.issuer.clone();
     // Every refusal is audited, and a waiting `kiln login` is told.
-    let refuse = |reason: String, message: String| {
+    let refuse = |reason: String, message: String, subject: Option<String>| {
         let device = pending.device_request.clone();
         let issuer = issuer.clone();
+        let origin = origin.clone();
         async move {
-            if let Err(err) = store.sso_sign_in_failed(&issuer, &reason, via).await {
+            if let Err(err) = store
+                .sso_sign_in_failed(&issuer, subject.as_deref(), &reason, via, origin.as_deref())
+                .await
+            {
                 return internal(err);
             }
             if let Some(device) = device {
@@ -190,12 +195,13 @@ pub(crate) async fn callback(
             .take(200)
             .collect();
         let message = format!("The sign-in provider refused: {error} {detail}");
-        return refuse(reason, message.chars().take(500).collect()).await;
+        return refuse(reason, message.chars().take(500).collect(), None).await;
     }
     let Some(code) = query.code.as_deref() else {
         return refuse(
             "no_code".into(),
             "The provider sent no authorization code.".into(),
+            None,
         )
         .await;
     };
@@ -206,7 +212,7 @@ pub(crate) async fn callback(
         Ok(claims) => claims,
         Err(err) => {
             tracing::warn!("single sign-on refused: {err}");
-            return refuse(err.reason().into(), format!("{err}.")).await;
+            return refuse(err.reason().into(), format!("{err}."), None).await;
         }
     };
     let groups = claims.groups(&sso.config.groups_claim);
@@ -216,7 +222,12 @@ pub(crate) async fn callback(
             "None of your groups ({}) gives access to this kiln server. Ask its admin to map one of them to a team (--oidc-map).",
             if groups.is_empty() { "none".to_string() } else { groups.join(", ") }
         );
-        return refuse("unmapped_groups".into(), message).await;
+        return refuse(
+            "unmapped_groups".into(),
+            message,
+            Some(claims.subject.clone()),
+        )
+        .await;
     }
     let identity = SsoIdentity {
         issuer: claims.issuer.clone(),
@@ -228,18 +239,22 @@ pub(crate) async fn callback(
                 .map(String::from)
         }),
         email: claims.trusted_email().map(String::from),
-        teams: grants
-            .teams
-            .iter()
-            .map(|(team, role)| (team.clone(), role.as_str().to_string()))
-            .collect(),
+        teams: grants.teams.clone(),
         admin: grants.admin,
-        groups,
+        groups: sso.mapped_groups(&groups),
         via: via.into(),
+        origin: origin.clone(),
     };
     let user = match store.sso_sign_in(&identity).await {
         Ok(SsoOutcome::SignedIn(user)) => user,
-        Ok(SsoOutcome::Refused(message)) => return refuse("user_disabled".into(), message).await,
+        Ok(SsoOutcome::Refused(message)) => {
+            return refuse(
+                "user_disabled".into(),
+                message,
+                Some(claims.subject.clone()),
+            )
+            .await
+        }
         Err(err) => return internal(err),
     };
     if let Some(device) = &pending.device_request {
@@ -287,7 +302,7 @@ pub(crate) async fn session(
         .await?
         .ok_or_else(|| ApiError::Unauthorized("no session: sign in at /auth/oidc/login".into()))?;
     Ok(Json(json!({
-        "user": { "id": session.user_id, "name": who.name },
+        "user": { "id": session.user_id, "name": who.user_name, "role": who.role, "teams": who.teams },
         "csrf_token": session.csrf_token,
         "expires_at": session.expires_at,
     })))
@@ -360,6 +375,7 @@ fn device_error(error: &str, description: &str) -> Response {
 /// `POST /api/auth/device/token {device_code}`: `kiln login` polls here.
 pub(crate) async fn device_token(
     State(state): State<AppState>,
+    Origin(origin): Origin,
     ApiJson(body): ApiJson<DeviceTokenBody>,
 ) -> Result<Response, ApiError> {
     let sso = sso(&state)?;
@@ -374,7 +390,7 @@ pub(crate) async fn device_token(
         DevicePoll::Denied(reason) => device_error("access_denied", &reason),
         DevicePoll::Approved { user_id } => {
             let issued = store
-                .create_sso_token(&user_id, sso.config.token_days)
+                .create_sso_token(&user_id, sso.config.token_days, origin.as_deref())
                 .await?;
             Json(json!({
                 "token": issued.secret,
@@ -484,7 +500,7 @@ pub(crate) async fn logout_token(
     State(state): State<AppState>,
     Caller(who): Caller,
 ) -> Result<StatusCode, ApiError> {
-    let Some(token_id) = Some(who.token_id.clone()).filter(|id| id.starts_with("tok_")) else {
+    let Some(token_id) = Some(who.token_id.clone()).filter(|id| !id.is_empty()) else {
         return Err(ApiError::invalid(
             "Authorization",
             "send the token to revoke as `Authorization: Bearer …` (a session ends at POST /auth/logout)",

@@ -33,6 +33,7 @@ pub(super) struct ListParams {
     status: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+    scope: Option<String>,
 }
 
 pub(super) async fn list(
@@ -51,6 +52,7 @@ pub(super) async fn list(
         status,
         limit: params.limit,
         cursor: params.cursor.filter(|c| !c.is_empty()),
+        scope: params.scope.filter(|s| !s.is_empty()),
     };
     Ok(Json(state.store().list_tasks(&who, &request).await?))
 }

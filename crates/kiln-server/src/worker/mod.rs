@@ -23,6 +23,9 @@ pub(crate) fn system_principal() -> Principal {
         name: "kiln worker".into(),
         admin: true,
         worker: false,
+        user_name: "kiln".into(),
+        role: kiln_protocol::teams::ServerRole::Owner,
+        ..Principal::default()
     }
 }
 

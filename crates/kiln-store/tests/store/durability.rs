@@ -50,12 +50,8 @@ async fn crash_while_writing(dir: &str) -> ! {
     let store = Store::open(StoreOptions::sqlite_in_dir(dir).clock(Arc::new(clock)))
         .await
         .unwrap();
-    let admin = store
-        .create_token("admin", true)
-        .await
-        .unwrap()
-        .info
-        .principal();
+    let token = store.create_token("admin", true).await.unwrap();
+    let admin = store.verify_token(&token.secret).await.unwrap().unwrap();
     let env = NewEnvironment {
         name: "app".into(),
         repo: "/srv/app".into(),
@@ -145,6 +141,7 @@ async fn sqlite_survives_kill_9_mid_write() {
         name: "admin".into(),
         admin: true,
         worker: false,
+        ..Default::default()
     };
     let detail = store.task(&admin, task_id).await.unwrap();
     assert_eq!(detail.task.prompt, "crash test");

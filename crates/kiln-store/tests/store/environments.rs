@@ -29,6 +29,7 @@ fn full_environment() -> NewEnvironment {
             secret: "whsec-0123456789abcdef".into(),
         }),
         budget_usd: Some(2.5),
+        team: None,
     }
 }
 

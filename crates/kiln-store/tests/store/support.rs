@@ -231,21 +231,23 @@ impl TestStore {
     }
 
     pub async fn admin(&self) -> Principal {
+        let token = self.store.create_token("test admin", true).await.unwrap();
+        // As a request sees it: with the user's teams.
         self.store
-            .create_token("test admin", true)
+            .verify_token(&token.secret)
             .await
             .unwrap()
-            .info
-            .principal()
+            .unwrap()
     }
 
     pub async fn user(&self, name: &str) -> Principal {
+        let token = self.store.create_token(name, false).await.unwrap();
+        // As a request sees it: with the user's teams.
         self.store
-            .create_token(name, false)
+            .verify_token(&token.secret)
             .await
             .unwrap()
-            .info
-            .principal()
+            .unwrap()
     }
 
     pub async fn environment(&self, owner: &Principal, name: &str) -> Environment {

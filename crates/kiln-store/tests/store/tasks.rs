@@ -112,7 +112,7 @@ on_both_backends! {
         loop {
             let page = t
                 .store
-                .list_tasks(&me, &TaskQuery { status: None, limit: Some(3), cursor: cursor.clone() })
+                .list_tasks(&me, &TaskQuery { status: None, limit: Some(3), cursor: cursor.clone(), scope: None })
                 .await
                 .unwrap();
             pages += 1;
