@@ -50,7 +50,7 @@ enum Command {
     /// Run one command under the sandbox policy an agent's command would get.
     Sandbox(sandbox_cmd::Args),
     /// Serve the HTTP API and run tasks from the queue with a worker pool.
-    Serve(serve_cmd::Args),
+    Serve(Box<serve_cmd::Args>),
     /// Tasks on a kiln server: new, list, show, logs, diff, cancel, reply.
     Task(task_cmd::Args),
     /// Environments on a kiln server: add, list.
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
