@@ -31,6 +31,10 @@ struct Provider {
 
 impl Provider {
     async fn start(redirect_uri: &str) -> Provider {
+        Self::start_on(redirect_uri, 0).await
+    }
+
+    async fn start_on(redirect_uri: &str, port: u16) -> Provider {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -40,6 +44,7 @@ impl Provider {
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .arg(redirect_uri)
+            .arg(port.to_string())
             .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -584,4 +589,115 @@ async fn kiln_login_without_sso_says_to_use_a_token() {
         stderr.contains("KILN_TOKEN") && stderr.contains("kiln token create"),
         "{stderr}"
     );
+}
+
+/// `kiln serve ARGS` that must stop before listening: its stderr.
+async fn serve_refuses(args: &[&str], env: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KILN_HOME", data.path())
+            .env("OPENAI_API_KEY", "sk-test-key")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kiln serve stops at once")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "kiln serve started: {stdout}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_settings_that_cannot_work_stop_kiln_serve_naming_the_fix() {
+    let secret = [("KILN_OIDC_CLIENT_SECRET", CLIENT_SECRET)];
+    let public = ["--public-url", "http://127.0.0.1:9"];
+    let issuer = [
+        "--oidc-issuer",
+        "https://id.example.test",
+        "--oidc-client-id",
+        "kiln",
+    ];
+
+    let err = serve_refuses(&issuer, &secret).await;
+    assert!(err.contains("--public-url"), "{err}");
+    let err = serve_refuses(&[&public[..], &issuer[..]].concat(), &[]).await;
+    assert!(err.contains("KILN_OIDC_CLIENT_SECRET"), "{err}");
+    let err = serve_refuses(
+        &[&public[..], &issuer[..], &["--oidc-map", "devs=calc:owner"]].concat(),
+        &secret,
+    )
+    .await;
+    assert!(
+        err.contains("--oidc-map") && err.contains("GROUP=TEAM:ROLE"),
+        "{err}"
+    );
+
+    // A provider whose discovery document names another issuer (here: the
+    // configured one has a trailing slash) is not trusted.
+    let provider = Provider::start("http://127.0.0.1:9/auth/oidc/callback").await;
+    let slashed = format!("{}/", provider.issuer);
+    let err = serve_refuses(
+        &[
+            &public[..],
+            &["--oidc-issuer", &slashed, "--oidc-client-id", "kiln"],
+        ]
+        .concat(),
+        &secret,
+    )
+    .await;
+    assert!(
+        err.contains("--oidc-issuer") && err.contains(&provider.issuer),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_down_at_startup_is_discovered_at_the_first_sign_in() {
+    let model = ScriptedServer::start(Script::new(Vec::new())).await;
+    let install = Installation::new();
+    let (kiln_port, provider_port) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{kiln_port}");
+    let issuer = format!("http://127.0.0.1:{provider_port}");
+    let addr = format!("127.0.0.1:{kiln_port}");
+    let kiln = KilnServer::start_with_env(
+        &install,
+        &model,
+        1,
+        &[
+            "--addr",
+            &addr,
+            "--public-url",
+            &public,
+            "--oidc-issuer",
+            &issuer,
+            "--oidc-client-id",
+            "kiln",
+            "--oidc-allow-unmapped",
+        ],
+        &[("KILN_OIDC_CLIENT_SECRET", CLIENT_SECRET)],
+    )
+    .await;
+    let browser = Browser::new();
+    let login = Url::parse(&format!("{}/auth/oidc/login", kiln.url)).unwrap();
+    let down = browser.get(&login).await;
+    assert_eq!(down.status, 502, "{}", down.body);
+
+    let provider = Provider::start_on(&format!("{public}/auth/oidc/callback"), provider_port).await;
+    assert_eq!(provider.issuer, issuer);
+    let up = browser.get(&login).await;
+    assert_eq!(up.status, 303, "{}", up.body);
+    assert!(up.headers[LOCATION].to_str().unwrap().starts_with(&issuer));
+    // Unmapped users are let in when the server says so.
+    let callback = browser.sign_in(up, "mallory").await;
+    assert_eq!(callback.status, 303, "{}", callback.body);
 }

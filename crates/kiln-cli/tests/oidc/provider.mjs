@@ -1,7 +1,7 @@
 // A real OpenID Connect provider for crates/kiln-cli/tests/sso.rs.
 //
-// Usage: node provider.mjs REDIRECT_URI
-// Listens on a free port of 127.0.0.1 and prints `issuer http://127.0.0.1:PORT`
+// Usage: node provider.mjs REDIRECT_URI [PORT]
+// Listens on PORT (default: a free port) of 127.0.0.1 and prints `issuer http://127.0.0.1:PORT`
 // once it answers. One confidential client (`kiln`, secret below) may use
 // REDIRECT_URI; the dev interactions (plain HTML forms) sign in any of the
 // accounts below by name, with any password.
@@ -23,7 +23,7 @@ const accounts = {
 };
 
 const server = http.createServer();
-server.listen(0, '127.0.0.1', () => {
+server.listen(Number(process.argv[3] ?? 0), '127.0.0.1', () => {
   const issuer = `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
     clients: [
