@@ -499,6 +499,16 @@ async fn web_sign_in_gives_a_session_that_reads_and_changes_only_with_its_csrf_t
 
     let tasks = browser.get(&kiln.join("/api/tasks").unwrap()).await;
     assert_eq!(tasks.status, 200, "{}", tasks.body);
+    // A bearer token wins over the cookie sent along with it.
+    let bearer = browser
+        .send(
+            Method::GET,
+            &kiln.join("/api/tasks").unwrap(),
+            None,
+            &[("Authorization", "Bearer kiln_not_a_token")],
+        )
+        .await;
+    assert_eq!(bearer.status, 401, "{}", bearer.body);
 
     // A change with the cookie alone (what a cross-site form would send) is refused.
     let body = [("x".to_string(), "y".to_string())];
@@ -700,4 +710,36 @@ async fn a_provider_down_at_startup_is_discovered_at_the_first_sign_in() {
     // Unmapped users are let in when the server says so.
     let callback = browser.sign_in(up, "mallory").await;
     assert_eq!(callback.status, 303, "{}", callback.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_pages_continue_needs_the_cookie_of_the_page_that_showed_it() {
+    let sso = start().await;
+    let home = tempfile::tempdir().unwrap();
+    let login = kiln_login(&sso.kiln.url, home.path()).await;
+    let victim = Browser::new();
+    let page = victim.get(&login.link).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let action = login.link.join(&form_action(&page.body)).unwrap();
+    let fields = hidden_fields(&page.body);
+
+    // A form on another site posts the same fields, but the browser does
+    // not send the SameSite cookie of kiln's page with it.
+    let cross_site = Browser::new();
+    let forged = cross_site
+        .send(Method::POST, &action, Some(&fields), &[])
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+
+    // The request is still usable by the person who opened the link.
+    let done = victim
+        .sign_in(
+            victim.send(Method::POST, &action, Some(&fields), &[]).await,
+            "linus",
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (ok, stdout, stderr) = login.finish().await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("as linus"), "{stdout}");
 }

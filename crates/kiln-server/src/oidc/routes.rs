@@ -154,13 +154,30 @@ pub(crate) async fn callback(
             "<p>This sign-in was finished already or took longer than 10 minutes. Start again from kiln.</p>",
         )
     };
-    let Some(returned_state) = query.state.as_deref() else {
-        return expired();
+    let pending = match query.state.as_deref() {
+        Some(returned_state) => match store.take_sso_login(returned_state).await {
+            Ok(pending) => pending,
+            Err(err) => return internal(err),
+        },
+        None => None,
     };
-    let pending = match store.take_sso_login(returned_state).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => return expired(),
-        Err(err) => return internal(err),
+    let Some(pending) = pending else {
+        // A replayed, forged or stale callback: refused, and audited like
+        // every refusal.
+        let via = "web";
+        if let Err(err) = store
+            .sso_sign_in_failed(
+                &sso.config.issuer,
+                None,
+                "unknown_state",
+                via,
+                origin.as_deref(),
+            )
+            .await
+        {
+            return internal(err);
+        }
+        return expired();
     };
     let via = if pending.device_request.is_some() {
         "device"
