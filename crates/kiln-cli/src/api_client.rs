@@ -495,6 +495,11 @@ pub mod credentials {
     /// The stored token for `server`, unless it has expired (then the
     /// error says to sign in again).
     pub fn token_for(server: &str) -> Result<Option<String>> {
+        // Without a home there is no credentials file, and the error to
+        // show is the missing token's.
+        if crate::config::kiln_home().is_err() {
+            return Ok(None);
+        }
         let credentials = load()?;
         let Some(entry) = credentials.servers.get(&key(server)) else {
             return Ok(None);
