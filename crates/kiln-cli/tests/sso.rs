@@ -17,7 +17,7 @@ use kiln_testkit::{Script, ScriptedServer};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
-use serve_support::{Installation, KilnServer};
+use serve_support::{Installation, KilnServer, ADMIN_TOKEN};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -499,6 +499,26 @@ async fn web_sign_in_gives_a_session_that_reads_and_changes_only_with_its_csrf_t
 
     let tasks = browser.get(&kiln.join("/api/tasks").unwrap()).await;
     assert_eq!(tasks.status, 200, "{}", tasks.body);
+    // The event stream takes the session too: grace (an admin) reads a
+    // task the admin token created.
+    let repo = kiln_testkit::fixtures::repo("calc-py");
+    sso.kiln.environment(ADMIN_TOKEN, "calc", repo.path()).await;
+    let task = sso
+        .kiln
+        .task(
+            ADMIN_TOKEN,
+            serde_json::json!({"environment": "calc", "prompt": "look around"}),
+        )
+        .await;
+    let events = kiln
+        .join(&format!(
+            "/api/tasks/{}/events?follow=false",
+            task["id"].as_str().unwrap()
+        ))
+        .unwrap();
+    let stream = browser.get(&events).await;
+    assert_eq!(stream.status, 200, "{}", stream.body);
+    assert!(stream.body.contains("task.status"), "{}", stream.body);
     // A bearer token wins over the cookie sent along with it.
     let bearer = browser
         .send(
@@ -742,4 +762,24 @@ async fn the_device_pages_continue_needs_the_cookie_of_the_page_that_showed_it()
     let (ok, stdout, stderr) = login.finish().await;
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("as linus"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_saved_sign_in_says_to_sign_in_again() {
+    let home = tempfile::tempdir().unwrap();
+    let server = "http://127.0.0.1:9";
+    std::fs::write(
+        credentials_file(home.path()),
+        format!(
+            "[servers.\"{server}\"]\ntoken = \"kiln_old\"\nexpires_at = \"2020-01-01T00:00:00Z\"\n"
+        ),
+    )
+    .unwrap();
+    let out = kiln_cli(server, home.path(), &["task", "list"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("expired") && stderr.contains(&format!("kiln login --server {server}")),
+        "{stderr}"
+    );
 }

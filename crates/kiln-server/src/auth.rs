@@ -228,3 +228,41 @@ impl<S: Send + Sync> FromRequestParts<S> for Origin {
         Ok(Origin(origin(parts)))
     }
 }
+
+/// What a request proved who it is with: a bearer token, or (without an
+/// `Authorization` header) a session cookie. Long-lived responses (event
+/// streams) check it again while they run.
+pub(crate) enum Credential {
+    Token(String),
+    Session(String),
+}
+
+impl Credential {
+    /// The credential [`Caller`] accepted for these headers.
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Credential, ApiError> {
+        if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+            if let Some(id) = cookie_value(headers, SESSION_COOKIE) {
+                return Ok(Credential::Session(id));
+            }
+        }
+        Ok(Credential::Token(bearer(headers)?.to_string()))
+    }
+
+    /// Whether it still works (not revoked, expired, ended or disabled).
+    pub(crate) async fn still_valid(
+        &self,
+        store: &kiln_store::Store,
+    ) -> Result<bool, kiln_store::StoreError> {
+        match self {
+            Credential::Token(secret) => match store.verify_token(secret).await {
+                Ok(who) => Ok(who.is_some()),
+                Err(kiln_store::StoreError::InvalidInput { .. }) => Ok(false),
+                Err(err) => Err(err),
+            },
+            Credential::Session(id) => match store.session(id).await? {
+                Some(session) => Ok(store.session_principal(&session).await?.is_some()),
+                None => Ok(false),
+            },
+        }
+    }
+}
