@@ -22,6 +22,9 @@ use crate::state::AppState;
 /// that loaded it (a cross-site form cannot send it).
 const DEVICE_CSRF_COOKIE: &str = "kiln_device_csrf";
 
+/// The cookie that binds a sign-in's `state` to the browser that started it.
+const STATE_COOKIE: &str = "kiln_sso_state";
+
 fn sso(state: &AppState) -> Result<Arc<Sso>, ApiError> {
     state.inner.sso.clone().ok_or_else(|| {
         ApiError::NotFound(
@@ -100,7 +103,20 @@ async fn start_sign_in(
     if let Err(err) = state.store().begin_sso_login(&start.state, &pending).await {
         return internal(err);
     }
-    Redirect::to(sso.authorization_url(&provider, &start).as_str()).into_response()
+    let mut response =
+        Redirect::to(sso.authorization_url(&provider, &start).as_str()).into_response();
+    // The sign-in is bound to this browser: a callback URL someone else
+    // finished (to sign this browser in as them) does not match it.
+    let bound = cookie(
+        STATE_COOKIE,
+        &start.state,
+        Some(kiln_store::SSO_LOGIN_TTL_SECS),
+        sso.secure_cookies,
+    );
+    if let Ok(value) = HeaderValue::from_str(&bound) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -140,6 +156,7 @@ pub(crate) struct CallbackQuery {
 pub(crate) async fn callback(
     State(state): State<AppState>,
     Origin(origin): Origin,
+    headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
     let sso = match sso(&state) {
@@ -154,7 +171,12 @@ pub(crate) async fn callback(
             "<p>This sign-in was finished already or took longer than 10 minutes. Start again from kiln.</p>",
         )
     };
-    let pending = match query.state.as_deref() {
+    let bound = crate::auth::cookie_value(&headers, STATE_COOKIE);
+    let returned = query
+        .state
+        .as_deref()
+        .filter(|returned| crate::auth::same_secret(bound.as_deref(), Some(returned)));
+    let pending = match returned {
         Some(returned_state) => match store.take_sso_login(returned_state).await {
             Ok(pending) => pending,
             Err(err) => return internal(err),
@@ -304,6 +326,10 @@ pub(crate) async fn callback(
         sso.secure_cookies,
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    let spent = crate::auth::cookie(STATE_COOKIE, "", Some(0), sso.secure_cookies);
+    if let Ok(value) = HeaderValue::from_str(&spent) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
