@@ -22,6 +22,8 @@ CREATE TABLE sso_logins (
 CREATE TABLE sso_device_requests (
     device_code_sha256 TEXT PRIMARY KEY,
     user_code TEXT NOT NULL UNIQUE,
+    -- the address that asked (requests in progress are capped per address)
+    origin TEXT,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     last_polled_at BIGINT,
@@ -29,6 +31,8 @@ CREATE TABLE sso_device_requests (
     denied_reason TEXT,
     redeemed_at BIGINT
 );
+
+CREATE INDEX sso_device_requests_by_origin ON sso_device_requests (origin, expires_at);
 
 -- Browser sessions (cookie `kiln_session`), 12 hours each.
 CREATE TABLE sessions (

@@ -101,7 +101,7 @@ pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
 pub use sso::{
     DevicePoll, DeviceRequest, IssuedSsoToken, NewDeviceRequest, NewSession, PendingLogin, Session,
     SsoIdentity, SsoOutcome, SsoUser, DEVICE_POLL_INTERVAL_SECS, DEVICE_REQUEST_TTL_SECS,
-    SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
+    MAX_DEVICE_REQUESTS_PER_ORIGIN, SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
 };
 pub use store::Store;
 pub use tasks::AttemptRef;

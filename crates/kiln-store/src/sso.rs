@@ -23,6 +23,8 @@ pub const SSO_LOGIN_TTL_SECS: i64 = 600;
 pub const DEVICE_REQUEST_TTL_SECS: i64 = 600;
 /// How often `kiln login` polls for its token.
 pub const DEVICE_POLL_INTERVAL_SECS: i64 = 2;
+/// Device requests one address may have in progress at once.
+pub const MAX_DEVICE_REQUESTS_PER_ORIGIN: i64 = 20;
 /// How long a browser session lasts.
 pub const SESSION_TTL_SECS: i64 = 12 * 3600;
 
@@ -154,8 +156,14 @@ impl Store {
         .await
     }
 
-    /// Starts a device request for `kiln login`.
-    pub async fn create_device_request(&self) -> Result<NewDeviceRequest> {
+    /// Starts a device request for `kiln login` asked from `origin`;
+    /// `None` when that address has [`MAX_DEVICE_REQUESTS_PER_ORIGIN`] in
+    /// progress already (the route needs no sign-in, so this bounds what
+    /// one client can make the server store).
+    pub async fn create_device_request(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<Option<NewDeviceRequest>> {
         self.run("start a device request", || async {
             let now = self.now_ms();
             let expires = now + DEVICE_REQUEST_TTL_SECS * 1000;
@@ -164,6 +172,20 @@ impl Store {
                 query("DELETE FROM sso_device_requests WHERE expires_at < $1").bind(now),
             )
             .await?;
+            let in_progress = tx
+                .fetch_one(
+                    query(
+                        "SELECT COUNT(*) AS n FROM sso_device_requests
+                         WHERE COALESCE(origin, '') = COALESCE($1, '') AND redeemed_at IS NULL",
+                    )
+                    .bind(origin),
+                )
+                .await?
+                .int("n")?;
+            if in_progress >= MAX_DEVICE_REQUESTS_PER_ORIGIN {
+                self.commit(tx, Vec::new()).await?;
+                return Ok(None);
+            }
             let device_code = crate::ids::new_token_secret();
             // 19^8 codes: a clash with a live one is rare, and redrawn.
             let mut user_code = new_user_code();
@@ -179,21 +201,22 @@ impl Store {
             }
             tx.execute(
                 query(
-                    "INSERT INTO sso_device_requests (device_code_sha256, user_code, created_at, expires_at)
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO sso_device_requests (device_code_sha256, user_code, origin, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(hash_secret(&device_code))
                 .bind(&user_code)
+                .bind(origin)
                 .bind(now)
                 .bind(expires),
             )
             .await?;
             self.commit(tx, Vec::new()).await?;
-            Ok(NewDeviceRequest {
+            Ok(Some(NewDeviceRequest {
                 device_code,
                 user_code: format!("{}-{}", &user_code[..4], &user_code[4..]),
                 expires_at: from_millis(expires),
-            })
+            }))
         })
         .await
     }

@@ -56,7 +56,11 @@ async fn a_sign_in_state_expires_after_ten_minutes() {
 #[tokio::test]
 async fn a_device_request_is_pending_then_redeemed_once() {
     let (store, clock, _dir) = store().await;
-    let request = store.create_device_request().await.unwrap();
+    let request = store
+        .create_device_request(Some("192.0.2.1"))
+        .await
+        .unwrap()
+        .unwrap();
     let code = &request.user_code;
     assert_eq!(code.len(), 9, "{code}");
     assert_eq!(&code[4..5], "-");
@@ -129,7 +133,11 @@ async fn a_device_request_is_pending_then_redeemed_once() {
 #[tokio::test]
 async fn a_denied_or_expired_device_request_gives_no_token() {
     let (store, clock, _dir) = store().await;
-    let denied = store.create_device_request().await.unwrap();
+    let denied = store
+        .create_device_request(Some("192.0.2.1"))
+        .await
+        .unwrap()
+        .unwrap();
     let found = store
         .device_request(&denied.user_code)
         .await
@@ -147,7 +155,11 @@ async fn a_denied_or_expired_device_request_gives_no_token() {
         DevicePoll::Denied("no team".into())
     );
 
-    let late = store.create_device_request().await.unwrap();
+    let late = store
+        .create_device_request(Some("192.0.2.1"))
+        .await
+        .unwrap()
+        .unwrap();
     clock.advance(Duration::from_secs(DEVICE_REQUEST_TTL_SECS as u64 + 1));
     assert_eq!(store.device_request(&late.user_code).await.unwrap(), None);
     let id = crate::ids::hash_secret(&late.device_code);
@@ -410,4 +422,35 @@ async fn a_kiln_login_token_is_an_expiring_sso_token_of_the_user() {
         None,
         "expired"
     );
+}
+
+#[tokio::test]
+async fn one_address_has_a_bounded_number_of_device_requests_in_progress() {
+    let (store, clock, _dir) = store().await;
+    for _ in 0..MAX_DEVICE_REQUESTS_PER_ORIGIN {
+        store
+            .create_device_request(Some("192.0.2.1"))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .create_device_request(Some("192.0.2.1"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .create_device_request(Some("192.0.2.2"))
+        .await
+        .unwrap()
+        .is_some());
+    // Expired requests stop counting.
+    clock.advance(Duration::from_secs(DEVICE_REQUEST_TTL_SECS as u64 + 1));
+    assert!(store
+        .create_device_request(Some("192.0.2.1"))
+        .await
+        .unwrap()
+        .is_some());
 }

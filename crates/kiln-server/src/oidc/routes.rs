@@ -379,6 +379,7 @@ pub(crate) async fn logout(
 /// `POST /api/auth/device`: starts `kiln login`'s device flow.
 pub(crate) async fn device_start(
     State(state): State<AppState>,
+    Origin(origin): Origin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let _sso = sso(&state)?;
     let public_url = state
@@ -389,7 +390,16 @@ pub(crate) async fn device_start(
         .unwrap_or_default()
         .trim_end_matches('/')
         .to_string();
-    let request = state.store().create_device_request().await?;
+    let request = state
+        .store()
+        .create_device_request(origin.as_deref())
+        .await?
+        .ok_or_else(|| {
+            ApiError::TooManyRequests(format!(
+                "{} sign-ins are in progress from your address already: finish one, or wait until they expire (10 minutes)",
+                kiln_store::MAX_DEVICE_REQUESTS_PER_ORIGIN
+            ))
+        })?;
     let verification_uri = format!("{public_url}/auth/device");
     Ok(Json(json!({
         "device_code": request.device_code,
