@@ -83,13 +83,18 @@ pub struct EventsQuery {
 
 impl ApiClient {
     pub fn new(args: &ServerArgs) -> Result<Self> {
-        let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) else {
-            bail!(
-                "no API token: set KILN_TOKEN (the admin token is printed at the first start \
-                 of `kiln serve`; `kiln token create NAME` makes more)"
-            );
-        };
         let base = args.server.trim_end_matches('/').to_string();
+        let token = match args.token.clone().filter(|t| !t.trim().is_empty()) {
+            Some(token) => token,
+            None => match credentials::token_for(&base)? {
+                Some(token) => token,
+                None => bail!(
+                    "no API token for {base}: run `kiln login --server {base}` (single sign-on), \
+                     or set KILN_TOKEN (the admin token is printed at the first start of \
+                     `kiln serve`; `kiln token create NAME` makes more)"
+                ),
+            },
+        };
         reqwest::Url::parse(&base).with_context(|| {
             format!("--server / KILN_SERVER {base:?} is not a URL: use e.g. http://127.0.0.1:7878")
         })?;
@@ -627,4 +632,116 @@ pub fn print_json(value: &Value) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
+}
+
+/// `$KILN_HOME/credentials.toml`: the tokens `kiln login` got, one per
+/// server (`[servers."URL"] token = …`), readable by the user alone.
+pub mod credentials {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use anyhow::{bail, Context, Result};
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+
+    pub const FILE_NAME: &str = "credentials.toml";
+
+    /// One server's sign-in.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServerCredentials {
+        pub token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_at: Option<DateTime<Utc>>,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Credentials {
+        #[serde(default)]
+        pub servers: BTreeMap<String, ServerCredentials>,
+    }
+
+    pub fn path() -> Result<PathBuf> {
+        Ok(crate::config::kiln_home()?.join(FILE_NAME))
+    }
+
+    /// The servers' URLs are kept without a trailing slash.
+    pub fn key(server: &str) -> String {
+        server.trim_end_matches('/').to_string()
+    }
+
+    pub fn load() -> Result<Credentials> {
+        let path = path()?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Credentials::default())
+            }
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a kiln credentials file: fix it, or delete it and run `kiln login` again",
+                path.display()
+            )
+        })
+    }
+
+    /// Writes the file with mode 0600 (through a private temporary file
+    /// renamed over it, so that no reader sees half a file and the token is
+    /// never readable by others, not even for a moment).
+    pub fn save(credentials: &Credentials) -> Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = path()?;
+        let dir = path
+            .parent()
+            .context("the credentials file has no directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let text = toml::to_string(credentials).context("cannot write the credentials as TOML")?;
+        let temp = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", temp.display()))?;
+        std::fs::rename(&temp, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The stored token for `server`, unless it has expired (then the
+    /// error says to sign in again).
+    pub fn token_for(server: &str) -> Result<Option<String>> {
+        // Without a home there is no credentials file, and the error to
+        // show is the missing token's.
+        if crate::config::kiln_home().is_err() {
+            return Ok(None);
+        }
+        let credentials = load()?;
+        let Some(entry) = credentials.servers.get(&key(server)) else {
+            return Ok(None);
+        };
+        if let Some(expires) = entry.expires_at {
+            if expires <= Utc::now() {
+                bail!(
+                    "your sign-in to {} expired on {}: run `kiln login --server {}` again",
+                    key(server),
+                    expires.format("%Y-%m-%d %H:%M UTC"),
+                    key(server)
+                );
+            }
+        }
+        Ok(Some(entry.token.clone()))
+    }
 }

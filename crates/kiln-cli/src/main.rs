@@ -10,6 +10,7 @@ mod doctor_cmd;
 mod env_cmd;
 mod event_log;
 mod exec_cmd;
+mod login_cmd;
 mod people_cmd;
 mod quota_cmd;
 mod render;
@@ -52,7 +53,7 @@ enum Command {
     /// Run one command under the sandbox policy an agent's command would get.
     Sandbox(sandbox_cmd::Args),
     /// Serve the HTTP API and run tasks from the queue with a worker pool.
-    Serve(serve_cmd::Args),
+    Serve(Box<serve_cmd::Args>),
     /// Tasks on a kiln server: new, list, show, logs, diff, cancel, reply, share.
     Task(task_cmd::Args),
     /// Environments on a kiln server: add, list.
@@ -70,6 +71,11 @@ enum Command {
     Team(people_cmd::TeamArgs),
     /// Quotas of teams and users (admins set them): set, show.
     Quota(quota_cmd::Args),
+    /// Sign in to a kiln server with its single sign-on; the token is kept
+    /// in $KILN_HOME/credentials.toml.
+    Login(login_cmd::LoginArgs),
+    /// Revoke the token `kiln login` got and forget it.
+    Logout(login_cmd::LogoutArgs),
     /// Check this machine: bubblewrap, namespaces, cgroups, git, overlay, config, model endpoint.
     Doctor(doctor_cmd::Args),
     /// Run attempts for a kiln server on this machine, or `kiln worker
@@ -86,7 +92,7 @@ fn main() -> ExitCode {
         Command::ApplyPatch(args) => apply_patch_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
         Command::Sandbox(args) => sandbox_cmd::run(args),
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Task(args) => task_cmd::run(args),
         Command::Env(args) => env_cmd::run(args),
         Command::Token(args) => token_cmd::run(args),
@@ -95,6 +101,8 @@ fn main() -> ExitCode {
         Command::User(args) => people_cmd::user(args),
         Command::Team(args) => people_cmd::team(args),
         Command::Quota(args) => quota_cmd::run(args),
+        Command::Login(args) => login_cmd::login(args),
+        Command::Logout(args) => login_cmd::logout(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
     }

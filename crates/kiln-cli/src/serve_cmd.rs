@@ -100,6 +100,98 @@ pub struct Args {
     /// Largest request body, in bytes; larger ones are answered 413.
     #[arg(long, value_name = "BYTES", default_value_t = kiln_server::DEFAULT_BODY_LIMIT)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub sso: SsoArgs,
+}
+
+/// Single sign-on with an OpenID Connect provider (docs/sso.md).
+#[derive(Debug, clap::Args)]
+pub struct SsoArgs {
+    /// Enables single sign-on: the provider's issuer URL, exactly as its
+    /// discovery document names it (needs --public-url and --oidc-client-id).
+    #[arg(long, value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// The client id kiln is registered with at the provider.
+    #[arg(long, value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+    /// The environment variable holding the client secret (never a flag:
+    /// flags show in `ps`).
+    #[arg(long, value_name = "VAR", default_value = "KILN_OIDC_CLIENT_SECRET")]
+    pub oidc_client_secret_env: String,
+    /// Scopes asked for at sign-in (space- or comma-separated).
+    #[arg(long, value_name = "SCOPES", default_value = "openid profile email")]
+    pub oidc_scopes: String,
+    /// The ID token claim that lists a user's groups.
+    #[arg(long, value_name = "NAME", default_value = "groups")]
+    pub oidc_groups_claim: String,
+    /// GROUP=TEAM:ROLE (ROLE maintainer, member or viewer) or GROUP=admin:
+    /// what members of a provider group get (repeatable).
+    #[arg(long = "oidc-map", value_name = "GROUP=TEAM:ROLE")]
+    pub oidc_map: Vec<kiln_server::GroupMapping>,
+    /// Let in users whose groups map to no team (they get none); without
+    /// it they are refused.
+    #[arg(long)]
+    pub oidc_allow_unmapped: bool,
+    /// Days a token from `kiln login` lasts.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub sso_token_days: u32,
+}
+
+/// The SSO settings from the flags and the environment, or `None` without
+/// --oidc-issuer.
+pub fn oidc_config(
+    sso: &SsoArgs,
+    public_url: Option<&str>,
+) -> Result<Option<kiln_server::OidcConfig>> {
+    let Some(issuer) = &sso.oidc_issuer else {
+        if sso.oidc_client_id.is_some() || !sso.oidc_map.is_empty() {
+            anyhow::bail!("--oidc-client-id and --oidc-map need --oidc-issuer: give the provider's issuer URL to enable single sign-on");
+        }
+        return Ok(None);
+    };
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        anyhow::bail!("--oidc-issuer {issuer:?} is not an http(s) URL: give the issuer URL the provider's discovery document names, e.g. https://keycloak.example.com/realms/acme");
+    }
+    if public_url.is_none() {
+        anyhow::bail!("--oidc-issuer needs --public-url: the provider sends people back to {{--public-url}}/auth/oidc/callback, which must be registered with it as the redirect URI");
+    }
+    let client_id = sso
+        .oidc_client_id
+        .as_deref()
+        .filter(|id| !id.trim().is_empty())
+        .context("--oidc-issuer needs --oidc-client-id: the client id kiln is registered with at the provider")?;
+    let var = &sso.oidc_client_secret_env;
+    let secret = std::env::var(var).ok().filter(|s| !s.is_empty()).with_context(|| {
+        format!("the OIDC client secret is not set: put it in the environment variable {var} (--oidc-client-secret-env names another)")
+    })?;
+    let scopes: Vec<String> = sso
+        .oidc_scopes
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if !scopes.iter().any(|s| s == "openid") {
+        anyhow::bail!(
+            "--oidc-scopes {:?} lacks `openid`: without it the provider returns no ID token",
+            sso.oidc_scopes
+        );
+    }
+    if sso.oidc_groups_claim.trim().is_empty() {
+        anyhow::bail!("--oidc-groups-claim is empty: name the ID token claim that lists groups (default `groups`)");
+    }
+    if !(1..=3650).contains(&sso.sso_token_days) {
+        anyhow::bail!(
+            "--sso-token-days {} is out of range: give 1 to 3650 days",
+            sso.sso_token_days
+        );
+    }
+    let mut config = kiln_server::OidcConfig::new(issuer.clone(), client_id, secret);
+    config.scopes = scopes;
+    config.groups_claim = sso.oidc_groups_claim.trim().to_string();
+    config.group_map = sso.oidc_map.clone();
+    config.allow_unmapped = sso.oidc_allow_unmapped;
+    config.token_days = sso.sso_token_days;
+    Ok(Some(config))
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -171,6 +263,7 @@ async fn serve(args: Args) -> Result<()> {
         }
     }
     server_config.public_url = args.public_url.clone();
+    server_config.oidc = oidc_config(&args.sso, args.public_url.as_deref())?;
     server_config.metrics_access = match (args.metrics_public, &args.metrics_token) {
         (true, _) => MetricsAccess::Public,
         (false, Some(token)) if !token.trim().is_empty() => {
@@ -202,6 +295,7 @@ async fn serve(args: Args) -> Result<()> {
         AdminBootstrap::Present => {}
     }
 
+    server.connect_sso().await?;
     let recovered = server.recover().await?;
     if !recovered.requeued.is_empty() || !recovered.failed.is_empty() {
         eprintln!(

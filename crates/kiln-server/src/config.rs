@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kiln_agent::AgentConfig;
 use kiln_model::ProviderConfig;
+use kiln_protocol::teams::TeamRole;
 use kiln_sandbox::SandboxPolicy;
 
 use crate::repo_access::RepoAccess;
@@ -119,6 +120,9 @@ pub struct ServerConfig {
     /// The URL people reach this server at (`kiln serve --public-url`):
     /// pull requests link back to their task under it. `None`: no link.
     pub public_url: Option<String>,
+    /// Single sign-on (`--oidc-issuer`); needs `public_url` for its
+    /// redirect URI.
+    pub oidc: Option<OidcConfig>,
 }
 
 impl ServerConfig {
@@ -145,6 +149,115 @@ impl ServerConfig {
             local_workers: true,
             webhooks: WebhookDelivery::default(),
             public_url: None,
+            oidc: None,
         }
+    }
+}
+
+/// What members of a provider group get (`--oidc-map GROUP=TEAM:ROLE` or
+/// `--oidc-map GROUP=admin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupGrant {
+    /// A membership of this team, created if missing.
+    Team { team: String, role: TeamRole },
+    /// The server role admin.
+    Admin,
+}
+
+/// One `--oidc-map` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMapping {
+    pub group: String,
+    pub grant: GroupGrant,
+}
+
+impl std::str::FromStr for GroupMapping {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = "use GROUP=TEAM:ROLE (ROLE maintainer, member or viewer) or GROUP=admin";
+        let (group, grant) = text
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{text:?} has no `=`: {usage}"))?;
+        if group.trim().is_empty() {
+            return Err(format!("{text:?} names no group: {usage}"));
+        }
+        let grant = if grant == "admin" {
+            GroupGrant::Admin
+        } else {
+            let (team, role) = grant
+                .split_once(':')
+                .ok_or_else(|| format!("{text:?} names no role after the team: {usage}"))?;
+            let role: TeamRole = role
+                .parse()
+                .map_err(|_| format!("{role:?} in {text:?} is not a team role: {usage}"))?;
+            if !kiln_store::valid_name(team) {
+                return Err(format!(
+                    "{team:?} in {text:?} is not a team name: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or digit"
+                ));
+            }
+            GroupGrant::Team {
+                team: team.to_string(),
+                role,
+            }
+        };
+        Ok(GroupMapping {
+            group: group.to_string(),
+            grant,
+        })
+    }
+}
+
+/// Single sign-on with an OpenID Connect provider (`kiln serve
+/// --oidc-issuer …`, docs/sso.md).
+#[derive(Clone)]
+pub struct OidcConfig {
+    /// Exactly the issuer the provider's discovery document names.
+    pub issuer: String,
+    pub client_id: String,
+    /// From the environment, never a flag (flags show in `ps`).
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    /// The ID token claim that lists the user's groups.
+    pub groups_claim: String,
+    pub group_map: Vec<GroupMapping>,
+    /// Let in users whose groups map to nothing (they get no team).
+    pub allow_unmapped: bool,
+    /// Lifetime of the tokens `kiln login` gets.
+    pub token_days: u32,
+}
+
+impl OidcConfig {
+    pub fn new(
+        issuer: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        OidcConfig {
+            issuer: issuer.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            scopes: ["openid", "profile", "email"].map(String::from).to_vec(),
+            groups_claim: "groups".into(),
+            group_map: Vec::new(),
+            allow_unmapped: false,
+            token_days: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for OidcConfig {
+    // The client secret stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("groups_claim", &self.groups_claim)
+            .field("group_map", &self.group_map)
+            .field("allow_unmapped", &self.allow_unmapped)
+            .field("token_days", &self.token_days)
+            .finish()
     }
 }

@@ -49,6 +49,7 @@ pub(crate) mod git_serve;
 mod http_server;
 mod metrics;
 pub(crate) mod model_proxy;
+mod oidc;
 mod openapi;
 mod pulls;
 mod repo_access;
@@ -66,7 +67,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    ConnectionLimits, MetricsAccess, ServerConfig, WebhookDelivery, DEFAULT_BODY_LIMIT,
+    ConnectionLimits, GroupGrant, GroupMapping, MetricsAccess, OidcConfig, ServerConfig,
+    WebhookDelivery, DEFAULT_BODY_LIMIT,
 };
 pub use data_dir::{secure_data_dir, secure_data_files, DataDirLock};
 pub use error::ApiError;
@@ -98,6 +100,9 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("the HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Single sign-on is configured in a way that cannot work.
+    #[error("single sign-on: {0}")]
+    Sso(String),
     #[error("another kiln serve ({holder}) is using the data directory {}: stop it, or give this one its own --data-dir", dir.display())]
     DataDirBusy {
         dir: std::path::PathBuf,
@@ -119,6 +124,19 @@ impl Server {
         })?;
         let metrics = metrics::Metrics::default();
         let streams = slots::Slots::new(config.limits.max_streams_per_token);
+        let sso = match &config.oidc {
+            None => None,
+            Some(oidc) => {
+                let public_url = config.public_url.as_deref().ok_or_else(|| {
+                    ServerError::Sso(
+                        "--oidc-issuer needs --public-url: the provider sends people back to {--public-url}/auth/oidc/callback".into(),
+                    )
+                })?;
+                Some(Arc::new(
+                    oidc::Sso::new(oidc.clone(), public_url).map_err(ServerError::Sso)?,
+                ))
+            }
+        };
         Ok(Server {
             state: AppState {
                 inner: Arc::new(Shared {
@@ -131,6 +149,7 @@ impl Server {
                     pull_requests: slots::Slots::new(1),
                     mirrors: Arc::new(kiln_workspace::Mirrors::new(&config.data_dir)),
                     provider_http: reqwest::Client::new(),
+                    sso,
                     config,
                 }),
             },
@@ -164,6 +183,24 @@ impl Server {
             report.cancelled.extend(one.cancelled);
         }
         Ok(report)
+    }
+
+    /// Discovers the single sign-on provider, when one is configured. A
+    /// provider that cannot be reached now is looked up again at the first
+    /// sign-in (a warning is logged); one that answers with a document kiln
+    /// cannot use is an error, since retrying would not help.
+    pub async fn connect_sso(&self) -> Result<(), ServerError> {
+        let Some(sso) = &self.state.inner.sso else {
+            return Ok(());
+        };
+        match sso.provider().await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_unreachable() => {
+                tracing::warn!("{err}; single sign-on will try again at the first sign-in");
+                Ok(())
+            }
+            Err(err) => Err(ServerError::Sso(err.to_string())),
+        }
     }
 
     /// The HTTP routes alone (no workers), e.g. to mount under another router.

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) mirrors: Arc<Mirrors>,
     /// The model pass-through's connections to the provider.
     pub(crate) provider_http: reqwest::Client,
+    /// Single sign-on, when configured (`--oidc-issuer`).
+    pub(crate) sso: Option<Arc<crate::oidc::Sso>>,
 }
 
 impl AppState {

@@ -32,6 +32,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_evidence_delivery.sql"),
     ),
     (5, "teams", include_str!("../migrations/0005_teams.sql")),
+    (6, "sso", include_str!("../migrations/0006_sso.sql")),
 ];
 
 /// A migration's text for one backend: lines between `-- kiln:sqlite-only`

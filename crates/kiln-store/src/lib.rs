@@ -72,6 +72,7 @@ mod queue;
 mod quotas;
 mod repo_url;
 mod secrets;
+mod sso;
 mod store;
 mod tasks;
 mod tokens;
@@ -103,6 +104,11 @@ pub use pulls::OpenedPullRequest;
 pub use queue::{ClaimedAttempt, Lease, QueueStats, RecoverScope, RecoveryReport};
 pub use repo_url::{repo_without_credential, RepoCredential};
 pub use secrets::{SecretKey, SecretKeyError, SECRET_KEY_LEN};
+pub use sso::{
+    DevicePoll, DeviceRequest, IssuedSsoToken, NewDeviceRequest, NewSession, PendingLogin, Session,
+    SsoIdentity, SsoOutcome, SsoUser, DEVICE_POLL_INTERVAL_SECS, DEVICE_REQUEST_TTL_SECS,
+    MAX_DEVICE_REQUESTS_PER_ORIGIN, SESSION_TTL_SECS, SSO_LOGIN_TTL_SECS,
+};
 pub use store::Store;
 pub use tasks::AttemptRef;
 pub use tokens::{AdminBootstrap, NewToken, Principal, TokenInfo, MIN_SECRET_LEN};

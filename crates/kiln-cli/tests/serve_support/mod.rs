@@ -58,8 +58,27 @@ impl KilnServer {
         max_parallel: u32,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(install, model, max_parallel, extra, &[]).await
+    }
+
+    /// [`KilnServer::start_with`] with extra environment variables; an
+    /// `--addr` among `extra` replaces the free port.
+    pub async fn start_with_env(
+        install: &Installation,
+        model: &ScriptedServer,
+        max_parallel: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let addr = if extra.contains(&"--addr") {
+            &[][..]
+        } else {
+            &["--addr", "127.0.0.1:0"][..]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--max-parallel"])
+            .arg("serve")
+            .args(addr)
+            .arg("--max-parallel")
             .arg(max_parallel.to_string())
             .args(extra)
             .arg("--data-dir")
@@ -72,6 +91,7 @@ impl KilnServer {
             .env("OPENAI_API_KEY", "sk-test-key")
             .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -74,14 +74,19 @@ pub(super) async fn stream(
     let slot = state
         .inner
         .streams
-        .try_take(who.token_id.clone())
+        // A session has no token: its streams count against its user.
+        .try_take(if who.token_id.is_empty() {
+            format!("session:{}", who.user_id.clone().unwrap_or_default())
+        } else {
+            who.token_id.clone()
+        })
         .ok_or_else(|| {
             ApiError::TooManyRequests(format!(
                 "this token already has {} event streams open, the most the server allows (kiln serve --max-streams-per-token): close one first",
                 state.inner.streams.limit()
             ))
         })?;
-    let secret = crate::auth::bearer(&headers)?.to_string();
+    let credential = crate::auth::Credential::of(&headers)?;
     let (tx, rx) = mpsc::channel(64);
     let store = state.store().clone();
     let who_task = id.clone();
@@ -93,7 +98,7 @@ pub(super) async fn stream(
         let _slot = slot;
         tokio::select! {
             _ = pump(store.clone(), who_task, params.attempt, after, params.follow.unwrap_or(true), tx) => {}
-            _ = token_revoked(&store, &secret, revocations, recheck) => {}
+            _ = token_revoked(&store, &credential, revocations, recheck) => {}
             _ = shutdown.cancelled() => {}
         }
     });
@@ -154,12 +159,12 @@ async fn pump(
     }
 }
 
-/// Returns once `secret` no longer verifies: at once after a revocation
+/// Returns once the request's token (or session) no longer works: at once after a revocation
 /// on this server, within `recheck` after one on another server sharing
 /// the store.
 async fn token_revoked(
     store: &Store,
-    secret: &str,
+    credential: &crate::auth::Credential,
     mut revocations: tokio::sync::watch::Receiver<u64>,
     recheck: Duration,
 ) {
@@ -173,9 +178,9 @@ async fn token_revoked(
             }
             _ = tokio::time::sleep(recheck) => {}
         }
-        match store.verify_token(secret).await {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(kiln_store::StoreError::InvalidInput { .. }) => return,
+        match credential.still_valid(store).await {
+            Ok(true) => {}
+            Ok(false) => return,
             // A store hiccup is not a revocation: look again next time.
             Err(err) => tracing::warn!("cannot re-check an event stream's token: {err}"),
         }

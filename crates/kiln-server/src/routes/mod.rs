@@ -19,6 +19,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
+use crate::oidc::routes as sso;
 use crate::state::AppState;
 
 pub(crate) use json::ApiJson;
@@ -105,6 +106,19 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/users/{id}/quota",
             get(quotas::show_user).put(quotas::set_user),
         )
+        // Single sign-on (docs/sso.md): the browser's side of the flows,
+        // then `kiln login`'s device flow and `kiln logout`.
+        .route("/auth/oidc/login", get(sso::login))
+        .route("/auth/oidc/callback", get(sso::callback))
+        .route("/auth/session", get(sso::session))
+        .route("/auth/logout", post(sso::logout))
+        .route(
+            "/auth/device",
+            get(sso::device_page).post(sso::device_continue),
+        )
+        .route("/api/auth/device", post(sso::device_start))
+        .route("/api/auth/device/token", post(sso::device_token))
+        .route("/api/auth/logout-token", post(sso::logout_token))
         .route("/api/workers", get(worker_api::list))
         .route("/api/worker/claim", post(worker_api::claim))
         .route(
