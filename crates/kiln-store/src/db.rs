@@ -411,3 +411,28 @@ impl DbRow {
         Ok(u64::try_from(self.int(col)?).unwrap_or(0))
     }
 }
+
+/// Where a read goes: the transaction of a change, or the pool for a
+/// plain read (which on SQLite must not take the write lock).
+pub(crate) trait Reads: Send {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send;
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send;
+}
+
+impl Reads for Tx {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
+        self.fetch_all(q)
+    }
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
+        self.fetch_optional(q)
+    }
+}
+
+impl Reads for &Db {
+    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
+        Db::fetch_all(self, q)
+    }
+    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
+        Db::fetch_optional(self, q)
+    }
+}

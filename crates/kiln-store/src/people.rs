@@ -13,9 +13,8 @@ use serde_json::json;
 
 use crate::audit::{audit_in, AuditSubject};
 use crate::clock::from_millis;
-use std::future::Future;
 
-use crate::db::{query, Backend, Db, DbRow, Query, Tx};
+use crate::db::{query, Backend, DbRow, Reads, Tx};
 use crate::error::{OpError, Result, StoreError};
 use crate::tokens::{NewToken, Principal, TokenInfo};
 use crate::users::{invalid_name, set_member_in, valid_name};
@@ -37,31 +36,6 @@ macro_rules! select_team {
         "SELECT id, name, max_concurrent_attempts, monthly_budget_microusd, created_at
          FROM teams "
     };
-}
-
-/// Where the reads below go: the transaction of a change, or the pool for a
-/// plain read (which on SQLite must not take the write lock).
-trait Reads: Send {
-    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send;
-    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send;
-}
-
-impl Reads for Tx {
-    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
-        self.fetch_all(q)
-    }
-    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
-        self.fetch_optional(q)
-    }
-}
-
-impl Reads for &Db {
-    fn rows(&mut self, q: Query) -> impl Future<Output = Result<Vec<DbRow>, sqlx::Error>> + Send {
-        Db::fetch_all(self, q)
-    }
-    fn row(&mut self, q: Query) -> impl Future<Output = Result<Option<DbRow>, sqlx::Error>> + Send {
-        Db::fetch_optional(self, q)
-    }
 }
 
 /// Whose token `POST /api/tokens` makes.
@@ -181,34 +155,6 @@ async fn members_in(tx: &mut impl Reads, team_id: &str) -> Result<Vec<TeamMember
         .collect()
 }
 
-async fn user_memberships_in(
-    tx: &mut impl Reads,
-    user_id: &str,
-) -> Result<Vec<Membership>, OpError> {
-    let rows = tx
-        .rows(
-            query(
-                "SELECT m.team_id, t.name, m.role, m.source FROM team_members m
-                 JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 ORDER BY t.name",
-            )
-            .bind(user_id),
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Membership {
-                team_id: row.text("team_id")?,
-                team_name: row.text("name")?,
-                role: row
-                    .text("role")?
-                    .parse()
-                    .map_err(|e| StoreError::corrupt("team role", e))?,
-                source: row.text("source")?,
-            })
-        })
-        .collect()
-}
-
 /// The user `key` (an id or a name) names, with their teams.
 async fn user_in(tx: &mut impl Reads, key: &str) -> Result<User, OpError> {
     let row = tx
@@ -221,7 +167,7 @@ async fn user_in(tx: &mut impl Reads, key: &str) -> Result<User, OpError> {
         )
         .await?
         .ok_or_else(|| StoreError::not_found(format!("user {key}")))?;
-    let teams = user_memberships_in(tx, &row.text("id")?).await?;
+    let teams = crate::users::memberships_in(tx, &row.text("id")?).await?;
     user_from_row(&row, teams)
 }
 
@@ -258,20 +204,6 @@ async fn last_owner_in(tx: &mut Tx, user_id: &str) -> Result<bool, OpError> {
         .await?
         .int("n")?;
     Ok(others == 0)
-}
-
-fn token_info_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
-    Ok(TokenInfo {
-        id: row.text("id")?,
-        name: row.text("name")?,
-        admin: row.bool("admin")?,
-        worker: row.bool("worker")?,
-        user_id: row.opt_text("user_id")?,
-        source: row.text("source")?,
-        expires_at: row.opt_int("expires_at")?.map(from_millis),
-        created_at: from_millis(row.int("created_at")?),
-        revoked_at: row.opt_int("revoked_at")?.map(from_millis),
-    })
 }
 
 impl Store {
@@ -758,7 +690,7 @@ impl Store {
                     .bind(owner.as_deref()),
                 )
                 .await?;
-            rows.iter().map(token_info_from_row).collect()
+            rows.iter().map(crate::tokens::token_from_row).collect()
         })
         .await
     }

@@ -796,7 +796,7 @@ impl Store {
                 user_id: Some(session.user_id.clone()),
                 user_name: name,
                 role,
-                teams: memberships_in(&self.inner.db, &session.user_id).await?,
+                teams: memberships_in(&mut &self.inner.db, &session.user_id).await?,
                 ..Principal::default()
             }))
         })

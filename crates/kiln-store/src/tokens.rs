@@ -110,7 +110,7 @@ pub enum AdminBootstrap {
     Present,
 }
 
-fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
+pub(crate) fn token_from_row(row: &DbRow) -> Result<TokenInfo, OpError> {
     Ok(TokenInfo {
         id: row.text("id")?,
         name: row.text("name")?,
@@ -386,7 +386,7 @@ impl Store {
                 None => ServerRole::User,
             };
             let teams = match &user_id {
-                Some(user) => crate::users::memberships_in(&self.inner.db, user).await?,
+                Some(user) => crate::users::memberships_in(&mut &self.inner.db, user).await?,
                 None => Vec::new(),
             };
             let worker = row.bool("worker")?;

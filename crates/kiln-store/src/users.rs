@@ -4,7 +4,7 @@
 
 use kiln_protocol::teams::{Membership, ServerRole, TeamRole};
 
-use crate::db::{query, Db, Tx};
+use crate::db::{query, Reads, Tx};
 use crate::error::{OpError, StoreError};
 use crate::Store;
 
@@ -176,10 +176,14 @@ pub(crate) async fn set_member_in(
     Ok(())
 }
 
-/// The teams `user_id` belongs to, by team name.
-pub(crate) async fn memberships_in(db: &Db, user_id: &str) -> Result<Vec<Membership>, OpError> {
+/// The teams `user_id` belongs to, by team name, read in a change's
+/// transaction or from the pool.
+pub(crate) async fn memberships_in(
+    db: &mut impl Reads,
+    user_id: &str,
+) -> Result<Vec<Membership>, OpError> {
     let rows = db
-        .fetch_all(
+        .rows(
             query(
                 "SELECT m.team_id, t.name, m.role, m.source FROM team_members m
                  JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 ORDER BY t.name",
